@@ -1,0 +1,1 @@
+"""Admin API, metrics and dashboard."""

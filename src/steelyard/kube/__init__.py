@@ -1,0 +1,1 @@
+"""The Kubernetes provider. Only `steelyard.kube.client` imports lightkube."""

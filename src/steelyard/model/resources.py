@@ -1,0 +1,237 @@
+"""The two custom resources, `BalancerPolicy` and `LoadBalancer` (group `steelyard.dev`, v1alpha1).
+
+These pydantic models are the single source of truth: the file provider validates against them, the
+Kubernetes provider translates into them, and the CRD schemas are rendered from them. Field names are
+the YAML (camelCase) names; Python attributes are snake_case.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from steelyard.model.durations import Duration
+
+API_GROUP = "steelyard.dev"
+API_VERSION = f"{API_GROUP}/v1alpha1"
+
+
+class _Spec(BaseModel):
+    """camelCase in YAML, snake_case in Python, unknown fields refused, values immutable."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, validate_default=True
+    )
+
+
+class StrategyType(StrEnum):
+    ROUND_ROBIN = "RoundRobin"
+    WEIGHTED_ROUND_ROBIN = "WeightedRoundRobin"
+    LEAST_CONNECTIONS = "LeastConnections"
+    TIME_SLICED_ROUND_ROBIN = "TimeSlicedRoundRobin"
+    RANDOM = "Random"
+    POWER_OF_TWO_CHOICES = "PowerOfTwoChoices"
+    PEAK_EWMA = "PeakEWMA"
+    RING_HASH = "RingHash"
+    MAGLEV = "Maglev"
+    SOURCE_IP_HASH = "SourceIPHash"
+
+
+HASH_STRATEGIES = frozenset({StrategyType.RING_HASH, StrategyType.MAGLEV})
+
+
+class SourceIP(_Spec):
+    """Empty marker object: `sourceIP: {}`."""
+
+
+class HashOn(_Spec):
+    """What a hash strategy hashes: exactly one of a header, a cookie or the client's address."""
+
+    header: str | None = None
+    cookie: str | None = None
+    source_ip: SourceIP | None = Field(default=None, alias="sourceIP")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> HashOn:
+        chosen = [n for n in ("header", "cookie", "source_ip") if getattr(self, n) is not None]
+        if len(chosen) != 1:
+            raise ValueError("hashOn takes exactly one of header, cookie or sourceIP")
+        return self
+
+
+class Strategy(_Spec):
+    type: StrategyType = StrategyType.ROUND_ROBIN
+    # TimeSlicedRoundRobin: how long each backend takes all traffic (scaled by its weight).
+    time_slice: Duration = "1s"  # type: ignore[assignment]
+    hash_on: HashOn | None = None
+    choices: Annotated[int, Field(ge=2, le=10)] = 2
+
+
+class SlowStart(_Spec):
+    """Envoy's ramp: weight x max(minWeightPercent/100, (t/window)^(1/aggression))."""
+
+    window: Duration
+    aggression: Annotated[float, Field(gt=0)] = 1.0
+    min_weight_percent: Annotated[float, Field(ge=0, le=100)] = 10.0
+
+
+class DynamicWeightMode(StrEnum):
+    OFF = "Off"
+    LATENCY = "Latency"
+    HEADER = "Header"
+
+
+class DynamicWeights(_Spec):
+    mode: DynamicWeightMode = DynamicWeightMode.OFF
+    header: str = "Steelyard-Weight"
+    min: Annotated[int, Field(ge=0, le=1000)] = 1
+    max: Annotated[int, Field(ge=1, le=1000)] = 1000
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DynamicWeights:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class HealthCheckType(StrEnum):
+    HTTP = "HTTP"
+    TCP = "TCP"
+    NONE = "None"
+
+
+class HealthCheck(_Spec):
+    type: HealthCheckType = HealthCheckType.NONE
+    path: str = "/healthz"
+    interval: Duration = "5s"  # type: ignore[assignment]
+    timeout: Duration = "1s"  # type: ignore[assignment]
+    healthy_threshold: Annotated[int, Field(ge=1)] = 2
+    unhealthy_threshold: Annotated[int, Field(ge=1)] = 3
+
+
+class OutlierDetection(_Spec):
+    consecutive_failures: Annotated[int, Field(ge=1)] = 5
+    base_ejection_time: Duration = "30s"  # type: ignore[assignment]
+    max_ejection_percent: Annotated[int, Field(ge=0, le=100)] = 50
+
+
+RetryOn = Literal["connect-failure", "reset", "502", "503", "504"]
+
+
+class Retries(_Spec):
+    attempts: Annotated[int, Field(ge=0, le=10)] = 2
+    on: tuple[RetryOn, ...] = ("connect-failure", "reset")
+
+
+class Timeouts(_Spec):
+    connect: Duration = "2s"  # type: ignore[assignment]
+    request: Duration = "30s"  # type: ignore[assignment]
+    idle: Duration = "60s"  # type: ignore[assignment]
+
+
+class BalancerPolicySpec(_Spec):
+    strategy: Strategy = Strategy()
+    slow_start: SlowStart | None = None
+    dynamic_weights: DynamicWeights = DynamicWeights()
+    health_check: HealthCheck = HealthCheck()
+    outlier_detection: OutlierDetection | None = None
+    retries: Retries = Retries()
+    timeouts: Timeouts = Timeouts()
+
+
+class Protocol(StrEnum):
+    HTTP = "HTTP"
+    TCP = "TCP"
+
+
+class PortSpec(_Spec):
+    name: str = "http"
+    port: Annotated[int, Field(ge=1, le=65535)]
+    protocol: Protocol = Protocol.HTTP
+    target_port: int | str | None = None
+    address: str = "0.0.0.0"
+
+
+class PolicyRef(_Spec):
+    name: str
+
+
+class ServiceRef(_Spec):
+    name: str
+
+
+class LabelSelectorRequirement(_Spec):
+    key: str
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: tuple[str, ...] = ()
+
+
+class LabelSelector(_Spec):
+    match_labels: dict[str, str] = Field(default_factory=dict)
+    match_expressions: tuple[LabelSelectorRequirement, ...] = ()
+
+
+class StaticEndpoint(_Spec):
+    address: str
+    weight: Annotated[int, Field(ge=0, le=1000)] = 1
+    name: str | None = None
+
+
+class LoadBalancerSpec(_Spec):
+    ports: Annotated[tuple[PortSpec, ...], Field(min_length=1)]
+    hosts: tuple[str, ...] = ()
+    path_prefix: str = "/"
+    policy_ref: PolicyRef | None = None
+    selector: LabelSelector | None = None
+    service: ServiceRef | None = None
+    endpoints: tuple[StaticEndpoint, ...] = ()
+
+    @model_validator(mode="after")
+    def _path_prefix_is_absolute(self) -> LoadBalancerSpec:
+        if not self.path_prefix.startswith("/"):
+            raise ValueError(f"pathPrefix {self.path_prefix!r} must start with '/'")
+        return self
+
+
+class ObjectMeta(BaseModel):
+    """The parts of Kubernetes' ObjectMeta Steelyard reads; the rest is kept, not checked."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow", frozen=True)
+
+    name: Annotated[str, Field(min_length=1, max_length=253)]
+    namespace: str = "default"
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    generation: int | None = None
+    resource_version: str | None = None
+    uid: str | None = None
+
+
+class _Resource(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+    api_version: Literal["steelyard.dev/v1alpha1"]
+    metadata: ObjectMeta
+    status: dict[str, Any] | None = None
+
+    @property
+    def key(self) -> str:
+        """`namespace/name`, the identity used everywhere inside Steelyard."""
+        return f"{self.metadata.namespace}/{self.metadata.name}"
+
+
+class BalancerPolicy(_Resource):
+    kind: Literal["BalancerPolicy"]
+    spec: BalancerPolicySpec = BalancerPolicySpec()
+
+
+class LoadBalancer(_Resource):
+    kind: Literal["LoadBalancer"]
+    spec: LoadBalancerSpec
+
+
+Resource = Annotated[LoadBalancer | BalancerPolicy, Field(discriminator="kind")]
+KINDS = {"LoadBalancer": LoadBalancer, "BalancerPolicy": BalancerPolicy}

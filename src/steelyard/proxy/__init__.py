@@ -1,0 +1,1 @@
+"""The asyncio data plane: HTTP/1.1 and TCP proxying."""

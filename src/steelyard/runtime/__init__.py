@@ -1,0 +1,1 @@
+"""I/O side of the control path: providers, apply/plan, health checks, effective weights, workers."""
