@@ -1,0 +1,1134 @@
+"""HTTP/1.1 reverse proxying with asyncio Protocols and httptools (llhttp), callbacks only.
+
+`HttpProxyProtocol` serves one client connection; `UpstreamConnection` is one pooled connection to an
+endpoint. A request is handled without creating a task (only a new upstream connection needs one):
+
+    client bytes -> request parser callbacks -> route, pick, pooled connection -> regenerated head (+ body)
+    upstream bytes -> response parser callbacks -> regenerated head + framed body, one write per read
+
+Rules (RFC 9110 / RFC 9112):
+- The head sent upstream is rebuilt: hop-by-hop fields (RFC 9110 §7.6.1) and those named in `Connection`
+  are removed, `X-Forwarded-For` is appended to, `X-Forwarded-Proto/Host` are set. Bodies are re-framed
+  (`Content-Length` kept, chunked re-chunked); client bytes are never forwarded verbatim.
+- Ambiguous framing and any parser error (llhttp, strict) answer 400 and close (RFC 9112 §6.3, §11.2);
+  HTTP/1.1 without exactly one Host is 400 (RFC 9112 §3.2); limits: URI 414, header section 431, body 413,
+  a client slower than the header timeout 408; a transfer-coding other than chunked 501 (RFC 9112 §6.1).
+- Pipelined requests are answered in order, one at a time: while one is in flight, reading pauses and
+  any further parsed request waits in a queue (bounded by one socket read).
+- Flow control both ways: a full upstream write buffer pauses reading the client, a full client write
+  buffer pauses reading the upstream; both resume on drain.
+- Responses to HEAD and 204/304 carry no body (RFC 9110 §6.4.1); 1xx are forwarded to HTTP/1.1 clients;
+  a 101 to an `Upgrade` request turns both connections into a raw byte tunnel.
+- Retries: a request that failed before any response byte reached the client (connect failure, reset,
+  a status listed in `retries.on`) goes to another endpoint when safe: nothing of the request was sent
+  (connect failure), or the method is idempotent and no body byte was sent. A retried status response is
+  dropped whole, never half-forwarded.
+- Latency reported to `Attempt.done()` is measured to the end of the response (to the 101 for tunnels).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, HttpResponseParser, parse_url
+
+from steelyard.runtime.upstream import Attempt, UpstreamRuntime
+from steelyard.strategies import NO_CONTEXT, PickContext
+
+if TYPE_CHECKING:
+    from steelyard.proxy.pool import EndpointPool
+    from steelyard.proxy.server import ProxyServer
+
+__all__ = ["HttpProxyProtocol", "UpstreamConnection"]
+
+# Request fields the proxy regenerates or removes; everything else is copied as is.
+_HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+                         b"transfer-encoding", b"upgrade"))
+_REQUEST_SPECIAL = _HOP_BY_HOP | {b"host", b"content-length", b"x-forwarded-for", b"x-forwarded-proto",
+                                  b"x-forwarded-host"}
+_RESPONSE_SPECIAL = _HOP_BY_HOP | {b"content-length"}
+_IDEMPOTENT = frozenset((b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"))
+
+_BODY_NONE, _BODY_LENGTH, _BODY_CHUNKED = 0, 1, 2
+# Reasons to stop reading the client (bits); reading resumes when none is left.
+_PAUSE_BUFFERING = 1  # a request waits (pipelined, or its upstream connection is not ready)
+_PAUSE_UPSTREAM_FULL = 2  # the upstream connection's write buffer is above its high-water mark
+_PAUSE_CLOSING = 4  # no further request will be read
+
+_DEADLINE_NONE, _DEADLINE_HEADER, _DEADLINE_IDLE = 0, 1, 2
+_LAST_CHUNK = b"0\r\n\r\n"
+_CRLF = b"\r\n"
+
+_REASONS = {
+    400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+    413: "Content Too Large", 414: "URI Too Long", 431: "Request Header Fields Too Large",
+    501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+}
+_STATUS_PREFIX: dict[int, bytes] = {}
+
+
+def _status_prefix(status: int) -> bytes:
+    prefix = _STATUS_PREFIX.get(status)
+    if prefix is None:
+        prefix = _STATUS_PREFIX[status] = b"HTTP/1.1 %d " % status
+    return prefix
+
+
+class _Reject(Exception):
+    """Raised inside a parser callback: answer `status` with `reason` and close."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def local_response(status: int, text: str, *, keep_alive: bool = False, head_only: bool = False) -> bytes:
+    """A response Steelyard writes itself: plain text, one line naming what went wrong."""
+    body = (text + "\n").encode("utf-8", "replace")
+    head = b"%sHTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n%s\r\n" % (
+        b"", status, _REASONS.get(status, "Error").encode(), len(body),
+        b"" if keep_alive else b"Connection: close\r\n",
+    )
+    return head if head_only else head + body
+
+
+class HttpRequest:
+    """One request from its first byte to the end of its response."""
+
+    __slots__ = (
+        "url", "method", "http11", "keep_alive", "upgrade", "is_head", "idempotent", "body_kind",
+        "content_length", "head", "pending", "request_complete", "body_bytes", "body_sent", "head_sent",
+        "runtime", "attempt", "conn", "tried", "retries_left", "response_started", "upstream_deadline",
+        "reject", "host", "headers", "cancelled", "tunnel_data", "next_attempt",
+    )
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.method = b""
+        self.http11 = True
+        self.keep_alive = True
+        self.upgrade = False
+        self.is_head = False
+        self.idempotent = True
+        self.body_kind = _BODY_NONE
+        self.content_length = 0
+        self.head = b""
+        self.pending: list[bytes] = []
+        self.request_complete = False
+        self.body_bytes = 0
+        self.body_sent = False
+        self.head_sent = False
+        self.runtime: UpstreamRuntime | None = None
+        self.attempt: Attempt | None = None
+        self.conn: UpstreamConnection | None = None
+        self.tried: list[str] = []
+        self.retries_left = 0
+        self.response_started = False
+        self.upstream_deadline = 0.0
+        self.reject: _Reject | None = None
+        self.host = ""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.cancelled = False
+        self.next_attempt: Attempt | None = None
+        self.tunnel_data = b""
+
+
+class HttpProxyProtocol(asyncio.Protocol):
+    """One client connection: parses requests, answers them in order through upstream connections."""
+
+    def __init__(self, server: ProxyServer, listener_key: tuple[str, int]):
+        self.server = server
+        self.config = server.config
+        self.listener_key = listener_key
+        self.parser = HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.client_ip = ""
+        self.parsing: HttpRequest | None = None
+        self.current: HttpRequest | None = None
+        self.queue: deque[HttpRequest] = deque()
+        self.out: list[bytes] = []
+        self.paused = 0
+        self.write_paused = False
+        self.closing = False
+        self.closed = False
+        self.tunnel: UpstreamConnection | None = None
+        self.eof_in = False
+        self.deadline = 0.0
+        self.deadline_kind = _DEADLINE_NONE
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
+        self._pre_head_bytes = 0
+
+    # -- asyncio callbacks -------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if peer else ""
+        server = self.server
+        server.http_connections.add(self)
+        server.stats.http_connections_total += 1
+        self.deadline = server.now + self.config.header_timeout
+        self.deadline_kind = _DEADLINE_HEADER
+        if server.closing:
+            self.closing = True
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.transport.write(data)  # type: ignore[union-attr]
+            return
+        if self.closing and self.parsing is None and self.current is None:
+            return
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            self._upgrade_requested(data[exc.args[0]:])
+        except HttpParserError as exc:
+            reject = exc.__context__ if isinstance(exc.__context__, _Reject) else None
+            if reject is None:
+                reject = _Reject(400, f"bad request: {exc}")
+            self._parse_failed(reject)
+            return
+        parsing = self.parsing
+        if parsing is not None and not parsing.head:
+            # The head is still incomplete: bound what llhttp buffers for us (it enforces no limit).
+            self._pre_head_bytes += len(data)
+            if self._pre_head_bytes > self.config.max_header_bytes + self.config.max_uri_bytes:
+                self._parse_failed(_Reject(431, "request header section too large"))
+
+    def eof_received(self) -> bool | None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            # Half-close (RFC 9293 §3.6): pass the EOF on, close when both directions ended.
+            self.eof_in = True
+            if tunnel.eof_in or tunnel.transport is None or not tunnel.transport.can_write_eof():
+                if tunnel.transport is not None:
+                    tunnel.transport.close()
+                return False
+            tunnel.transport.write_eof()
+            return True
+        # A half-closed client may still read its responses; close once they are written.
+        self.closing = True
+        if self.current is None and not self.queue:
+            return False
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.closing = True
+        server = self.server
+        server.http_connections.discard(self)
+        tunnel = self.tunnel
+        if tunnel is not None:
+            self.tunnel = None
+            if tunnel.transport is not None:
+                tunnel.transport.close()
+            return
+        for req in (self.current, *self.queue):
+            if req is not None:
+                self._abandon(req)
+        self.current = None
+        self.queue.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        conn = self.tunnel or (self.current.conn if self.current is not None else None)
+        if conn is not None:
+            conn.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        conn = self.tunnel or (self.current.conn if self.current is not None else None)
+        if conn is not None:
+            conn.resume_reading()
+
+    # -- httptools callbacks (request) ---------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.parsing = HttpRequest()
+        self._headers = []
+        self._head_size = 0
+        self._pre_head_bytes = 0
+        self.deadline = self.server.now + self.config.header_timeout
+        self.deadline_kind = _DEADLINE_HEADER
+
+    def on_url(self, url: bytes) -> None:
+        req = self.parsing
+        assert req is not None
+        req.url += url
+        if len(req.url) > self.config.max_uri_bytes:
+            raise _Reject(414, "request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self._headers
+        if self.parsing is None or self.parsing.head:
+            return  # trailer fields of a chunked request: dropped (RFC 9110 §6.5.1 allows it)
+        headers.append((name, value))
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self.config.max_header_bytes:
+            raise _Reject(431, "request header section too large")
+        if len(headers) > self.config.max_headers:
+            raise _Reject(431, "too many request header fields")
+
+    def on_headers_complete(self) -> None:
+        req = self.parsing
+        assert req is not None
+        self.deadline_kind = _DEADLINE_NONE
+        parser = self.parser
+        req.method = method = parser.get_method()
+        req.http11 = http11 = parser.get_http_version() == "1.1"
+        req.keep_alive = parser.should_keep_alive()
+        req.is_head = method == b"HEAD"
+        req.idempotent = method in _IDEMPOTENT
+        if method == b"CONNECT":
+            raise _Reject(405, "CONNECT is not supported by a reverse proxy")
+        if not http11 and parser.get_http_version() != "1.0":
+            raise _Reject(400, "unsupported HTTP version")
+
+        host: bytes | None = None
+        host_count = 0
+        content_length: bytes | None = None
+        transfer_encoding: bytes | None = None
+        connection_tokens: list[bytes] | None = None
+        upgrade: bytes | None = None
+        xff: bytes | None = None
+        kept: list[bytes] = []
+        for name, value in self._headers:
+            lname = name.lower()
+            if lname not in _REQUEST_SPECIAL:
+                kept.append(name)
+                kept.append(b": ")
+                kept.append(value)
+                kept.append(_CRLF)
+            elif lname == b"host":
+                host = value
+                host_count += 1
+            elif lname == b"content-length":
+                content_length = value
+            elif lname == b"transfer-encoding":
+                transfer_encoding = value if transfer_encoding is None else transfer_encoding + b"," + value
+            elif lname == b"connection":
+                tokens = [t.strip().lower() for t in value.split(b",")]
+                connection_tokens = tokens if connection_tokens is None else connection_tokens + tokens
+            elif lname == b"upgrade":
+                upgrade = value
+            elif lname == b"x-forwarded-for":
+                xff = value if xff is None else xff + b", " + value
+
+        if http11 and host_count != 1:
+            raise _Reject(400, "missing Host header" if host_count == 0 else "more than one Host header")
+        if host_count > 1:
+            raise _Reject(400, "more than one Host header")
+        url = req.url
+        if not url.startswith(b"/"):
+            url, host = self._absolute_form(url, host)
+        if transfer_encoding is not None:
+            if transfer_encoding.strip().lower() != b"chunked":
+                raise _Reject(501, "unsupported transfer-coding (only chunked is accepted)")
+            req.body_kind = _BODY_CHUNKED
+        elif content_length is not None:
+            req.content_length = length = int(content_length)  # llhttp already checked the digits
+            if length:
+                req.body_kind = _BODY_LENGTH
+            max_body = self.config.max_body_bytes
+            if max_body is not None and length > max_body:
+                raise _Reject(413, f"request body larger than {max_body} bytes")
+        if connection_tokens is not None:
+            named = {t for t in connection_tokens if t not in (b"close", b"keep-alive", b"upgrade")}
+            if named:
+                kept = _drop_named(kept, named)
+        if upgrade is not None and connection_tokens is not None and b"upgrade" in connection_tokens:
+            req.upgrade = True
+            req.keep_alive = False  # after a refused upgrade the connection is closed
+
+        host_text = host.decode("latin-1") if host is not None else ""
+        req.host = host_text
+        # The head sent upstream: request line, Host first, the client's end-to-end fields, forwarding
+        # fields, then our own framing.
+        client_ip = self.client_ip.encode()
+        parts = [method, b" ", url, b" HTTP/1.1\r\n"]
+        if host is not None:
+            parts += (b"Host: ", host, _CRLF)
+        parts += kept
+        parts += (b"X-Forwarded-For: ", xff + b", " + client_ip if xff else client_ip, _CRLF,
+                  b"X-Forwarded-Proto: http\r\n")
+        if host is not None:
+            parts += (b"X-Forwarded-Host: ", host, _CRLF)
+        if req.upgrade:
+            parts += (b"Connection: upgrade\r\nUpgrade: ", upgrade, _CRLF)  # type: ignore[list-item]
+        if req.body_kind == _BODY_CHUNKED:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        elif content_length is not None:
+            parts += (b"Content-Length: ", content_length.strip(), _CRLF)
+        parts.append(_CRLF)
+        req.head = b"".join(parts)
+        req.headers = self._headers
+        self.server.stats.requests += 1
+
+        if self.current is None:
+            self._start(req)
+        else:
+            self.queue.append(req)
+            self._pause(_PAUSE_BUFFERING)
+
+    def on_body(self, body: bytes) -> None:
+        req = self.parsing
+        if req is None:
+            return
+        req.body_bytes += len(body)
+        max_body = self.config.max_body_bytes
+        if max_body is not None and req.body_bytes > max_body:
+            raise _Reject(413, f"request body larger than {max_body} bytes")
+        if req.body_kind == _BODY_CHUNKED:
+            framed = [b"%x\r\n" % len(body), body, _CRLF]
+        else:
+            framed = [body]
+        conn = req.conn
+        if conn is not None and req.head_sent and conn.transport is not None:
+            conn.transport.writelines(framed)
+            req.body_sent = True
+        elif not req.cancelled:
+            req.pending += framed
+            self._pause(_PAUSE_BUFFERING)
+
+    def on_message_complete(self) -> None:
+        req = self.parsing
+        if req is None:
+            return
+        self.parsing = None
+        req.request_complete = True
+        if req.body_kind == _BODY_CHUNKED:
+            conn = req.conn
+            if conn is not None and req.head_sent and conn.transport is not None:
+                conn.transport.write(_LAST_CHUNK)
+            elif not req.cancelled:
+                req.pending.append(_LAST_CHUNK)
+
+    # -- request handling ----------------------------------------------------------------------------
+
+    def _absolute_form(self, url: bytes, host: bytes | None) -> tuple[bytes, bytes | None]:
+        """RFC 9112 §3.2.2: an absolute-form target's authority replaces Host; forward origin-form."""
+        if url == b"*":
+            return url, host
+        try:
+            parsed = parse_url(url)
+        except Exception:
+            raise _Reject(400, "invalid request target") from None
+        if parsed.host is None:
+            raise _Reject(400, "invalid request target")
+        authority = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
+        origin = parsed.path or b"/"
+        if parsed.query:
+            origin += b"?" + parsed.query
+        return origin, authority
+
+    def _start(self, req: HttpRequest) -> None:
+        """Make `req` the current request and send it on its way (or answer it locally)."""
+        self.current = req
+        reject = req.reject
+        if reject is not None:
+            self._respond_local(req, reject.status, reject.reason)
+            return
+        url = req.url
+        path = url.split(b"?", 1)[0].decode("latin-1") if url.startswith(b"/") else (
+            parse_url(url).path or b"/").decode("latin-1") if url != b"*" else "*"
+        runtime = self.server.snapshot.route_http(self.listener_key, req.host, path)
+        if runtime is None:
+            self._respond_local(req, 404, f"steelyard: no route for host {req.host!r} and path {path!r}")
+            return
+        req.runtime = runtime
+        req.retries_left = runtime.retry_attempts
+        ctx = NO_CONTEXT
+        if runtime.hash_header is not None or runtime.hash_cookie is not None or runtime.hash_source_ip:
+            ctx = self._pick_context(runtime)
+        attempt = runtime.pick(ctx)
+        if attempt is None:
+            self._respond_local(req, 503, f"steelyard: load balancer {runtime.name}: "
+                                          f"{runtime.unavailable_reason()}")
+            return
+        self._dispatch(req, attempt)
+
+    def _pick_context(self, runtime: UpstreamRuntime) -> PickContext:
+        key: str | None = None
+        if runtime.hash_source_ip:
+            key = self.client_ip
+        elif runtime.hash_header is not None:
+            for name, value in self.current.headers:  # type: ignore[union-attr]
+                if name.lower() == runtime.hash_header:
+                    key = value.decode("latin-1")
+                    break
+        elif runtime.hash_cookie is not None:
+            for name, value in self.current.headers:  # type: ignore[union-attr]
+                if name.lower() == b"cookie":
+                    for pair in value.decode("latin-1").split(";"):
+                        cname, _, cvalue = pair.strip().partition("=")
+                        if cname == runtime.hash_cookie:
+                            key = cvalue
+                            break
+        return PickContext(client_ip=self.client_ip, hash_key=key)
+
+    def _dispatch(self, req: HttpRequest, attempt: Attempt) -> None:
+        req.attempt = attempt
+        endpoint = attempt.endpoint
+        req.tried.append(endpoint.id)
+        server = self.server
+        pool = server.pool_for(endpoint)
+        conn = pool.acquire()
+        if conn is not None:
+            self._send(req, conn)  # type: ignore[arg-type]
+        else:
+            runtime = req.runtime
+            assert runtime is not None
+            server.open_upstream(pool, runtime.connect_timeout, req, self)
+
+    def connected(self, req: HttpRequest, conn: UpstreamConnection | None, error: str | None,
+                  timed_out: bool) -> None:
+        """The upstream connection for `req` is open (or failed to open)."""
+        if req.cancelled or self.closed:
+            if req.attempt is not None:
+                req.attempt.done(ok=conn is not None)
+            if conn is not None:
+                conn.pool.release(conn, True, self.server.now)
+            return
+        if conn is None:
+            runtime = req.runtime
+            assert runtime is not None and req.attempt is not None
+            endpoint = req.attempt.endpoint.id
+            req.attempt.done(ok=False)
+            if runtime.retry_on_connect and self._retry(req):
+                return
+            if timed_out:
+                self._respond_local(req, 504, f"steelyard: load balancer {runtime.name}: endpoint {endpoint} "
+                                              f"did not accept a connection within {runtime.connect_timeout:g}s")
+            else:
+                self._respond_local(req, 502, f"steelyard: load balancer {runtime.name}: endpoint {endpoint} "
+                                              f"refused or failed the connection ({error})")
+            return
+        self._send(req, conn)
+
+    def _send(self, req: HttpRequest, conn: UpstreamConnection) -> None:
+        req.conn = conn
+        conn.bind(self, req)
+        transport = conn.transport
+        assert transport is not None
+        pending = req.pending
+        if pending:
+            req.pending = []
+            transport.writelines([req.head, *pending])
+            req.body_sent = req.body_kind != _BODY_NONE
+        else:
+            transport.write(req.head)
+        req.head_sent = True
+        runtime = req.runtime
+        assert runtime is not None
+        req.upstream_deadline = self.server.now + runtime.request_timeout
+        if not self.queue:
+            self._resume(_PAUSE_BUFFERING)
+        if self.write_paused:
+            conn.pause_reading()
+
+    def retry_attempt(self, req: HttpRequest) -> Attempt | None:
+        """Another endpoint for `req` when retries are left and a retry is safe, else None."""
+        runtime = req.runtime
+        if runtime is None or req.retries_left <= 0 or req.response_started or req.body_sent:
+            return None
+        if req.head_sent and not req.idempotent:
+            return None
+        return runtime.pick(NO_CONTEXT, exclude=req.tried)
+
+    def _retry(self, req: HttpRequest, attempt: Attempt | None = None) -> bool:
+        """Send `req` to another endpoint if retries are left and it is safe; True when it was."""
+        if attempt is None:
+            attempt = self.retry_attempt(req)
+            if attempt is None:
+                return False
+        req.retries_left -= 1
+        req.head_sent = False
+        req.conn = None
+        req.upstream_deadline = 0.0
+        self.server.stats.retries += 1
+        self._dispatch(req, attempt)
+        return True
+
+    def upstream_failed(self, req: HttpRequest, status: int, reason: str, *, retriable: bool) -> None:
+        """The exchange failed before any response byte was forwarded (the attempt is already done)."""
+        req.conn = None
+        if retriable and self._retry(req):
+            return
+        runtime = req.runtime
+        name = runtime.name if runtime is not None else "?"
+        self._respond_local(req, status, f"steelyard: load balancer {name}: {reason}")
+
+    def upstream_broken(self, req: HttpRequest) -> None:
+        """The exchange failed after the response started: the client can only see a cut connection."""
+        req.conn = None
+        self.current = None
+        self.closing = True
+        if self.transport is not None:
+            self.flush()
+            self.transport.abort()
+
+    def response_done(self, req: HttpRequest, keep_alive: bool) -> None:
+        """The response to `req` was written in full (flushed by the caller)."""
+        self.current = None
+        req.conn = None
+        if not keep_alive or self.closing or not req.request_complete:
+            self._close()
+            return
+        self._next()
+
+    def _next(self) -> None:
+        if self.queue:
+            req = self.queue.popleft()
+            if not self.queue and (self.parsing is None or not self.parsing.pending):
+                self._resume(_PAUSE_BUFFERING)
+            self._start(req)
+        else:
+            self._resume(_PAUSE_BUFFERING)
+            if self.parsing is None:
+                self.deadline = self.server.now + self.config.keepalive_timeout
+                self.deadline_kind = _DEADLINE_IDLE
+
+    def _respond_local(self, req: HttpRequest, status: int, text: str) -> None:
+        """Answer `req` ourselves; keep the connection only when the request was read whole."""
+        self.server.stats.local_responses[status] = self.server.stats.local_responses.get(status, 0) + 1
+        self.server.stats.responses_by_class[status // 100] += 1
+        keep = req.keep_alive and req.request_complete and not self.closing and req.reject is None
+        self.out.append(local_response(status, text, keep_alive=keep, head_only=req.is_head))
+        self.flush()
+        self.current = None
+        if keep:
+            self._next()
+        else:
+            self._close()
+
+    def _parse_failed(self, reject: _Reject) -> None:
+        """A parser error: the request being parsed (or a placeholder) is answered in turn, then close."""
+        self._pause(_PAUSE_CLOSING)
+        req = self.parsing
+        self.parsing = None
+        if req is None:
+            req = HttpRequest()
+        if req.head and req is self.current:
+            # Already forwarded (the error is in its body): the upstream exchange is void.
+            req.cancelled = True
+            conn = req.conn
+            if conn is not None:
+                conn.abandon()
+            if req.attempt is not None:
+                req.attempt.done(ok=True)
+            if req.response_started:
+                self.upstream_broken(req)
+                return
+            req.reject = reject
+            self.current = None
+            self._start(req)
+            return
+        if req in self.queue:
+            self.queue.remove(req)
+        req.reject = reject
+        req.keep_alive = False
+        if self.current is None:
+            self._start(req)
+        else:
+            self.queue.append(req)
+
+    def _upgrade_requested(self, rest: bytes) -> None:
+        """llhttp stopped after an Upgrade (or CONNECT) request head; `rest` is tunnel data."""
+        req = self.current if self.current is not None and self.current.upgrade else None
+        if req is None:
+            for queued in self.queue:
+                if queued.upgrade:
+                    req = queued
+        if req is None:
+            return  # rejected already (CONNECT), or handled by the error path
+        req.tunnel_data += rest
+        self._pause(_PAUSE_CLOSING)
+
+    def start_tunnel(self, conn: UpstreamConnection, req: HttpRequest) -> None:
+        """A 101 arrived: from now on bytes are copied both ways unchanged."""
+        self.tunnel = conn
+        self.current = None
+        self.deadline_kind = _DEADLINE_NONE
+        self.server.stats.tunnels += 1
+        data = req.tunnel_data
+        req.tunnel_data = b""
+        if data and conn.transport is not None:
+            conn.transport.write(data)
+        self.paused = 0
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def _abandon(self, req: HttpRequest) -> None:
+        """The client went away: release what `req` holds."""
+        req.cancelled = True
+        conn = req.conn
+        if conn is not None:
+            conn.abandon()
+            req.conn = None
+        if req.attempt is not None and (conn is not None or req.head_sent):
+            req.attempt.done(ok=True)
+
+    # -- output and flow control ------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        out = self.out
+        if out and self.transport is not None:
+            if len(out) == 1:
+                self.transport.write(out[0])
+            else:
+                self.transport.writelines(out)
+            out.clear()
+
+    def _close(self) -> None:
+        self.closing = True
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _pause(self, reason: int) -> None:
+        if not self.paused and self.transport is not None:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if self.paused & reason:
+            self.paused &= ~reason
+            if not self.paused and self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
+    def upstream_write_full(self, full: bool) -> None:
+        if full:
+            self._pause(_PAUSE_UPSTREAM_FULL)
+        else:
+            self._resume(_PAUSE_UPSTREAM_FULL)
+
+    # -- timers and shutdown ------------------------------------------------------------------------------
+
+    def check_timeouts(self, now: float) -> None:
+        """Called by the server's sweep (coarse clock); no timer is armed per request."""
+        if self.closed:
+            return
+        kind = self.deadline_kind
+        if kind != _DEADLINE_NONE and now >= self.deadline and self.current is None:
+            self.deadline_kind = _DEADLINE_NONE
+            if kind == _DEADLINE_IDLE or (self.parsing is None and not self.queue):
+                self._close()  # idle keep-alive connection, or nothing of a request arrived
+                return
+            self.server.stats.timeouts += 1
+            self.parsing = None
+            self.queue.clear()
+            self._pause(_PAUSE_CLOSING)
+            self.out.append(local_response(408, "steelyard: request header not received in time"))
+            self._close()
+            return
+        req = self.current
+        if req is not None and req.upstream_deadline and now >= req.upstream_deadline and req.conn is not None:
+            conn = req.conn
+            runtime = req.runtime
+            assert runtime is not None
+            self.server.stats.timeouts += 1
+            conn.abandon()
+            if req.attempt is not None:
+                req.attempt.done(ok=False)
+            if req.response_started:
+                self.upstream_broken(req)
+            else:
+                req.conn = None
+                self._respond_local(req, 504, f"steelyard: load balancer {runtime.name}: endpoint "
+                                              f"{req.tried[-1]} did not answer within {runtime.request_timeout:g}s")
+
+    def begin_shutdown(self) -> None:
+        """Stop taking requests: close now when idle, else after the current response."""
+        self.closing = True
+        self._pause(_PAUSE_CLOSING)
+        if self.current is None and self.parsing is None and self.tunnel is None:
+            self._close()
+        else:
+            self.queue.clear()
+
+    def is_idle(self) -> bool:
+        return self.current is None and self.parsing is None and self.tunnel is None
+
+
+def _drop_named(kept: list[bytes], named: set[bytes]) -> list[bytes]:
+    """Remove the fields a `Connection` header names (RFC 9110 §7.6.1); `kept` is name, ': ', value, CRLF."""
+    result: list[bytes] = []
+    for i in range(0, len(kept), 4):
+        if kept[i].lower() not in named:
+            result += kept[i:i + 4]
+    return result
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to an endpoint, carrying one exchange at a time, pooled between exchanges."""
+
+    def __init__(self, server: ProxyServer, pool: EndpointPool):
+        self.server = server
+        self.pool = pool
+        self.config = server.config
+        self.parser = HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self.client: HttpProxyProtocol | None = None
+        self.req: HttpRequest | None = None
+        self.read_paused = False
+        self.tunnel = False
+        self.eof_in = False
+        self._reset_response()
+
+    def _reset_response(self) -> None:
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_size = 0
+        self.headers_done = False
+        self.chunked_out = False
+        self.close_delimited = False
+        self.message_done = False
+        self.discard = False
+        self.interim = False
+        self.keep_client = True
+        self.upstream_keep_alive = False
+        self.weight_hint: float | None = None
+
+    # -- binding ------------------------------------------------------------------------------------
+
+    def bind(self, client: HttpProxyProtocol, req: HttpRequest) -> None:
+        self.client = client
+        self.req = req
+        self._reset_response()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+    def abandon(self) -> None:
+        """The client side gave up on the exchange: this connection cannot be reused."""
+        self.client = None
+        self.req = None
+        if not self.closed:
+            self.closed = True
+            self.pool.forget(self)
+            if self.transport is not None:
+                self.transport.abort()
+
+    def pause_reading(self) -> None:
+        if not self.read_paused and self.transport is not None and not self.closed:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused and self.transport is not None and not self.closed:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    # -- asyncio callbacks ------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if client is None:
+            if not self.closed:  # bytes on an idle connection: not HTTP we can trust
+                self.closed = True
+                self.pool.discard_idle(self)
+                self.transport.abort()  # type: ignore[union-attr]
+            return
+        if self.tunnel:
+            client.transport.write(data)  # type: ignore[union-attr]
+            return
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            self._upgraded(data[exc.args[0]:])
+            return
+        except HttpParserError as exc:
+            self._malformed(str(exc.__context__ or exc))
+            return
+        if client.out:
+            client.flush()
+        if self.message_done:
+            self._finish()
+
+    def eof_received(self) -> bool | None:
+        client = self.client
+        if self.tunnel and client is not None and client.transport is not None:
+            self.eof_in = True
+            if client.eof_in or not client.transport.can_write_eof():
+                client.transport.close()
+                return False
+            client.transport.write_eof()
+            return True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        was_closed = self.closed
+        self.closed = True
+        client, req = self.client, self.req
+        if client is None or req is None:
+            if not was_closed:
+                self.pool.discard_idle(self)
+            return
+        if self.tunnel:
+            self.client = self.req = None
+            self.pool.forget(self)
+            client.tunnel = None
+            client._close()
+            return
+        if self.headers_done and self.close_delimited and not self.discard:
+            # Close-delimited body (RFC 9112 §6.3 rule 8): the end of the connection ends the response.
+            self.message_done = True
+            self._finish()
+            return
+        self.client = self.req = None
+        self.pool.forget(self)
+        attempt = req.attempt
+        if attempt is not None:
+            attempt.done(ok=False, status=None)
+        if req.response_started:
+            client.upstream_broken(req)
+            return
+        runtime = req.runtime
+        retriable = runtime is not None and runtime.retry_on_reset
+        endpoint = req.tried[-1] if req.tried else "?"
+        reason = f"endpoint {endpoint} closed the connection before answering"
+        if exc is not None:
+            reason += f" ({exc})"
+        client.upstream_failed(req, 502, reason, retriable=retriable)
+
+    def pause_writing(self) -> None:
+        client = self.client
+        if client is not None:
+            if self.tunnel:
+                client._pause(_PAUSE_UPSTREAM_FULL)
+            else:
+                client.upstream_write_full(True)
+
+    def resume_writing(self) -> None:
+        client = self.client
+        if client is not None:
+            if self.tunnel:
+                client._resume(_PAUSE_UPSTREAM_FULL)
+            else:
+                client.upstream_write_full(False)
+
+    # -- httptools callbacks (response) ----------------------------------------------------------------
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.headers_done:
+            return  # trailer fields: dropped
+        self.headers.append((name, value))
+        self.head_size += len(name) + len(value) + 4
+        if self.head_size > self.config.max_header_bytes or len(self.headers) > self.config.max_headers:
+            raise _Reject(502, "response header section too large")
+
+    def on_headers_complete(self) -> None:
+        client, req = self.client, self.req
+        if client is None or req is None:
+            return
+        self.headers_done = True
+        parser = self.parser
+        status = parser.get_status_code()
+        self.upstream_keep_alive = parser.should_keep_alive()
+        self.status = status
+        if status < 200 and status != 101:
+            self._interim(client, req, status)
+            return
+        runtime = req.runtime
+        assert runtime is not None
+        req.upstream_deadline = 0.0
+        if status in runtime.retry_statuses and not req.response_started:
+            req.next_attempt = client.retry_attempt(req)
+            if req.next_attempt is not None:
+                self.discard = True  # drop this response whole; retry once it is read
+                return
+        req.response_started = True
+        no_body = req.is_head or status == 204 or status == 304 or status == 101
+        content_length: bytes | None = None
+        chunked = False
+        connection_tokens: list[bytes] | None = None
+        weight_header = runtime.weight_header
+        parts = [_status_prefix(status), self.reason, _CRLF]
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname not in _RESPONSE_SPECIAL:
+                parts += (name, b": ", value, _CRLF)
+                if weight_header is not None and lname == weight_header:
+                    try:
+                        self.weight_hint = float(value)
+                    except ValueError:
+                        pass
+            elif lname == b"content-length":
+                content_length = value
+            elif lname == b"transfer-encoding":
+                chunked = True  # llhttp accepts it in a response only with chunked last
+            elif lname == b"connection":
+                tokens = [t.strip().lower() for t in value.split(b",")]
+                connection_tokens = tokens if connection_tokens is None else connection_tokens + tokens
+        if connection_tokens is not None:
+            named = {t for t in connection_tokens if t not in (b"close", b"keep-alive", b"upgrade")}
+            if named:
+                head = parts[:3]
+                rest = parts[3:]
+                for i in range(0, len(rest), 4):
+                    if rest[i].lower() not in named:
+                        head += rest[i:i + 4]
+                parts = head
+        keep = req.keep_alive and not client.closing and req.request_complete
+        if no_body:
+            if content_length is not None and status != 204 and status != 101:
+                parts += (b"Content-Length: ", content_length, _CRLF)
+        elif content_length is not None:
+            parts += (b"Content-Length: ", content_length, _CRLF)
+        elif chunked:
+            if req.http11:
+                self.chunked_out = True
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                keep = False
+        else:
+            self.close_delimited = True
+            if req.http11:
+                self.chunked_out = True
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                keep = False
+        if status == 101:
+            return  # written by _upgraded, with the Upgrade fields
+        self.keep_client = keep
+        if not keep:
+            parts.append(b"Connection: close\r\n")
+        elif not req.http11:
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(_CRLF)
+        client.out.append(b"".join(parts))
+        if req.is_head or no_body:
+            # llhttp cannot know this answered a HEAD: end the message here, reset the parser after.
+            self.message_done = True
+
+    def _interim(self, client: HttpProxyProtocol, req: HttpRequest, status: int) -> None:
+        """A 1xx (RFC 9110 §15.2): forwarded to HTTP/1.1 clients; the final response follows."""
+        self.interim = True
+        if req.http11:
+            req.response_started = True
+            parts = [_status_prefix(status), self.reason, _CRLF]
+            for name, value in self.headers:
+                if name.lower() not in _RESPONSE_SPECIAL:
+                    parts += (name, b": ", value, _CRLF)
+            parts.append(_CRLF)
+            client.out.append(b"".join(parts))
+
+    def on_body(self, body: bytes) -> None:
+        client = self.client
+        if client is None or self.discard or self.message_done:
+            return
+        if self.chunked_out:
+            client.out += (b"%x\r\n" % len(body), body, _CRLF)
+        else:
+            client.out.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            self.reason = b""
+            self.headers = []
+            self.head_size = 0
+            self.headers_done = False
+            return
+        self.message_done = True
+        self.upstream_keep_alive = self.parser.should_keep_alive()  # llhttp forgets it after this call
+
+    # -- end of an exchange ------------------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        """The response is read whole: report, return the connection, let the client go on."""
+        client, req = self.client, self.req
+        if client is None or req is None:
+            return
+        self.client = self.req = None
+        reusable = (not self.closed and not self.close_delimited and req.request_complete
+                    and self.upstream_keep_alive)
+        if req.is_head:
+            self.parser = HttpResponseParser(self)  # see on_headers_complete
+        attempt = req.attempt
+        status = self.status
+        if self.discard:
+            if attempt is not None:
+                attempt.done(ok=False, status=status)
+            self._release(reusable)
+            next_attempt, req.next_attempt = req.next_attempt, None
+            req.conn = None
+            if not client._retry(req, next_attempt):
+                client.upstream_failed(req, 502, f"endpoint {req.tried[-1]} answered {status}", retriable=False)
+            return
+        if self.chunked_out:
+            client.out.append(_LAST_CHUNK)
+        client.flush()
+        if attempt is not None:
+            attempt.done(ok=status < 500, status=status, weight_hint=self.weight_hint)
+        self.server.stats.responses_by_class[status // 100 if 100 <= status < 600 else 0] += 1
+        self._release(reusable)
+        client.response_done(req, self.keep_client)
+
+    def _release(self, reusable: bool) -> None:
+        if self.read_paused and self.transport is not None and not self.closed:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.pool.release(self, reusable, self.server.now)
+
+    def _upgraded(self, rest: bytes) -> None:
+        """The response parser stopped after a 101: tunnel bytes from here on (RFC 9110 §7.8)."""
+        client, req = self.client, self.req
+        if client is None or req is None:
+            return
+        if self.status != 101 or not req.upgrade:
+            self._malformed("unexpected protocol switch")
+            return
+        parts = [_status_prefix(101), self.reason, _CRLF]
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname not in _HOP_BY_HOP or lname == b"upgrade" or lname == b"connection":
+                parts += (name, b": ", value, _CRLF)
+        parts.append(_CRLF)
+        client.out.append(b"".join(parts))
+        if rest:
+            client.out.append(rest)
+        client.flush()
+        self.tunnel = True
+        req.response_started = True
+        if req.attempt is not None:
+            req.attempt.done(ok=True, status=101)
+        self.server.stats.responses_by_class[1] += 1
+        client.start_tunnel(self, req)
+
+    def _malformed(self, why: str) -> None:
+        client, req = self.client, self.req
+        self.client = self.req = None
+        if not self.closed:
+            self.closed = True
+            self.pool.forget(self)
+            if self.transport is not None:
+                self.transport.abort()
+        if client is None or req is None:
+            return
+        if req.attempt is not None:
+            req.attempt.done(ok=False)
+        if req.response_started:
+            client.upstream_broken(req)
+        else:
+            endpoint = req.tried[-1] if req.tried else "?"
+            client.upstream_failed(req, 502, f"endpoint {endpoint} sent a malformed response ({why})",
+                                   retriable=False)
+

@@ -1,0 +1,223 @@
+"""`ProxyServer`: one per process; holds the current routing snapshot, the upstream pools and the live
+connections, and runs the one periodic sweep that enforces every timeout.
+
+No timer is armed per request: each connection records a deadline on a coarse clock (`now`, refreshed by
+the sweep every `sweep_interval`), and the sweep compares. Timeouts are therefore exact to within one
+sweep interval, which is plenty for seconds-long limits and saves two timer operations per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from steelyard.config.desired import BackendEndpoint, Listener
+from steelyard.model import Protocol
+from steelyard.proxy.http import HttpProxyProtocol, HttpRequest, UpstreamConnection
+from steelyard.proxy.pool import EndpointPool
+from steelyard.proxy.routing import EMPTY_SNAPSHOT, Snapshot
+from steelyard.proxy.tcp import TcpProxyProtocol, TcpTunnel
+
+__all__ = ["ProxyConfig", "ProxyServer", "ProxyStats"]
+
+log = logging.getLogger("steelyard.proxy")
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    """Limits and timeouts that are not per load balancer (per-upstream ones come from its policy)."""
+
+    header_timeout: float = 10.0  # first byte to end of the request head, else 408
+    keepalive_timeout: float = 60.0  # an idle client connection is closed after this
+    max_header_bytes: int = 64 * 1024  # request header section, else 431
+    max_headers: int = 100  # request header fields, else 431
+    max_uri_bytes: int = 8 * 1024  # request target, else 414
+    max_body_bytes: int | None = None  # request body, else 413 (None: no limit)
+    pool_max_idle: int = 64  # idle upstream connections kept per endpoint
+    pool_idle_timeout: float = 15.0  # an idle upstream connection is closed after this
+    sweep_interval: float = 0.5  # timeout resolution
+
+
+class ProxyStats:
+    """Counters for the admin API: plain attributes, updated with one increment each."""
+
+    __slots__ = ("requests", "responses_by_class", "local_responses", "retries", "timeouts", "tunnels",
+                 "http_connections_total", "tcp_connections_total", "upstream_connect_failures")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.responses_by_class = [0, 0, 0, 0, 0, 0]  # index = status // 100
+        self.local_responses: dict[int, int] = {}  # status -> count, for answers Steelyard wrote itself
+        self.retries = 0
+        self.timeouts = 0
+        self.tunnels = 0
+        self.http_connections_total = 0
+        self.tcp_connections_total = 0
+        self.upstream_connect_failures = 0
+
+
+class ProxyServer:
+    """The data plane of one process.
+
+    The runtime sets `snapshot` (from `UpstreamRegistry.apply`) and binds each listener with
+    `loop.create_server(proxy.protocol_factory(listener), host, port)`; `shutdown()` drains.
+    """
+
+    def __init__(self, config: ProxyConfig | None = None, snapshot: Snapshot = EMPTY_SNAPSHOT):
+        self.config = config or ProxyConfig()
+        self._snapshot = snapshot
+        self.pools: dict[str, EndpointPool] = {}
+        self.http_connections: set[HttpProxyProtocol] = set()
+        self.tcp_tunnels: set[TcpTunnel] = set()
+        self.stats = ProxyStats()
+        self.closing = False
+        self.now = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweep: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- configuration -----------------------------------------------------------------------------------
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    @snapshot.setter
+    def snapshot(self, snapshot: Snapshot) -> None:
+        """Swap the routing snapshot; pools of endpoints no longer configured are retired."""
+        self._snapshot = snapshot
+        keep = snapshot.endpoint_ids
+        for endpoint_id in [e for e in self.pools if e not in keep]:
+            self.pools.pop(endpoint_id).retire()
+
+    def protocol_factory(self, listener: Listener) -> Callable[[], asyncio.Protocol]:
+        """The factory for `loop.create_server`: HTTP or TCP by `listener.protocol`. Call it with the
+        loop running (it starts the timeout sweep on that loop)."""
+        self._ensure_sweep()
+        key = listener.key
+        if listener.protocol == Protocol.TCP:
+            return lambda: TcpProxyProtocol(self, key)
+        return lambda: HttpProxyProtocol(self, key)
+
+    # -- upstream connections -----------------------------------------------------------------------------
+
+    def pool_for(self, endpoint: BackendEndpoint) -> EndpointPool:
+        pool = self.pools.get(endpoint.id)
+        if pool is None:
+            pool = self.pools[endpoint.id] = EndpointPool(endpoint.id, endpoint.host, endpoint.port,
+                                                          self.config.pool_max_idle)
+        return pool
+
+    def open_upstream(self, pool: EndpointPool, timeout: float, req: HttpRequest,
+                      client: HttpProxyProtocol) -> None:
+        """Connect a new upstream connection for `req`; `client.connected()` gets the outcome."""
+        self.spawn(self._connect(pool, timeout, req, client), "upstream-connect")
+
+    async def _connect(self, pool: EndpointPool, timeout: float, req: HttpRequest,
+                       client: HttpProxyProtocol) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: UpstreamConnection(self, pool), pool.host, pool.port), timeout
+            )
+        except TimeoutError:
+            self.stats.upstream_connect_failures += 1
+            client.connected(req, None, "timeout", True)
+            return
+        except OSError as exc:
+            self.stats.upstream_connect_failures += 1
+            client.connected(req, None, exc.strerror or str(exc), False)
+            return
+        pool.opened()
+        client.connected(req, conn, None, False)
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """A named, guarded background task: an exception is logged, never lost."""
+        loop = self._loop or asyncio.get_running_loop()
+        task = loop.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+    # -- timeouts -------------------------------------------------------------------------------------------
+
+    def _ensure_sweep(self) -> None:
+        if self._sweep is None:
+            self._loop = asyncio.get_running_loop()
+            self.now = self._loop.time()
+            self._sweep = self._loop.call_later(self.config.sweep_interval, self._tick)
+
+    def _tick(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        self.now = now = loop.time()
+        try:
+            for conn in list(self.http_connections):
+                conn.check_timeouts(now)
+            for tunnel in list(self.tcp_tunnels):
+                tunnel.check_timeouts(now)
+            older_than = now - self.config.pool_idle_timeout
+            for pool in self.pools.values():
+                if pool.idle:
+                    pool.expire(older_than)
+        except Exception:  # the sweep must survive any one connection's bug
+            log.exception("timeout sweep failed")
+        self._sweep = loop.call_later(self.config.sweep_interval, self._tick)
+
+    # -- shutdown ----------------------------------------------------------------------------------------------
+
+    def in_flight(self) -> int:
+        return sum(1 for c in self.http_connections if c.current is not None) + len(self.tcp_tunnels)
+
+    async def shutdown(self, drain_timeout: float) -> None:
+        """Stop taking requests, let in-flight ones finish for up to `drain_timeout`, then abort the rest.
+
+        Idle keep-alive connections close now; busy ones answer their current request with
+        `Connection: close` and close. TCP tunnels get the drain time to end on their own.
+        """
+        self.closing = True
+        for conn in list(self.http_connections):
+            conn.begin_shutdown()
+        for pool in self.pools.values():
+            pool.close_idle()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_timeout
+        while (self.http_connections or self.tcp_tunnels) and loop.time() < deadline:
+            await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
+        for conn in list(self.http_connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        for tunnel in list(self.tcp_tunnels):
+            tunnel.close(abort=True)
+        for pool in self.pools.values():
+            pool.close_idle()
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        for task in list(self._tasks):
+            task.cancel()
+
+    def describe(self) -> dict[str, object]:
+        """Counters and gauges for the admin API."""
+        s = self.stats
+        return {
+            "requests": s.requests,
+            "responses": {f"{i}xx": n for i, n in enumerate(s.responses_by_class) if i},
+            "local_responses": dict(s.local_responses),
+            "retries": s.retries,
+            "timeouts": s.timeouts,
+            "tunnels": s.tunnels,
+            "in_flight": self.in_flight(),
+            "http_connections": len(self.http_connections),
+            "idle_http_connections": sum(1 for c in self.http_connections if c.is_idle()),
+            "tcp_connections": len(self.tcp_tunnels),
+            "pools": {eid: pool.describe() for eid, pool in self.pools.items()},
+            "upstreams": {key: rt.describe() for key, rt in self._snapshot.upstreams.items()},
+        }

@@ -1,0 +1,225 @@
+"""One upstream's live balancing state: the endpoint tracker, the strategy, and the pick/done loop.
+
+An `UpstreamRuntime` lives as long as its `Upstream.key` exists; a reload calls `update()` and the
+state of endpoints that stay (health, ejections, strategy counters, EWMA) is kept. The proxy calls
+`pick()` per request (HTTP) or per connection (TCP) and reports the outcome through the returned
+`Attempt` exactly once (gRPC's Done callback): that one report feeds the strategy (`on_done`), the
+tracker (outlier detection, dynamic weights) and the counters the admin API reads.
+
+The strategy only ever sees `tracker.usable()`; `refresh()` re-reads it when an outcome, a health
+check or the passage of time (`next_change_at`) may have changed it, never per pick.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING
+
+from steelyard.config.desired import BackendEndpoint, Upstream
+from steelyard.model import DynamicWeightMode
+from steelyard.strategies import NO_CONTEXT, BalancingStrategy, Endpoint, PickContext, create
+
+if TYPE_CHECKING:
+    from steelyard.endpoints import EndpointTracker
+
+Clock = Callable[[], float]
+
+__all__ = ["Attempt", "EndpointStats", "UpstreamRuntime"]
+
+
+class EndpointStats:
+    """Counters of one endpoint inside one upstream; plain ints so an update costs an attribute write."""
+
+    __slots__ = ("requests", "in_flight", "failures", "by_class")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.in_flight = 0
+        self.failures = 0
+        # index = status // 100 (0 = no status: connect failure, reset, TCP connection)
+        self.by_class = [0, 0, 0, 0, 0, 0]
+
+    def as_dict(self) -> dict[str, object]:
+        classes = {f"{i}xx": n for i, n in enumerate(self.by_class) if i and n}
+        if self.by_class[0]:
+            classes["none"] = self.by_class[0]
+        return {"requests": self.requests, "in_flight": self.in_flight, "failures": self.failures,
+                "responses": classes}
+
+
+class Attempt:
+    """One pick. `done()` must be called exactly once; later calls are ignored, so error paths may
+    call it defensively. Latency is measured from the pick to `done()`."""
+
+    __slots__ = ("endpoint", "_runtime", "_picked", "_started", "_stats", "finished")
+
+    def __init__(self, runtime: UpstreamRuntime, endpoint: BackendEndpoint, picked: Endpoint | None,
+                 started: float, stats: EndpointStats):
+        self.endpoint = endpoint
+        self._runtime = runtime
+        self._picked = picked  # None when chosen outside the strategy (a retry with exclusions)
+        self._started = started
+        self._stats = stats
+        self.finished = False
+
+    def done(self, *, ok: bool, status: int | None = None, weight_hint: float | None = None) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        runtime = self._runtime
+        now = runtime.clock()
+        latency = now - self._started
+        stats = self._stats
+        stats.in_flight -= 1
+        if not ok:
+            stats.failures += 1
+        stats.by_class[status // 100 if status is not None and 100 <= status < 600 else 0] += 1
+        if self._picked is not None:
+            runtime.strategy.on_done(self._picked, latency, ok)
+        if runtime.tracker.on_outcome(self.endpoint.id, now, ok=ok, latency=latency, weight_hint=weight_hint):
+            runtime.refresh()
+
+    def __repr__(self) -> str:
+        return f"<Attempt {self.endpoint.id} finished={self.finished}>"
+
+
+class UpstreamRuntime:
+    """Balancing state of one upstream (one load balancer port). Not thread-safe: one per event loop."""
+
+    def __init__(self, upstream: Upstream, clock: Clock = time.monotonic, rng: random.Random | None = None):
+        from steelyard.endpoints import EndpointTracker
+
+        self.clock = clock
+        self.rng = rng if rng is not None else random.Random()
+        now = clock()
+        self.upstream = upstream
+        self.tracker: EndpointTracker = EndpointTracker(upstream.policy, now)
+        self.tracker.set_endpoints(upstream.endpoints, now)
+        self.strategy: BalancingStrategy = create(upstream.policy.strategy, clock=clock, rng=self.rng)
+        self.stats: dict[str, EndpointStats] = {}
+        self.requests = 0
+        self.no_endpoint = 0  # picks that found no usable endpoint (the 503s)
+        self._usable: tuple[Endpoint, ...] = ()
+        self._next_change: float | None = None
+        self._derive(upstream)
+        self.refresh()
+
+    def _derive(self, upstream: Upstream) -> None:
+        """Values the proxy reads per request, computed once per config change."""
+        policy = upstream.policy
+        self.retry_attempts = policy.retries.attempts
+        self.retry_on_connect = "connect-failure" in policy.retries.on
+        self.retry_on_reset = "reset" in policy.retries.on
+        self.retry_statuses = frozenset(int(s) for s in policy.retries.on if s.isdigit())
+        self.connect_timeout = policy.timeouts.connect
+        self.request_timeout = policy.timeouts.request
+        self.idle_timeout = policy.timeouts.idle
+        dyn = policy.dynamic_weights
+        self.weight_header: bytes | None = (
+            dyn.header.lower().encode("latin-1") if dyn.mode == DynamicWeightMode.HEADER else None
+        )
+        hash_on = policy.strategy.hash_on
+        self.hash_header: bytes | None = None
+        self.hash_cookie: str | None = None
+        self.hash_source_ip = False
+        if hash_on is not None:
+            if hash_on.header is not None:
+                self.hash_header = hash_on.header.lower().encode("latin-1")
+            elif hash_on.cookie is not None:
+                self.hash_cookie = hash_on.cookie
+            else:
+                self.hash_source_ip = True
+        self.name = upstream.load_balancer
+
+    @property
+    def key(self) -> str:
+        return self.upstream.key
+
+    def update(self, upstream: Upstream) -> None:
+        """Apply a new configuration; state for endpoint ids that stay is kept by the tracker/strategy."""
+        now = self.clock()
+        old = self.upstream
+        self.upstream = upstream
+        if upstream.policy != old.policy:
+            self.tracker.set_policy(upstream.policy, now)
+            if upstream.policy.strategy != old.policy.strategy:
+                self.strategy = create(upstream.policy.strategy, clock=self.clock, rng=self.rng)
+                self._usable = ()  # force set_endpoints on the new strategy
+        if upstream.endpoints != old.endpoints:
+            self.tracker.set_endpoints(upstream.endpoints, now)
+        self._derive(upstream)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Hand the strategy the usable set when it changed; remember when time alone may change it."""
+        now = self.clock()
+        usable = tuple(self.tracker.usable(now))
+        if usable != self._usable:
+            self._usable = usable
+            self.strategy.set_endpoints(usable)
+        self._next_change = self.tracker.next_change_at(now)
+
+    def on_health_check(self, endpoint_id: str, healthy: bool) -> None:
+        if self.tracker.on_health_check(endpoint_id, self.clock(), healthy):
+            self.refresh()
+
+    def pick(self, ctx: PickContext = NO_CONTEXT, exclude: Collection[str] = ()) -> Attempt | None:
+        """Choose an endpoint, or None when none is usable (the proxy answers 503).
+
+        With `exclude` (a retry), the choice is a weighted random one among the usable endpoints not yet
+        tried, made outside the strategy: a strategy never sees a pick it did not make, so its counters and
+        latency estimates stay exact (a cancelled pick reported as 0 s would make a failing endpoint look fast).
+        """
+        now = self.clock()
+        if self._next_change is not None and now >= self._next_change:
+            self.refresh()
+        if exclude:
+            others = [e for e in self._usable if e.id not in exclude and e.weight > 0]
+            if not others:
+                self.no_endpoint += 1
+                return None
+            chosen = others[0] if len(others) == 1 else self.rng.choices(others, [e.weight for e in others])[0]
+            return self._attempt(chosen, None, now)
+        picked = self.strategy.pick(ctx)
+        if picked is None:
+            self.no_endpoint += 1
+            return None
+        return self._attempt(picked, picked, now)
+
+    def _attempt(self, chosen: Endpoint, picked: Endpoint | None, now: float) -> Attempt | None:
+        endpoint = self.tracker.endpoint(chosen.id)
+        if endpoint is None:  # the strategy still knew an endpoint the tracker dropped
+            if picked is not None:
+                self.strategy.on_done(picked, 0.0, True)
+            self.no_endpoint += 1
+            return None
+        stats = self.stats.get(chosen.id)
+        if stats is None:
+            stats = self.stats[chosen.id] = EndpointStats()
+        stats.requests += 1
+        stats.in_flight += 1
+        self.requests += 1
+        return Attempt(self, endpoint, picked, now, stats)
+
+    def unavailable_reason(self) -> str:
+        return self.tracker.unavailable_reason(self.clock())
+
+    def in_flight(self) -> int:
+        return sum(s.in_flight for s in self.stats.values())
+
+    def describe(self) -> dict[str, object]:
+        now = self.clock()
+        return {
+            "upstream": self.key,
+            "load_balancer": self.upstream.load_balancer,
+            "requests": self.requests,
+            "no_endpoint": self.no_endpoint,
+            "strategy": self.strategy.describe(),
+            "endpoints": self.tracker.describe(now),
+            "stats": {eid: s.as_dict() for eid, s in self.stats.items()},
+        }
+
+    def __repr__(self) -> str:
+        return f"<UpstreamRuntime {self.key} usable={[e.id for e in self._usable]}>"

@@ -1,0 +1,377 @@
+"""Test helpers for the proxy: real backends on 127.0.0.1, a proxy in the test's loop, a raw client.
+
+Backends answer with their name (HAProxy's reg-test habit) and act on the path:
+  /echo             echo the request body (Content-Length response)
+  /count            read the body as it streams, answer how many bytes arrived
+  /chunked?n=K      answer K chunks "part-i" with chunked framing
+  /bytes?n=N        stream N bytes (Content-Length), in 64 KiB writes with drain
+  /status/NNN       answer status NNN
+  /slow?ms=T        answer after T milliseconds
+  /close            close the connection without answering
+  /continue         answer 100 Continue first, then echo the body
+  /headers          answer the request head as received, as the body
+  /eof              answer with neither Content-Length nor chunked: the body ends with the connection
+  /ws               switch protocols (101) and echo raw bytes both ways
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import httptools
+
+from steelyard.config.desired import BackendEndpoint, DesiredState, Listener, Route, Upstream
+from steelyard.model import BalancerPolicySpec, Protocol
+from steelyard.proxy import ProxyConfig, ProxyServer, UpstreamRegistry
+
+LISTENER_PORT = 18080  # the listener's configured port (its key); the socket binds an ephemeral port
+
+
+@dataclass
+class Backend:
+    name: str
+    server: asyncio.Server | None = None
+    port: int = 0
+    requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
+    heads: list[bytes] = field(default_factory=list)
+    connections: int = 0
+
+    @property
+    def endpoint(self) -> BackendEndpoint:
+        return BackendEndpoint(host="127.0.0.1", port=self.port, name=self.name)
+
+    async def start(self) -> Backend:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 2)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while await self._one(reader, writer):
+                pass
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return False
+        lines = head.decode("latin-1").split("\r\n")
+        method, target, _ = lines[0].split(" ", 2)
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            if line:
+                k, _, v = line.partition(":")
+                headers[k.strip().lower()] = v.strip()
+        path, _, query = target.partition("?")
+        params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
+        self.requests.append((method, path))
+        self.heads.append(head)
+
+        async def body_chunks() -> AsyncIterator[bytes]:
+            if headers.get("transfer-encoding", "").lower() == "chunked":
+                while True:
+                    size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                    if size == 0:
+                        while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                            pass
+                        return
+                    yield await reader.readexactly(size)
+                    await reader.readexactly(2)
+            else:
+                left = int(headers.get("content-length", "0"))
+                while left:
+                    data = await reader.read(min(left, 1 << 16))
+                    if not data:
+                        raise asyncio.IncompleteReadError(b"", left)
+                    left -= len(data)
+                    yield data
+
+        def respond(status: int, body: bytes, extra: str = "") -> None:
+            writer.write(
+                f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\nX-Backend: {self.name}\r\n{extra}\r\n"
+                .encode() + (b"" if method == "HEAD" else body)
+            )
+
+        if path == "/close":
+            writer.transport.abort()
+            return False
+        if path == "/ws":
+            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+            writer.write_eof()
+            return False
+        if path == "/continue":
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            body = b"".join([c async for c in body_chunks()])
+            respond(200, body)
+        elif path == "/echo":
+            body = b"".join([c async for c in body_chunks()])
+            respond(200, body)
+        elif path == "/count":
+            total = 0
+            async for chunk in body_chunks():
+                total += len(chunk)
+            respond(200, str(total).encode())
+        else:
+            async for _ in body_chunks():
+                pass
+            if path == "/chunked":
+                n = int(params.get("n", "3"))
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Backend: " + self.name.encode()
+                             + b"\r\nTrailer: X-T\r\n\r\n")
+                for i in range(n):
+                    part = f"part-{i};".encode()
+                    writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+                    await writer.drain()
+                writer.write(b"0\r\nX-T: 1\r\n\r\n")
+            elif path == "/bytes":
+                n = int(params.get("n", "0"))
+                writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n".encode())
+                block = b"x" * 65536
+                while n > 0:
+                    writer.write(block[: min(n, 65536)])
+                    n -= 65536
+                    await writer.drain()
+            elif path.startswith("/status/"):
+                status = int(path.rsplit("/", 1)[1])
+                if status in (204, 304):
+                    writer.write(f"HTTP/1.1 {status} X\r\nX-Backend: {self.name}\r\n"
+                                 f"{'Content-Length: 7' if status == 304 else ''}\r\n\r\n".encode()
+                                 .replace(b"\r\n\r\n\r\n", b"\r\n\r\n"))
+                else:
+                    respond(status, f"{self.name} {status}".encode())
+            elif path == "/slow":
+                await asyncio.sleep(int(params.get("ms", "100")) / 1000)
+                respond(200, self.name.encode())
+            elif path == "/headers":
+                respond(200, head)
+            elif path == "/eof":
+                writer.write(b"HTTP/1.1 200 OK\r\nX-Backend: " + self.name.encode() + b"\r\n\r\nuntil-close")
+                await writer.drain()
+                return False
+            else:
+                respond(200, self.name.encode(), "Connection: keep-alive\r\n")
+        await writer.drain()
+        return headers.get("connection", "").lower() != "close"
+
+
+def make_state(backends: Sequence[Backend | BackendEndpoint], *, protocol: Protocol = Protocol.HTTP,
+               policy: dict[str, Any] | None = None, hosts: tuple[str, ...] = (), prefix: str = "/",
+               key: str = "default/web/http", extra_routes: Sequence[tuple[Upstream, Route]] = ()
+               ) -> DesiredState:
+    endpoints = tuple(b.endpoint if isinstance(b, Backend) else b for b in backends)
+    spec = BalancerPolicySpec.model_validate(policy or {})
+    upstream = Upstream(key=key, load_balancer=key.rsplit("/", 1)[0], port_name="http", protocol=protocol,
+                        policy=spec, policy_name=None, endpoints=endpoints)
+    upstreams = {key: upstream}
+    routes = [Route(hosts=hosts, path_prefix=prefix, upstream=key)]
+    for extra_upstream, route in extra_routes:
+        upstreams[extra_upstream.key] = extra_upstream
+        routes.append(route)
+    listener = Listener(address="127.0.0.1", port=LISTENER_PORT, protocol=protocol, routes=tuple(routes))
+    return DesiredState(upstreams=MappingProxyType(upstreams), listeners=(listener,), source="test")
+
+
+class Harness:
+    """A ProxyServer in the current loop with one listener bound to an ephemeral port on 127.0.0.1."""
+
+    def __init__(self, state: DesiredState, config: ProxyConfig | None = None):
+        self.registry = UpstreamRegistry()
+        self.proxy = ProxyServer(config or ProxyConfig(sweep_interval=0.05))
+        self.state = state
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> Harness:
+        self.proxy.snapshot = self.registry.apply(self.state)
+        listener = self.state.listeners[0]
+        self.server = await asyncio.get_running_loop().create_server(
+            self.proxy.protocol_factory(listener), "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    def apply(self, state: DesiredState) -> None:
+        self.state = state
+        self.proxy.snapshot = self.registry.apply(state)
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.proxy.shutdown(1.0)
+
+    async def connect(self) -> Client:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        return Client(reader, writer)
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    raw_head: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k.lower() == name.lower():
+                return v
+        return None
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.responses: list[Response] = []
+        self._headers: list[tuple[str, str]] = []
+        self._body: list[bytes] = []
+        self.parser: Any = None
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode(), value.decode()))
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.responses.append(Response(self.parser.get_status_code(), self._headers, b"".join(self._body)))
+        self._headers, self._body = [], []
+
+
+class Client:
+    """A raw HTTP/1.1 client: bytes out, parsed responses in, and whether the proxy closed."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader = reader
+        self.writer = writer
+        self.collector = _Collector()
+        self.parser = httptools.HttpResponseParser(self.collector)
+        self.collector.parser = self.parser
+        self.eof = False
+        self.raw = bytearray()
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def responses(self, n: int, timeout: float = 10.0, head_only: bool = False) -> list[Response]:
+        async def read() -> None:
+            while len(self.collector.responses) < n:
+                data = await self.reader.read(1 << 16)
+                if not data:
+                    self.eof = True
+                    return
+                self.raw += data
+                try:
+                    self.parser.feed_data(data)
+                except httptools.HttpParserUpgrade:
+                    return
+        await asyncio.wait_for(read(), timeout)
+        got, self.collector.responses = self.collector.responses[:n], self.collector.responses[n:]
+        if len(got) < n:
+            raise AssertionError(f"connection closed after {len(got)} of {n} responses: {bytes(self.raw)!r}")
+        return got
+
+    async def response(self, timeout: float = 10.0) -> Response:
+        return (await self.responses(1, timeout))[0]
+
+    async def closed(self, timeout: float = 10.0) -> bool:
+        """True when the proxy closes the connection (reads until EOF)."""
+        if self.eof:
+            return True
+        try:
+            while data := await asyncio.wait_for(self.reader.read(1 << 16), timeout):
+                self.raw += data
+        except (ConnectionError, TimeoutError):
+            return False
+        self.eof = True
+        return True
+
+    async def request(self, method: str = "GET", path: str = "/", host: str = "example.com",
+                      body: bytes | None = None, headers: str = "") -> Response:
+        data = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{headers}".encode()
+        if body is not None:
+            data += b"Content-Length: %d\r\n" % len(body)
+        await self.send(data + b"\r\n" + (body or b""))
+        return await self.response()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def start_backends(*names: str) -> list[Backend]:
+    return [await Backend(name).start() for name in names]
+
+
+def install_fallback_tracker() -> None:
+    """Until steelyard.endpoints lands, give UpstreamRuntime a tracker with the documented interface.
+
+    Every endpoint with weight > 0 is usable at its configured weight; no health or ejection logic.
+    """
+    try:
+        import steelyard.endpoints  # noqa: F401
+        return
+    except ImportError:
+        pass
+    import sys
+    import types
+
+    from steelyard.strategies import Endpoint
+
+    class EndpointTracker:
+        def __init__(self, policy: Any, now: float) -> None:
+            self.endpoints: dict[str, BackendEndpoint] = {}
+
+        def set_policy(self, policy: Any, now: float) -> None:
+            pass
+
+        def set_endpoints(self, endpoints: Sequence[BackendEndpoint], now: float) -> None:
+            self.endpoints = {e.id: e for e in endpoints}
+
+        def on_outcome(self, endpoint_id: str, now: float, **kw: Any) -> bool:
+            return False
+
+        def on_health_check(self, endpoint_id: str, now: float, healthy: bool) -> bool:
+            return False
+
+        def usable(self, now: float) -> tuple[Endpoint, ...]:
+            return tuple(Endpoint(e.id, float(e.weight)) for e in self.endpoints.values() if e.weight > 0)
+
+        def endpoint(self, endpoint_id: str) -> BackendEndpoint | None:
+            return self.endpoints.get(endpoint_id)
+
+        def unavailable_reason(self, now: float) -> str:
+            return f"no usable endpoint: {len(self.endpoints)} configured, none with weight"
+
+        def describe(self, now: float) -> list[dict[str, object]]:
+            return []
+
+        def next_change_at(self, now: float) -> float | None:
+            return None
+
+    module = types.ModuleType("steelyard.endpoints")
+    module.EndpointTracker = EndpointTracker  # type: ignore[attr-defined]
+    sys.modules["steelyard.endpoints"] = module
+
+
+install_fallback_tracker()
