@@ -40,6 +40,8 @@ class Backend:
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
     heads: list[bytes] = field(default_factory=list)
     connections: int = 0
+    # Misbehaviour for every request: an int status to answer, "reset" (close at once), "garbage".
+    mode: int | str | None = None
 
     @property
     def endpoint(self) -> BackendEndpoint:
@@ -108,6 +110,19 @@ class Backend:
                 .encode() + (b"" if method == "HEAD" else body)
             )
 
+        if self.mode == "reset":
+            writer.transport.abort()
+            return False
+        if self.mode == "garbage":
+            writer.write(b"HTTP/1.1 2x0 Broken\r\n\r\n")
+            await writer.drain()
+            return False
+        if isinstance(self.mode, int):
+            async for _ in body_chunks():
+                pass
+            respond(self.mode, f"{self.name} {self.mode}".encode())
+            await writer.drain()
+            return True
         if path == "/close":
             writer.transport.abort()
             return False

@@ -41,3 +41,296 @@ async def test_round_robin_spreads_over_backends() -> None:
         client.close()
     for b in backends:
         await b.close()
+
+
+async def test_pipelined_requests_are_answered_in_order() -> None:
+    (a,) = await start_backends("a")
+    async with Harness(make_state([a])) as h:
+        client = await h.connect()
+        await client.send(b"GET /slow?ms=150 HTTP/1.1\r\nHost: x\r\n\r\n"
+                          b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+                          b"GET /headers HTTP/1.1\r\nHost: x\r\n\r\n")
+        r1, r2, r3 = await client.responses(3)
+        assert (r1.status, r1.body) == (200, b"a")
+        assert (r2.status, r2.body) == (200, b"hello")
+        assert r3.status == 200 and r3.body.startswith(b"GET /headers HTTP/1.1")
+        assert a.requests == [("GET", "/slow"), ("POST", "/echo"), ("GET", "/headers")]
+        client.close()
+    await a.close()
+
+
+async def test_chunked_request_is_reframed_and_chunked_response_forwarded() -> None:
+    (a,) = await start_backends("a")
+    async with Harness(make_state([a])) as h:
+        client = await h.connect()
+        await client.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                          b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: t\r\n\r\n")
+        r = await client.response()
+        assert (r.status, r.body) == (200, b"abcde")
+        assert b"Transfer-Encoding: chunked" in a.heads[-1]
+        r = await client.request("GET", "/chunked?n=3")
+        assert r.body == b"part-0;part-1;part-2;"
+        assert r.header("Transfer-Encoding") == "chunked"
+        assert r.header("Trailer") is None  # hop-by-hop, and trailers are dropped
+        # the connection is still usable afterwards
+        assert (await client.request()).status == 200
+        client.close()
+    await a.close()
+
+
+async def test_close_delimited_response_is_rechunked_for_http11_and_closed_for_http10() -> None:
+    (a,) = await start_backends("a")
+    async with Harness(make_state([a])) as h:
+        client = await h.connect()
+        r = await client.request("GET", "/eof")
+        assert r.body == b"until-close" and r.header("Transfer-Encoding") == "chunked"
+        assert (await client.request()).body == b"a"
+        client.close()
+        client = await h.connect()
+        await client.send(b"GET /eof HTTP/1.0\r\n\r\n")
+        assert await client.closed()  # the end of the connection ends the body for HTTP/1.0
+        head, _, body = bytes(client.raw).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" in head and body == b"until-close"
+    await a.close()
+
+
+async def test_head_204_and_304_have_no_body_and_keep_the_connection() -> None:
+    (a,) = await start_backends("a")
+    async with Harness(make_state([a])) as h:
+        client = await h.connect()
+        await client.send(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.sleep(0)
+        # httptools cannot know the request was HEAD: read the head bytes directly
+        data = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), 5)
+        assert data.startswith(b"HTTP/1.1 200") and b"Content-Length: 1\r\n" in data
+        r = await client.request("GET", "/status/204")
+        assert r.status == 204 and r.body == b"" and r.header("Content-Length") is None
+        r = await client.request("GET", "/status/304")
+        assert r.status == 304 and r.body == b""
+        r = await client.request("GET", "/")
+        assert (r.status, r.body) == (200, b"a")
+        client.close()
+    await a.close()
+
+
+async def test_expect_100_continue_is_forwarded() -> None:
+    (a,) = await start_backends("a")
+    async with Harness(make_state([a])) as h:
+        client = await h.connect()
+        await client.send(b"POST /continue HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+        interim = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), 5)
+        assert interim.startswith(b"HTTP/1.1 100 ")
+        await client.send(b"data")
+        r = await client.response()
+        assert (r.status, r.body) == (200, b"data")
+        client.close()
+    await a.close()
+
+
+async def test_upgrade_tunnels_bytes_both_ways_with_half_close() -> None:
+    (a,) = await start_backends("a")
+    async with Harness(make_state([a])) as h:
+        client = await h.connect()
+        await client.send(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        assert b"Upgrade: websocket" in head and b"Connection: Upgrade" in head
+        await client.send(b"\x81\x05hello")
+        assert await asyncio.wait_for(client.reader.readexactly(7), 5) == b"\x81\x05hello"
+        await client.send(b"more")
+        assert await asyncio.wait_for(client.reader.readexactly(4), 5) == b"more"
+        client.writer.write_eof()  # half-close: the backend sees EOF, answers with its own EOF
+        assert await asyncio.wait_for(client.reader.read(), 5) == b""
+        assert h.proxy.stats.tunnels == 1
+        client.close()
+    await a.close()
+
+
+async def test_request_head_is_regenerated_with_forwarding_fields() -> None:
+    (a,) = await start_backends("a")
+    async with Harness(make_state([a])) as h:
+        client = await h.connect()
+        r = await client.request("GET", "/headers?q=1", host="Shop.Example:8080", headers=(
+            "Connection: keep-alive, X-Secret\r\nX-Secret: s\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n"
+            "Proxy-Connection: keep-alive\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\n"
+            "X-Custom: kept\r\n"))
+        head = r.body.decode().lower()
+        assert head.startswith("get /headers?q=1 http/1.1\r\nhost: shop.example:8080\r\n")
+        for gone in ("x-secret", "keep-alive", "te:", "proxy-connection", "connection:", "https"):
+            assert gone not in head
+        assert "x-forwarded-for: 1.2.3.4, 127.0.0.1\r\n" in head
+        assert "x-forwarded-proto: http\r\n" in head
+        assert "x-forwarded-host: shop.example:8080\r\n" in head
+        assert "x-custom: kept\r\n" in head
+        # and the response: the backend's hop-by-hop Connection field is not passed on
+        r = await client.request("GET", "/")
+        assert r.header("Connection") is None and r.header("X-Backend") == "a"
+        client.close()
+    await a.close()
+
+
+async def test_routing_by_host_and_longest_segment_prefix() -> None:
+    from steelyard.config.desired import Route, Upstream
+
+    api, web, other = await start_backends("api", "web", "other")
+    base = make_state([web], hosts=("shop.example",), prefix="/", key="default/web/http")
+    spec = base.upstreams["default/web/http"].policy
+    api_up = Upstream("default/api/http", "default/api", "http", base.upstreams["default/web/http"].protocol,
+                      spec, None, (api.endpoint,))
+    other_up = Upstream("default/other/http", "default/other", "http", api_up.protocol, spec, None,
+                        (other.endpoint,))
+    state = make_state([web], hosts=("shop.example",), prefix="/", extra_routes=[
+        (api_up, Route(hosts=("shop.example",), path_prefix="/api", upstream=api_up.key)),
+        (other_up, Route(hosts=(), path_prefix="/other", upstream=other_up.key)),
+    ])
+    async with Harness(state) as h:
+        client = await h.connect()
+        assert (await client.request("GET", "/api/v1", host="SHOP.example:80")).text == "api"
+        assert (await client.request("GET", "/api?x", host="shop.example")).text == "api"
+        assert (await client.request("GET", "/apis", host="shop.example")).text == "web"
+        assert (await client.request("GET", "/other/x", host="any.example")).text == "other"
+        r = await client.request("GET", "/nothing", host="any.example")
+        assert r.status == 404 and "no route" in r.text and "any.example" in r.text
+        assert (await client.request("GET", "/", host="shop.example")).text == "web"  # still open
+        client.close()
+    for b in (api, web, other):
+        await b.close()
+
+
+async def test_no_usable_endpoint_is_503_naming_the_load_balancer() -> None:
+    from steelyard.config.desired import BackendEndpoint
+
+    state = make_state([BackendEndpoint("127.0.0.1", 9, weight=0)], key="shop/front/http")
+    async with Harness(state) as h:
+        client = await h.connect()
+        r = await client.request()
+        assert r.status == 503
+        assert r.text.startswith("steelyard: load balancer shop/front: ") and "\n" not in r.text.strip()
+        assert (await client.request()).status == 503  # the connection is kept: the request was whole
+        client.close()
+
+
+async def _free_port() -> int:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    return port
+
+
+async def test_connect_refused_is_502_and_slow_endpoint_is_504() -> None:
+    from steelyard.config.desired import BackendEndpoint
+
+    dead = BackendEndpoint("127.0.0.1", await _free_port())
+    async with Harness(make_state([dead], policy={"retries": {"attempts": 0}})) as h:
+        client = await h.connect()
+        r = await client.request()
+        assert r.status == 502 and "refused" in r.text and dead.id in r.text
+        client.close()
+    (a,) = await start_backends("a")
+    policy = {"timeouts": {"request": "300ms"}, "retries": {"attempts": 0}}
+    async with Harness(make_state([a], policy=policy)) as h:
+        client = await h.connect()
+        r = await client.request("GET", "/slow?ms=3000")
+        assert r.status == 504 and "did not answer within 0.3s" in r.text
+        client.close()
+    await a.close()
+
+
+async def test_malformed_upstream_response_is_502() -> None:
+    (a,) = await start_backends("a")
+    a.mode = "garbage"
+    async with Harness(make_state([a])) as h:
+        client = await h.connect()
+        r = await client.request()
+        assert r.status == 502 and "malformed response" in r.text
+        client.close()
+    await a.close()
+
+
+async def test_retry_goes_to_another_endpoint_on_connect_failure_and_reset() -> None:
+    from steelyard.config.desired import BackendEndpoint
+
+    good, resetting = await start_backends("good", "resetting")
+    resetting.mode = "reset"
+    dead = BackendEndpoint("127.0.0.1", await _free_port())
+    async with Harness(make_state([dead, resetting, good], policy={"retries": {"attempts": 2}})) as h:
+        client = await h.connect()
+        for _ in range(3):
+            r = await client.request()
+            assert (r.status, r.text) == (200, "good")
+        assert h.proxy.stats.retries >= 3
+        client.close()
+    await good.close()
+    await resetting.close()
+
+
+async def test_no_retry_for_a_non_idempotent_request_whose_body_was_sent() -> None:
+    good, resetting = await start_backends("good", "resetting")
+    resetting.mode = "reset"
+    async with Harness(make_state([resetting, good], policy={"retries": {"attempts": 2}})) as h:
+        client = await h.connect()
+        r = await client.request("POST", "/echo", body=b"payment")
+        assert r.status == 502 and "closed the connection before answering" in r.text
+        assert good.requests == []  # never replayed elsewhere
+        client.close()
+    await good.close()
+    await resetting.close()
+
+
+async def test_retry_on_listed_status_drops_the_first_response_whole() -> None:
+    good, failing = await start_backends("good", "failing")
+    failing.mode = 503
+    policy = {"retries": {"attempts": 1, "on": ["503"]}}
+    async with Harness(make_state([failing, good], policy=policy)) as h:
+        client = await h.connect()
+        r = await client.request("GET", "/")
+        assert (r.status, r.text) == (200, "good")
+        assert failing.requests == [("GET", "/")]
+        # with no other endpoint left the real 503 is passed on, not invented
+        failing_only = make_state([failing], policy=policy)
+        h.apply(failing_only)
+        r = await client.request("GET", "/")
+        assert (r.status, r.text) == (503, "failing 503")
+        client.close()
+    await good.close()
+    await failing.close()
+
+
+async def test_reload_keeps_runtime_and_pool_for_endpoints_that_stay() -> None:
+    a, b = await start_backends("a", "b")
+    async with Harness(make_state([a])) as h:
+        client = await h.connect()
+        assert (await client.request()).text == "a"
+        runtime = h.registry.get("default/web/http")
+        pool = h.proxy.pools[a.endpoint.id]
+        h.apply(make_state([a, b]))
+        assert h.registry.get("default/web/http") is runtime
+        assert h.proxy.pools[a.endpoint.id] is pool
+        texts = {(await client.request()).text for _ in range(4)}
+        assert texts == {"a", "b"}
+        h.apply(make_state([b]))
+        assert pool.retired and a.endpoint.id not in h.proxy.pools
+        assert {(await client.request()).text for _ in range(3)} == {"b"}
+        assert a.connections == 1
+        client.close()
+    await a.close()
+    await b.close()
+
+
+async def test_shutdown_finishes_in_flight_request_with_connection_close() -> None:
+    (a,) = await start_backends("a")
+    h = Harness(make_state([a]))
+    await h.__aenter__()
+    busy = await h.connect()
+    idle = await h.connect()
+    assert (await idle.request()).status == 200
+    await busy.send(b"GET /slow?ms=300 HTTP/1.1\r\nHost: x\r\n\r\n")
+    await asyncio.sleep(0.1)
+    assert h.server is not None
+    h.server.close()
+    await h.proxy.shutdown(5.0)
+    r = await busy.response()
+    assert r.status == 200 and r.header("Connection") == "close"
+    assert await busy.closed() and await idle.closed()
+    await a.close()

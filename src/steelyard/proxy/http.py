@@ -597,7 +597,8 @@ class HttpProxyProtocol(asyncio.Protocol):
         """Answer `req` ourselves; keep the connection only when the request was read whole."""
         self.server.stats.local_responses[status] = self.server.stats.local_responses.get(status, 0) + 1
         self.server.stats.responses_by_class[status // 100] += 1
-        keep = req.keep_alive and req.request_complete and not self.closing and req.reject is None
+        whole = req.request_complete or (req.body_kind == _BODY_NONE and req.head != b"")
+        keep = req.keep_alive and whole and not self.closing and req.reject is None
         self.out.append(local_response(status, text, keep_alive=keep, head_only=req.is_head))
         self.flush()
         self.current = None
