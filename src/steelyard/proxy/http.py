@@ -431,7 +431,7 @@ class HttpProxyProtocol(asyncio.Protocol):
         self.current = req
         reject = req.reject
         if reject is not None:
-            self._respond_local(req, reject.status, reject.reason)
+            self._respond_local(req, reject.status, f"steelyard: {reject.reason}")
             return
         url = req.url
         path = url.split(b"?", 1)[0].decode("latin-1") if url.startswith(b"/") else (
