@@ -42,6 +42,8 @@ class Backend:
     connections: int = 0
     # Misbehaviour for every request: an int status to answer, "reset" (close at once), "garbage".
     mode: int | str | None = None
+    sent: int = 0  # body bytes written by /bytes so far
+    release: asyncio.Event = field(default_factory=asyncio.Event)  # /stall waits for it before reading
 
     @property
     def endpoint(self) -> BackendEndpoint:
@@ -140,6 +142,12 @@ class Backend:
         elif path == "/echo":
             body = b"".join([c async for c in body_chunks()])
             respond(200, body)
+        elif path == "/stall":
+            await self.release.wait()
+            total = 0
+            async for chunk in body_chunks():
+                total += len(chunk)
+            respond(200, str(total).encode())
         elif path == "/count":
             total = 0
             async for chunk in body_chunks():
@@ -162,8 +170,10 @@ class Backend:
                 writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n".encode())
                 block = b"x" * 65536
                 while n > 0:
-                    writer.write(block[: min(n, 65536)])
-                    n -= 65536
+                    piece = block[: min(n, 65536)]
+                    writer.write(piece)
+                    n -= len(piece)
+                    self.sent += len(piece)
                     await writer.drain()
             elif path.startswith("/status/"):
                 status = int(path.rsplit("/", 1)[1])
@@ -390,3 +400,30 @@ def install_fallback_tracker() -> None:
 
 
 install_fallback_tracker()
+
+
+def _serve_proxy(backend_ports: list[int]) -> None:
+    """`python proxy_support.py PORT...`: a proxy in its own process (for memory measurements).
+
+    Prints its listening port on stdout, then serves until stdin closes.
+    """
+    import sys
+
+    from steelyard.config.desired import BackendEndpoint as _Endpoint
+
+    async def main() -> None:
+        state = make_state([_Endpoint("127.0.0.1", p) for p in backend_ports])
+        async with Harness(state) as h:
+            print(h.port, flush=True)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, sys.stdin.read)
+
+    uvloop.run(main())
+
+
+if __name__ == "__main__":
+    import sys
+
+    import uvloop
+
+    _serve_proxy([int(p) for p in sys.argv[1:]])

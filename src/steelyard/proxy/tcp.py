@@ -31,6 +31,7 @@ class _Side(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.eof_in = False
         self.lost = False
+        self.early: list[bytes] = []  # bytes read before the peer was connected
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -41,10 +42,16 @@ class _Side(asyncio.Protocol):
             peer.transport.write(data)
             self.tunnel.last_activity = self.tunnel.server.now
             self.tunnel.bytes += len(data)
+        elif self.transport is not None:
+            # uvloop starts reading after connection_made() whatever it asked, so hold and pause here.
+            self.early.append(data)
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
         self.eof_in = True
         peer = self.peer
+        if peer is None and self is self.tunnel.client and not self.tunnel.closed:
+            return True  # not connected yet: the EOF is passed on once it is
         if peer is None or peer.transport is None or peer.lost or peer.eof_in:
             self.tunnel.close()
             return False
@@ -89,7 +96,6 @@ class TcpTunnel:
     def start(self) -> None:
         client = self.client
         assert client.transport is not None
-        client.transport.pause_reading()  # nothing to copy to until the upstream is connected
         server = self.server
         server.tcp_tunnels.add(self)
         server.stats.tcp_connections_total += 1
@@ -117,6 +123,7 @@ class TcpTunnel:
         assert self.runtime is not None
         endpoint = attempt.endpoint
         upstream = _Side(self)
+        upstream.peer = self.client  # bytes may arrive before create_connection() returns
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(
@@ -143,11 +150,16 @@ class TcpTunnel:
                 upstream.transport.close()
             return
         self.upstream = upstream
-        upstream.peer = self.client
-        self.client.peer = upstream
+        client = self.client
+        client.peer = upstream
         self.last_activity = self.server.now
-        if self.client.transport is not None:
-            self.client.transport.resume_reading()
+        if client.early and upstream.transport is not None:
+            upstream.transport.writelines(client.early)
+            client.early = []
+        if client.eof_in and upstream.transport is not None:
+            upstream.transport.write_eof()
+        elif client.transport is not None:
+            client.transport.resume_reading()
 
     def side_lost(self, side: _Side, exc: Exception | None) -> None:
         if exc is not None and side is self.upstream:
