@@ -100,8 +100,9 @@ class Process:
     def wait(self, timeout: float = 30.0) -> int:
         try:
             return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"{self.name} did not exit within {timeout}s; output:\n{self.output()}")
+        except subprocess.TimeoutExpired as exc:
+            message = f"{self.name} did not exit within {timeout}s; output:\n{self.output()}"
+            raise AssertionError(message) from exc
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -297,8 +298,9 @@ class LoadResult:
         return sum(n for s, n in self.statuses.items() if not 200 <= s < 300) + len(self.errors)
 
 
-async def load(port: int, *, connections: int = 4, requests: int | None = None, until: asyncio.Event | None = None,
-               path: str = "/", host_header: str = HOST, max_requests: int = 20000) -> LoadResult:
+async def load(port: int, *, connections: int = 4, requests: int | None = None,
+               until: asyncio.Event | None = None, path: str = "/", host_header: str = HOST,
+               max_requests: int = 20000) -> LoadResult:
     """Bounded GET load over `connections` keep-alive connections: `requests` in total, or until `until`
     is set (never more than `max_requests`). Each response is counted by status and `X-Backend`."""
     result = LoadResult()

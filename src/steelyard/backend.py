@@ -242,9 +242,10 @@ class BackendProtocol(asyncio.Protocol):
         else:
             self._fill(slot, data)
 
-    # -- decisions --------------------------------------------------------------------------------------------
+    # -- decisions --------------------------------------------------------------------------------
 
-    def _decide(self, method: bytes, path: bytes, query: bytes) -> tuple[int, bytes, list[tuple[str, str]], float]:
+    def _decide(self, method: bytes, path: bytes,
+                query: bytes) -> tuple[int, bytes, list[tuple[str, str]], float]:
         """(status, body, extra headers, delay) for one request."""
         b = self.behaviour
         params = dict(parse_qsl(query.decode("latin-1")))
@@ -274,7 +275,7 @@ class BackendProtocol(asyncio.Protocol):
             return 200, b"".join(self.body), [], delay
         return 200, f"{b.name}\n".encode(), [], delay
 
-    # -- output, in request order -------------------------------------------------------------------------------
+    # -- output, in request order ------------------------------------------------------------
 
     def _fill(self, slot: _Slot, data: bytes) -> None:
         slot.data = data
