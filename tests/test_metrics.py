@@ -58,8 +58,8 @@ async def test_request_counters_match_the_traffic_sent() -> None:
         sent = Counter("4xx" if p == "/status/404" else "5xx" if p == "/status/503" else "2xx"
                        for _, p in b.requests)
         for cls in ("2xx", "4xx", "5xx"):
-            got = samples.get(("steelyard_requests_total", tuple(sorted(
-                {"load_balancer": lb, "upstream": up, "endpoint": b.endpoint.id, "code_class": cls}.items()))), 0)
+            labels = {"load_balancer": lb, "upstream": up, "endpoint": b.endpoint.id, "code_class": cls}
+            got = samples.get(("steelyard_requests_total", tuple(sorted(labels.items()))), 0)
             assert got == sent[cls], (b.name, cls)
         assert value(samples, "steelyard_endpoint_healthy", load_balancer=lb, upstream=up,
                      endpoint=b.endpoint.id) == 1

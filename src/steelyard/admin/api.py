@@ -191,10 +191,13 @@ def add_routes(app: web.Application, builder: StateBuilder) -> None:
         for up in ups:
             for ep in up.endpoints:
                 if endpoint in (ep.id, ep.name):
-                    if op == "weight":
-                        source.set_weight(up.key, ep.id, weight)
-                    else:
-                        source.set_drained(up.key, ep.id, op == "drain")
+                    try:
+                        if op == "weight":
+                            source.set_weight(up.key, ep.id, weight)
+                        else:
+                            source.set_drained(up.key, ep.id, op == "drain")
+                    except LookupError as exc:  # gone by a reload since the list was read
+                        return error(404, str(exc))
                     touched.append((up.key, ep.id))
         if not touched:
             return error(404, f"load balancer {name!r} has no endpoint {endpoint!r}")

@@ -153,7 +153,8 @@ class RuntimeSource:
         now = runtime.clock()
         rows = {str(_first(r, "id", "endpoint", default="")): r for r in runtime.tracker.describe(now)}
         usable = {e.id: float(e.weight) for e in runtime.tracker.usable(now)}
-        endpoints = tuple(self._endpoint_view(runtime, ep, rows.get(ep.id, {}), usable) for ep in up.endpoints)
+        endpoints = tuple(self._endpoint_view(runtime, ep, rows.get(ep.id, {}), usable)
+                          for ep in up.endpoints)
         return UpstreamView(
             key=up.key, load_balancer=up.load_balancer, port_name=up.port_name, protocol=up.protocol.value,
             strategy=up.policy.strategy.type.value, policy_name=up.policy_name,
@@ -180,7 +181,8 @@ class RuntimeSource:
             upstream_idle=sum(len(p.idle) for p in proxy.pools.values()),
             upstream_connect_errors=s.upstream_connect_failures, retries=s.retries, timeouts=s.timeouts,
             tcp_connections=len(proxy.tcp_tunnels),
-            reloads_ok=self.reloads_ok, reloads_failed=self.reloads_failed, last_reload_at=self.last_reload_at,
+            reloads_ok=self.reloads_ok, reloads_failed=self.reloads_failed,
+            last_reload_at=self.last_reload_at,
         )
 
     def config(self) -> ConfigView:
@@ -223,14 +225,15 @@ class RuntimeSource:
                   drained: bool) -> None:
         key = (runtime.key, configured.id)
         if weight is None and not drained:
-            self.overrides.pop(key, None)
             self._clear_override(runtime, configured.id)
+            self.overrides.pop(key, None)
         else:
-            self.overrides[key] = (configured, weight, drained)
             self._apply_override(runtime, configured.id, weight, drained)
+            self.overrides[key] = (configured, weight, drained)
 
     @staticmethod
-    def _apply_override(runtime: UpstreamRuntime, endpoint_id: str, weight: int | None, drained: bool) -> None:
+    def _apply_override(runtime: UpstreamRuntime, endpoint_id: str, weight: int | None,
+                        drained: bool) -> None:
         runtime.tracker.set_override(endpoint_id, weight=weight, drained=drained)
         runtime.refresh()
 
@@ -289,8 +292,8 @@ def describe_state(state: DesiredState) -> dict[str, object]:
             for key, up in state.upstreams.items()
         },
         "listeners": [{"address": lst.address, "port": lst.port, "protocol": lst.protocol.value,
-                       "routes": [{"hosts": list(r.hosts), "path_prefix": r.path_prefix, "upstream": r.upstream}
-                                  for r in lst.routes]}
+                       "routes": [{"hosts": list(r.hosts), "path_prefix": r.path_prefix,
+                                   "upstream": r.upstream} for r in lst.routes]}
                       for lst in state.listeners],
         "errors": [str(e) for e in state.errors],
     }

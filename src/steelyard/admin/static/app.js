@@ -122,7 +122,7 @@ function buildLayout(state) {
             el("span", {class: "upstream-rps"}), " · ",
             el("button", {onclick: () => explain(up.key, out)}, "explain next pick")),
           table, out),
-        el("div", {}, el("div", {class: "muted"}, "share of requests, last 5 minutes"), canvas, legend)));
+        el("div", {}, el("div", {class: "muted chart-title"}, "share of requests"), canvas, legend)));
     }
     main.append(card);
   }
@@ -215,8 +215,12 @@ function draw(canvas, h, order) {
   }
   const n = h.times.length;
   if (n < 2) return;
+  // The x axis spans the history we have (at least 30 s, at most HISTORY_SECONDS), newest on the right.
   const now = h.times[n - 1];
-  const x = (t) => w - ((now - t) / (HISTORY_SECONDS * 1000)) * w;
+  const span = Math.min(HISTORY_SECONDS * 1000, Math.max(30_000, now - h.times[0]));
+  const x = (t) => w - ((now - t) / span) * w;
+  const title = canvas.parentElement.querySelector(".chart-title");
+  if (title) title.textContent = `share of requests per endpoint, last ${Math.round(span / 1000)} s`;
   const totals = h.times.map((_, i) => order.reduce((a, id) => a + ((h.series.get(id) || [])[i] || 0), 0));
   const base = new Array(n).fill(0);
   order.forEach((id, k) => {
