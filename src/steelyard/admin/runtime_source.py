@@ -133,7 +133,9 @@ class RuntimeSource:
             for i, n in enumerate(stats.by_class):
                 if n:
                     responses[_CLASSES[i]] = n
-        hist = None if self.observer is None else self.observer.histograms.get((runtime.key, ep.id))
+        hist = getattr(stats, "latency", None)  # per attempt, kept by the runtime itself
+        if hist is None and self.observer is not None:
+            hist = self.observer.histograms.get((runtime.key, ep.id))
         override_weight = _first(row, "override_weight", "weight_override",
                                  default=override[1] if override else None)
         return EndpointView(

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from steelyard.config.desired import BackendEndpoint, Upstream
 from steelyard.model import DynamicWeightMode
+from steelyard.runtime.access_log import LatencyHistogram
 from steelyard.strategies import NO_CONTEXT, BalancingStrategy, Endpoint, PickContext, create
 
 if TYPE_CHECKING:
@@ -32,12 +33,13 @@ __all__ = ["Attempt", "EndpointStats", "UpstreamRuntime"]
 class EndpointStats:
     """Counters of one endpoint inside one upstream; plain ints so an update costs an attribute write."""
 
-    __slots__ = ("requests", "in_flight", "failures", "by_class")
+    __slots__ = ("requests", "in_flight", "failures", "by_class", "latency")
 
     def __init__(self) -> None:
         self.requests = 0
         self.in_flight = 0
         self.failures = 0
+        self.latency = LatencyHistogram()  # pick to done(), per attempt: admin p50/p99 and /metrics
         # index = status // 100 (0 = no status: connect failure, reset, TCP connection)
         self.by_class = [0, 0, 0, 0, 0, 0]
 
@@ -73,6 +75,7 @@ class Attempt:
         latency = now - self._started
         stats = self._stats
         stats.in_flight -= 1
+        stats.latency.observe(latency)
         if not ok:
             stats.failures += 1
         stats.by_class[status // 100 if status is not None and 100 <= status < 600 else 0] += 1
