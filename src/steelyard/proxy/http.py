@@ -29,7 +29,9 @@ Rules (RFC 9110 / RFC 9112):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
+from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, HttpResponseParser, parse_url
@@ -66,14 +68,18 @@ _REASONS = {
     413: "Content Too Large", 414: "URI Too Long", 431: "Request Header Fields Too Large",
     501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
 }
-_STATUS_PREFIX: dict[int, bytes] = {}
+# Status lines are regenerated with the standard reason phrase (RFC 9112 §4: clients ignore it), which
+# spares a parser callback per response.
+_STATUS_LINES: dict[int, bytes] = {
+    s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus
+}
 
 
-def _status_prefix(status: int) -> bytes:
-    prefix = _STATUS_PREFIX.get(status)
-    if prefix is None:
-        prefix = _STATUS_PREFIX[status] = b"HTTP/1.1 %d " % status
-    return prefix
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = _STATUS_LINES[status] = b"HTTP/1.1 %d \r\n" % status
+    return line
 
 
 class _Reject(Exception):
@@ -98,42 +104,38 @@ def local_response(status: int, text: str, *, keep_alive: bool = False, head_onl
 class HttpRequest:
     """One request from its first byte to the end of its response."""
 
-    __slots__ = (
-        "url", "method", "http11", "keep_alive", "upgrade", "is_head", "idempotent", "body_kind",
-        "content_length", "head", "pending", "request_complete", "body_bytes", "body_sent", "head_sent",
-        "runtime", "attempt", "conn", "tried", "retries_left", "response_started", "upstream_deadline",
-        "reject", "host", "headers", "cancelled", "tunnel_data", "next_attempt",
-    )
+    # Defaults live on the class (no __slots__): creating a request then sets only what differs,
+    # which is measurably cheaper per request than assigning thirty slots.
+    url = b""
+    method = b""
+    http11 = True
+    keep_alive = True
+    upgrade = False
+    is_head = False
+    idempotent = True
+    body_kind = _BODY_NONE
+    content_length = 0
+    head = b""
+    request_complete = False
+    body_bytes = 0
+    body_sent = False
+    head_sent = False
+    runtime: UpstreamRuntime | None = None
+    attempt: Attempt | None = None
+    conn: UpstreamConnection | None = None
+    retries_left = 0
+    response_started = False
+    upstream_deadline = 0.0
+    reject: _Reject | None = None
+    host = ""
+    cancelled = False
+    next_attempt: Attempt | None = None
+    tunnel_data = b""
 
     def __init__(self) -> None:
-        self.url = b""
-        self.method = b""
-        self.http11 = True
-        self.keep_alive = True
-        self.upgrade = False
-        self.is_head = False
-        self.idempotent = True
-        self.body_kind = _BODY_NONE
-        self.content_length = 0
-        self.head = b""
         self.pending: list[bytes] = []
-        self.request_complete = False
-        self.body_bytes = 0
-        self.body_sent = False
-        self.head_sent = False
-        self.runtime: UpstreamRuntime | None = None
-        self.attempt: Attempt | None = None
-        self.conn: UpstreamConnection | None = None
         self.tried: list[str] = []
-        self.retries_left = 0
-        self.response_started = False
-        self.upstream_deadline = 0.0
-        self.reject: _Reject | None = None
-        self.host = ""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.cancelled = False
-        self.next_attempt: Attempt | None = None
-        self.tunnel_data = b""
 
 
 class HttpProxyProtocol(asyncio.Protocol):
@@ -159,6 +161,8 @@ class HttpProxyProtocol(asyncio.Protocol):
         self.deadline = 0.0
         self.deadline_kind = _DEADLINE_NONE
         self._headers: list[tuple[bytes, bytes]] = []
+        self._client_ip_bytes = b""
+        self._forwarded = b""
         self._head_size = 0
         self._pre_head_bytes = 0
 
@@ -168,6 +172,8 @@ class HttpProxyProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else ""
+        self._client_ip_bytes = self.client_ip.encode()
+        self._forwarded = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\n" % self._client_ip_bytes
         server = self.server
         server.http_connections.add(self)
         server.stats.http_connections_total += 1
@@ -248,25 +254,28 @@ class HttpProxyProtocol(asyncio.Protocol):
 
     # -- httptools callbacks (request) ---------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.parsing = HttpRequest()
-        self._headers = []
-        self._head_size = 0
-        self._pre_head_bytes = 0
-        self.deadline = self.server.now + self.config.header_timeout
-        self.deadline_kind = _DEADLINE_HEADER
-
     def on_url(self, url: bytes) -> None:
+        # The request line starts every message, so the request is created here (one callback fewer
+        # than on_message_begin); llhttp may deliver the target in pieces.
         req = self.parsing
-        assert req is not None
-        req.url += url
+        if req is None:
+            self.parsing = req = HttpRequest()
+            self._headers = req.headers
+            self._head_size = 0
+            self._pre_head_bytes = 0
+            self.deadline = self.server.now + self.config.header_timeout
+            self.deadline_kind = _DEADLINE_HEADER
+            req.url = url
+        else:
+            req.url += url
         if len(req.url) > self.config.max_uri_bytes:
             raise _Reject(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self._headers
-        if self.parsing is None or self.parsing.head:
+        req = self.parsing
+        if req is None or req.head:
             return  # trailer fields of a chunked request: dropped (RFC 9110 §6.5.1 allows it)
+        headers = self._headers
         headers.append((name, value))
         self._head_size += len(name) + len(value) + 4
         if self._head_size > self.config.max_header_bytes:
@@ -276,34 +285,40 @@ class HttpProxyProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         req = self.parsing
-        assert req is not None
+        if req is None:  # llhttp found no target: cannot happen for a valid request line
+            raise _Reject(400, "missing request target")
         self.deadline_kind = _DEADLINE_NONE
         parser = self.parser
         req.method = method = parser.get_method()
-        req.http11 = http11 = parser.get_http_version() == "1.1"
-        req.keep_alive = parser.should_keep_alive()
-        req.is_head = method == b"HEAD"
-        req.idempotent = method in _IDEMPOTENT
-        if method == b"CONNECT":
-            raise _Reject(405, "CONNECT is not supported by a reverse proxy")
-        if not http11 and parser.get_http_version() != "1.0":
-            raise _Reject(400, "unsupported HTTP version")
+        version = parser.get_http_version()
+        http11 = version == "1.1"
+        if not http11:
+            if version != "1.0":
+                raise _Reject(400, "unsupported HTTP version")
+            req.http11 = False
+        if not parser.should_keep_alive():
+            req.keep_alive = False
+        if method != b"GET":
+            if method == b"HEAD":
+                req.is_head = True
+            elif method == b"CONNECT":
+                raise _Reject(405, "CONNECT is not supported by a reverse proxy")
+            elif method not in _IDEMPOTENT:
+                req.idempotent = False
 
         host: bytes | None = None
         host_count = 0
         content_length: bytes | None = None
         transfer_encoding: bytes | None = None
-        connection_tokens: list[bytes] | None = None
+        connection: bytes | None = None
         upgrade: bytes | None = None
         xff: bytes | None = None
         kept: list[bytes] = []
+        special = _REQUEST_SPECIAL
         for name, value in self._headers:
             lname = name.lower()
-            if lname not in _REQUEST_SPECIAL:
-                kept.append(name)
-                kept.append(b": ")
-                kept.append(value)
-                kept.append(_CRLF)
+            if lname not in special:
+                kept += (name, b": ", value, _CRLF)
             elif lname == b"host":
                 host = value
                 host_count += 1
@@ -312,19 +327,16 @@ class HttpProxyProtocol(asyncio.Protocol):
             elif lname == b"transfer-encoding":
                 transfer_encoding = value if transfer_encoding is None else transfer_encoding + b"," + value
             elif lname == b"connection":
-                tokens = [t.strip().lower() for t in value.split(b",")]
-                connection_tokens = tokens if connection_tokens is None else connection_tokens + tokens
+                connection = value if connection is None else connection + b"," + value
             elif lname == b"upgrade":
                 upgrade = value
             elif lname == b"x-forwarded-for":
                 xff = value if xff is None else xff + b", " + value
 
-        if http11 and host_count != 1:
+        if host_count != 1 and (http11 or host_count > 1):
             raise _Reject(400, "missing Host header" if host_count == 0 else "more than one Host header")
-        if host_count > 1:
-            raise _Reject(400, "more than one Host header")
         url = req.url
-        if not url.startswith(b"/"):
+        if url[:1] != b"/":
             url, host = self._absolute_form(url, host)
         if transfer_encoding is not None:
             if transfer_encoding.strip().lower() != b"chunked":
@@ -337,36 +349,43 @@ class HttpProxyProtocol(asyncio.Protocol):
             max_body = self.config.max_body_bytes
             if max_body is not None and length > max_body:
                 raise _Reject(413, f"request body larger than {max_body} bytes")
-        if connection_tokens is not None:
-            named = {t for t in connection_tokens if t not in (b"close", b"keep-alive", b"upgrade")}
-            if named:
-                kept = _drop_named(kept, named)
-        if upgrade is not None and connection_tokens is not None and b"upgrade" in connection_tokens:
-            req.upgrade = True
-            req.keep_alive = False  # after a refused upgrade the connection is closed
+        if connection is not None:
+            lowered = connection.lower()
+            if lowered != b"keep-alive" and lowered != b"close":
+                tokens = {t.strip() for t in lowered.split(b",")}
+                named = tokens - {b"close", b"keep-alive", b"upgrade", b""}
+                if named:
+                    kept = _drop_named(kept, named)
+                if upgrade is not None and b"upgrade" in tokens:
+                    req.upgrade = True
+                    req.keep_alive = False  # after a refused upgrade the connection is closed
 
-        host_text = host.decode("latin-1") if host is not None else ""
-        req.host = host_text
-        # The head sent upstream: request line, Host first, the client's end-to-end fields, forwarding
-        # fields, then our own framing.
-        client_ip = self.client_ip.encode()
-        parts = [method, b" ", url, b" HTTP/1.1\r\n"]
+        # The head sent upstream: request line, Host, the client's end-to-end fields, forwarding fields,
+        # then our own framing.
         if host is not None:
-            parts += (b"Host: ", host, _CRLF)
-        parts += kept
-        parts += (b"X-Forwarded-For: ", xff + b", " + client_ip if xff else client_ip, _CRLF,
-                  b"X-Forwarded-Proto: http\r\n")
-        if host is not None:
-            parts += (b"X-Forwarded-Host: ", host, _CRLF)
+            req.host = host.decode("latin-1")
+            parts = [method, b" ", url, b" HTTP/1.1\r\nHost: ", host, _CRLF, *kept]
+            if xff is None:
+                parts += (self._forwarded, b"X-Forwarded-Host: ", host, _CRLF)
+            else:
+                parts += (b"X-Forwarded-For: ", xff, b", ", self._client_ip_bytes,
+                          b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ", host, _CRLF)
+        else:
+            parts = [method, b" ", url, b" HTTP/1.1\r\n", *kept]
+            if xff is None:
+                parts.append(self._forwarded)
+            else:
+                parts += (b"X-Forwarded-For: ", xff, b", ", self._client_ip_bytes,
+                          b"\r\nX-Forwarded-Proto: http\r\n")
         if req.upgrade:
-            parts += (b"Connection: upgrade\r\nUpgrade: ", upgrade, _CRLF)  # type: ignore[list-item]
+            parts += (b"Connection: upgrade\r\nUpgrade: ", upgrade, _CRLF)  # type: ignore[arg-type]
         if req.body_kind == _BODY_CHUNKED:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
+            parts.append(b"Transfer-Encoding: chunked\r\n\r\n")
         elif content_length is not None:
-            parts += (b"Content-Length: ", content_length.strip(), _CRLF)
-        parts.append(_CRLF)
+            parts += (b"Content-Length: ", content_length.strip(), b"\r\n\r\n")
+        else:
+            parts.append(_CRLF)
         req.head = b"".join(parts)
-        req.headers = self._headers
         self.server.stats.requests += 1
 
         if self.current is None:
@@ -781,29 +800,29 @@ class UpstreamConnection(asyncio.Protocol):
         self.read_paused = False
         self.tunnel = False
         self.eof_in = False
-        self._reset_response()
-
-    def _reset_response(self) -> None:
+        self.head_bytes = 0
         self.status = 0
-        self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.head_size = 0
-        self.headers_done = False
-        self.chunked_out = False
-        self.close_delimited = False
-        self.message_done = False
         self.discard = False
         self.interim = False
+        self.close_delimited = False
         self.keep_client = True
         self.upstream_keep_alive = False
         self.weight_hint: float | None = None
+        self._reset_response()
+
+    def _reset_response(self) -> None:
+        """Per-response state; the rarely set flags (discard, interim, close_delimited) reset where used."""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers_done = False
+        self.chunked_out = False
+        self.message_done = False
 
     # -- binding ------------------------------------------------------------------------------------
 
     def bind(self, client: HttpProxyProtocol, req: HttpRequest) -> None:
         self.client = client
         self.req = req
-        self._reset_response()
+        self.head_bytes = 0
 
     def close(self) -> None:
         if not self.closed:
@@ -855,10 +874,15 @@ class UpstreamConnection(asyncio.Protocol):
         except HttpParserError as exc:
             self._malformed(str(exc.__context__ or exc))
             return
-        if client.out:
-            client.flush()
         if self.message_done:
-            self._finish()
+            self._finish()  # flushes
+        elif client.out:
+            client.flush()
+        elif not self.headers_done:
+            # A head still incomplete: bound what llhttp buffers (it enforces no limit).
+            self.head_bytes += len(data)
+            if self.head_bytes > self.config.max_header_bytes:
+                self._malformed("response header section too large")
 
     def eof_received(self) -> bool | None:
         client = self.client
@@ -924,16 +948,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks (response) ----------------------------------------------------------------
 
-    def on_status(self, status: bytes) -> None:
-        self.reason += status
-
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.headers_done:
-            return  # trailer fields: dropped
-        self.headers.append((name, value))
-        self.head_size += len(name) + len(value) + 4
-        if self.head_size > self.config.max_header_bytes or len(self.headers) > self.config.max_headers:
-            raise _Reject(502, "response header section too large")
+        if not self.headers_done:  # else a trailer field: dropped
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         client, req = self.client, self.req
@@ -942,8 +959,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers_done = True
         parser = self.parser
         status = parser.get_status_code()
-        self.upstream_keep_alive = parser.should_keep_alive()
         self.status = status
+        self.upstream_keep_alive = parser.should_keep_alive()
+        headers = self.headers
+        if len(headers) > self.config.max_headers:
+            raise _Reject(502, "too many response header fields")
         if status < 200 and status != 101:
             self._interim(client, req, status)
             return
@@ -956,75 +976,70 @@ class UpstreamConnection(asyncio.Protocol):
                 self.discard = True  # drop this response whole; retry once it is read
                 return
         req.response_started = True
-        no_body = req.is_head or status == 204 or status == 304 or status == 101
         content_length: bytes | None = None
         chunked = False
-        connection_tokens: list[bytes] | None = None
+        connection: bytes | None = None
         weight_header = runtime.weight_header
-        parts = [_status_prefix(status), self.reason, _CRLF]
-        for name, value in self.headers:
+        special = _RESPONSE_SPECIAL
+        parts = [_status_line(status)]
+        for name, value in headers:
             lname = name.lower()
-            if lname not in _RESPONSE_SPECIAL:
+            if lname not in special:
                 parts += (name, b": ", value, _CRLF)
                 if weight_header is not None and lname == weight_header:
-                    try:
+                    with contextlib.suppress(ValueError):
                         self.weight_hint = float(value)
-                    except ValueError:
-                        pass
             elif lname == b"content-length":
                 content_length = value
             elif lname == b"transfer-encoding":
                 chunked = True  # llhttp accepts it in a response only with chunked last
             elif lname == b"connection":
-                tokens = [t.strip().lower() for t in value.split(b",")]
-                connection_tokens = tokens if connection_tokens is None else connection_tokens + tokens
-        if connection_tokens is not None:
-            named = {t for t in connection_tokens if t not in (b"close", b"keep-alive", b"upgrade")}
-            if named:
-                head = parts[:3]
-                rest = parts[3:]
-                for i in range(0, len(rest), 4):
-                    if rest[i].lower() not in named:
-                        head += rest[i:i + 4]
-                parts = head
-        keep = req.keep_alive and not client.closing and req.request_complete
-        if no_body:
-            if content_length is not None and status != 204 and status != 101:
-                parts += (b"Content-Length: ", content_length, _CRLF)
-        elif content_length is not None:
-            parts += (b"Content-Length: ", content_length, _CRLF)
-        elif chunked:
-            if req.http11:
-                self.chunked_out = True
-                parts.append(b"Transfer-Encoding: chunked\r\n")
-            else:
-                keep = False
-        else:
-            self.close_delimited = True
-            if req.http11:
-                self.chunked_out = True
-                parts.append(b"Transfer-Encoding: chunked\r\n")
-            else:
-                keep = False
+                connection = value if connection is None else connection + b"," + value
+        if connection is not None:
+            lowered = connection.lower()
+            if lowered != b"keep-alive" and lowered != b"close":
+                named = {t.strip() for t in lowered.split(b",")} - {b"close", b"keep-alive", b"upgrade", b""}
+                if named:
+                    head = parts[:1]
+                    for i in range(1, len(parts), 4):
+                        if parts[i].lower() not in named:
+                            head += parts[i:i + 4]
+                    parts = head
         if status == 101:
-            return  # written by _upgraded, with the Upgrade fields
-        self.keep_client = keep
-        if not keep:
-            parts.append(b"Connection: close\r\n")
-        elif not req.http11:
-            parts.append(b"Connection: keep-alive\r\n")
-        parts.append(_CRLF)
-        client.out.append(b"".join(parts))
-        if req.is_head or no_body:
+            self.headers_out = parts
+            return  # completed by _upgraded, with the Upgrade fields
+        keep = req.keep_alive and req.request_complete and not client.closing
+        self.close_delimited = False
+        if req.is_head or status == 204 or status == 304:
+            if content_length is not None and status != 204:
+                parts += (b"Content-Length: ", content_length, _CRLF)
             # llhttp cannot know this answered a HEAD: end the message here, reset the parser after.
             self.message_done = True
+        elif content_length is not None:
+            parts += (b"Content-Length: ", content_length, _CRLF)
+        else:
+            if not chunked:
+                self.close_delimited = True  # RFC 9112 §6.3 rule 8: the body ends with the connection
+            if req.http11:
+                self.chunked_out = True
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                keep = False
+        self.keep_client = keep
+        if not keep:
+            parts.append(b"Connection: close\r\n\r\n")
+        elif not req.http11:
+            parts.append(b"Connection: keep-alive\r\n\r\n")
+        else:
+            parts.append(_CRLF)
+        client.out.append(b"".join(parts))
 
     def _interim(self, client: HttpProxyProtocol, req: HttpRequest, status: int) -> None:
         """A 1xx (RFC 9110 §15.2): forwarded to HTTP/1.1 clients; the final response follows."""
         self.interim = True
         if req.http11:
             req.response_started = True
-            parts = [_status_prefix(status), self.reason, _CRLF]
+            parts = [_status_line(status)]
             for name, value in self.headers:
                 if name.lower() not in _RESPONSE_SPECIAL:
                     parts += (name, b": ", value, _CRLF)
@@ -1043,9 +1058,7 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.interim:
             self.interim = False
-            self.reason = b""
             self.headers = []
-            self.head_size = 0
             self.headers_done = False
             return
         self.message_done = True
@@ -1059,6 +1072,8 @@ class UpstreamConnection(asyncio.Protocol):
         if client is None or req is None:
             return
         self.client = self.req = None
+        chunked_out = self.chunked_out
+        self._reset_response()
         reusable = (not self.closed and not self.close_delimited and req.request_complete
                     and self.upstream_keep_alive)
         if req.is_head:
@@ -1066,19 +1081,24 @@ class UpstreamConnection(asyncio.Protocol):
         attempt = req.attempt
         status = self.status
         if self.discard:
+            self.discard = False
             if attempt is not None:
                 attempt.done(ok=False, status=status)
             self._release(reusable)
             next_attempt, req.next_attempt = req.next_attempt, None
             req.conn = None
             if not client._retry(req, next_attempt):
-                client.upstream_failed(req, 502, f"endpoint {req.tried[-1]} answered {status}", retriable=False)
+                client.upstream_failed(req, 502, f"endpoint {req.tried[-1]} answered {status}",
+                                       retriable=False)
             return
-        if self.chunked_out:
+        if chunked_out:
             client.out.append(_LAST_CHUNK)
         client.flush()
         if attempt is not None:
-            attempt.done(ok=status < 500, status=status, weight_hint=self.weight_hint)
+            hint = self.weight_hint
+            if hint is not None:
+                self.weight_hint = None
+            attempt.done(ok=status < 500, status=status, weight_hint=hint)
         self.server.stats.responses_by_class[status // 100 if 100 <= status < 600 else 0] += 1
         self._release(reusable)
         client.response_done(req, self.keep_client)
@@ -1097,10 +1117,10 @@ class UpstreamConnection(asyncio.Protocol):
         if self.status != 101 or not req.upgrade:
             self._malformed("unexpected protocol switch")
             return
-        parts = [_status_prefix(101), self.reason, _CRLF]
+        parts = self.headers_out
         for name, value in self.headers:
             lname = name.lower()
-            if lname not in _HOP_BY_HOP or lname == b"upgrade" or lname == b"connection":
+            if lname == b"upgrade" or lname == b"connection":
                 parts += (name, b": ", value, _CRLF)
         parts.append(_CRLF)
         client.out.append(b"".join(parts))
