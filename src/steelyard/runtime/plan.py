@@ -1,0 +1,53 @@
+"""The listener plan: which sockets a new configuration needs bound, closed or kept. Pure (no I/O).
+
+Decide, then do: `plan_listeners` compares what is bound with what is desired and returns the I/O left
+to do; `runtime.apply` performs it. A kept address:port whose protocol changed (HTTP <-> TCP) is rebound,
+because the protocol factory is chosen per socket; a change of routes only is not, since routes are read
+from the snapshot per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from steelyard.config.desired import Listener
+
+__all__ = ["ListenerKey", "ListenerPlan", "plan_listeners"]
+
+ListenerKey = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerPlan:
+    to_bind: tuple[Listener, ...]  # new addresses, and kept ones whose protocol changed
+    to_close: tuple[ListenerKey, ...]  # gone, or protocol changed (closed after the new socket is bound)
+    to_keep: tuple[Listener, ...]  # same address and protocol: the socket stays, routes may differ
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.to_bind and not self.to_close
+
+
+def plan_listeners(current: Mapping[ListenerKey, Listener], desired: Sequence[Listener]) -> ListenerPlan:
+    """Diff bound listeners against desired ones. Orders follow `desired`, then `current`, so logs and
+    tests are deterministic."""
+    to_bind: list[Listener] = []
+    to_close: list[ListenerKey] = []
+    to_keep: list[Listener] = []
+    wanted: dict[ListenerKey, Listener] = {}
+    for listener in desired:
+        wanted[listener.key] = listener
+    for key, listener in wanted.items():
+        bound = current.get(key)
+        if bound is None:
+            to_bind.append(listener)
+        elif bound.protocol != listener.protocol:
+            to_bind.append(listener)
+            to_close.append(key)
+        else:
+            to_keep.append(listener)
+    for key in current:
+        if key not in wanted:
+            to_close.append(key)
+    return ListenerPlan(tuple(to_bind), tuple(to_close), tuple(to_keep))

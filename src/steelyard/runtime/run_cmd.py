@@ -1,0 +1,212 @@
+"""`steelyard run`: serve the configuration in `-c FILE...` (default: the embedded demo configuration).
+
+One process, one uvloop event loop (uvicorn's shape: a plain `RunOptions` apart from the code that runs
+it). With `--workers N` a supervisor starts N such processes, each binding every listener with
+SO_REUSEPORT (see `steelyard.runtime.workers`).
+
+Signals: SIGTERM/SIGINT drain and exit 0 (stop accepting, in-flight requests finish up to
+`--drain-timeout`, idle connections close); SIGHUP re-reads the configuration files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+
+from steelyard.config.desired import DesiredState
+from steelyard.runtime.apply import REFRESH_INTERVAL, ApplyReport, Runtime
+from steelyard.runtime.file_provider import FileProvider, Loaded
+from steelyard.runtime.tasks import TaskGroup
+
+__all__ = ["RunOptions", "add_arguments", "run"]
+
+log = logging.getLogger("steelyard")
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """Everything `steelyard run` was asked to do, checked; no I/O."""
+
+    configs: tuple[str, ...]
+    workers: int = 1
+    admin: str | None = None
+    drain_timeout: float = 30.0
+    log_format: str = "text"
+    log_level: str = "INFO"
+    poll_interval: float = 1.0
+    worker_id: int | None = None  # set in a worker process started by the supervisor
+    ready_fd: int | None = None  # the worker writes one byte here once it serves
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", action="append", metavar="FILE", default=None,
+                        help="configuration file (repeatable; default: the embedded demo configuration)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="worker processes sharing each listener with SO_REUSEPORT (default 1)")
+    parser.add_argument("--admin", metavar="ADDR", default=None,
+                        help="admin API address, like 127.0.0.1:9900 (default: off)")
+    parser.add_argument("--drain-timeout", default="30s", metavar="DURATION",
+                        help="on SIGTERM, how long in-flight requests may take to finish (default 30s)")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument("--log-level", default="info",
+                        choices=("debug", "info", "warning", "error"), type=str.lower)
+    parser.add_argument("--poll-interval", default="1s", metavar="DURATION",
+                        help="how often the configuration files are checked for changes (default 1s)")
+    parser.add_argument("--worker-id", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def default_configs() -> tuple[str, ...]:
+    from steelyard.config import default_config_path  # type: ignore[attr-defined]
+
+    return (str(default_config_path()),)
+
+
+def options_from(args: argparse.Namespace) -> RunOptions:
+    """Check the arguments; raises ValueError with a message for the person."""
+    from steelyard.model.durations import parse_duration
+
+    if args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, not {args.workers}")
+    drain = parse_duration(args.drain_timeout)
+    poll = parse_duration(args.poll_interval)
+    if poll <= 0:
+        raise ValueError("--poll-interval must be more than 0")
+    configs = tuple(os.path.abspath(p) for p in args.config) if args.config else default_configs()
+    return RunOptions(configs=configs, workers=args.workers, admin=args.admin, drain_timeout=drain,
+                      log_format=args.log_format, log_level=args.log_level.upper(), poll_interval=poll,
+                      worker_id=args.worker_id, ready_fd=args.ready_fd)
+
+
+def _setup_logging(options: RunOptions) -> None:
+    try:
+        from steelyard.runtime.logs import setup_logging
+    except ImportError:  # pragma: no cover - the observability module is optional
+        logging.basicConfig(level=options.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return
+    setup_logging(options.log_format, options.log_level)
+
+
+def print_errors(source: str, loaded: Loaded) -> None:
+    print(f"steelyard: configuration {source} is invalid ({len(loaded.errors)} error(s)):", file=sys.stderr)
+    for error in loaded.errors:
+        print(f"  {error}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        options = options_from(args)
+    except ValueError as exc:
+        print(f"steelyard run: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(options)
+    if options.workers > 1 and options.worker_id is None:
+        from steelyard.runtime.workers import supervise
+
+        return supervise(options)
+    import uvloop
+
+    return uvloop.run(serve(options))
+
+
+def _describe_state(state: DesiredState) -> str:
+    lbs = {u.load_balancer for u in state.upstreams.values()}
+    endpoints = sum(len(u.endpoints) for u in state.upstreams.values())
+    return f"{len(lbs)} load balancer(s), {len(state.upstreams)} upstream(s), {endpoints} endpoint(s)"
+
+
+def _who(options: RunOptions) -> str:
+    return f"worker {options.worker_id} (pid {os.getpid()})" if options.worker_id is not None else \
+        f"pid {os.getpid()}"
+
+
+async def serve(options: RunOptions) -> int:
+    """Run one process until SIGTERM/SIGINT; 0 after a clean drain, 1 when start-up fails."""
+    if options.worker_id is not None:
+        from steelyard.runtime.workers import die_with_parent
+
+        die_with_parent()
+    provider = FileProvider(options.configs, poll_interval=options.poll_interval)
+    loaded = provider.load()
+    if loaded.state is None:
+        print_errors(provider.source, loaded)
+        return 1
+    provider.current = loaded.state
+    state = loaded.state
+
+    from steelyard.proxy import ProxyConfig, ProxyServer, UpstreamRegistry
+
+    registry = UpstreamRegistry()
+    proxy = ProxyServer(ProxyConfig())
+    health = _health_checker(registry)
+    runtime = Runtime(proxy, registry, health=health)
+    report = await runtime.apply(state)
+    if report.failed:
+        for _, reason in report.failed:
+            print(f"steelyard: {reason}", file=sys.stderr)
+        runtime.stop_accepting()
+        await runtime.close_health()
+        return 1
+
+    tasks = TaskGroup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_stop(signame: str) -> None:
+        if stop.is_set():
+            log.info("%s again: already draining", signame)
+        else:
+            log.info("%s: stopping", signame)
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, on_stop, "SIGTERM")
+    loop.add_signal_handler(signal.SIGINT, on_stop, "SIGINT")
+    loop.add_signal_handler(signal.SIGHUP, provider.request_reload)
+
+    async def apply_change(new_state: DesiredState) -> ApplyReport:
+        result = await runtime.apply(new_state)
+        level = logging.ERROR if result.failed else logging.INFO
+        log.log(level, "configuration reloaded from %s: %s", provider.source, result.summary())
+        return result
+
+    tasks.spawn(provider.watch(apply_change), "file-provider")
+    tasks.spawn(runtime.refresh_forever(REFRESH_INTERVAL), "refresh-upstreams")
+    listening = ", ".join(f"{x.protocol.value.lower()}://{x.address}:{x.port}" for x in report.bound)
+    log.info("steelyard ready: %s; listening on %s; %s; source %s%s", _who(options), listening or "nothing",
+             _describe_state(state), provider.source,
+             f"; admin {options.admin} (not served by this build)" if options.admin else "")
+    if options.ready_fd is not None:
+        with contextlib.suppress(OSError):
+            os.write(options.ready_fd, b"r")
+            os.close(options.ready_fd)
+
+    await stop.wait()
+    runtime.stop_accepting()
+    in_flight = proxy.in_flight()
+    log.info("draining: %d in-flight request(s)/tunnel(s), up to %.1fs", in_flight, options.drain_timeout)
+    await tasks.cancel_all()
+    await proxy.shutdown(options.drain_timeout)
+    await runtime.close_health()
+    log.info("stopped (%s)", _who(options))
+    return 0
+
+
+def _health_checker(registry: object) -> object | None:
+    """The active health checker, wired to `UpstreamRuntime.on_health_check` (None until it exists)."""
+    try:
+        from steelyard.runtime.health_checks import HealthChecker  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+
+    def on_result(upstream_key: str, endpoint_id: str, healthy: bool) -> None:
+        runtime = registry.runtimes.get(upstream_key)  # type: ignore[attr-defined]
+        if runtime is not None:
+            runtime.on_health_check(endpoint_id, healthy)
+
+    return HealthChecker(on_result)

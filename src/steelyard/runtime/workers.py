@@ -1,0 +1,200 @@
+"""`--workers N`: a supervisor process and N worker processes.
+
+Each worker is a whole `steelyard run` (its own event loop, registry, pools and health checks) that binds
+every listener itself with SO_REUSEPORT; the kernel spreads new connections between the workers. The
+supervisor holds no sockets and takes no traffic. It:
+- checks the configuration once and refuses to start on errors (exit 1);
+- starts the workers (spawned with `python -m steelyard run ... --worker-id I`, never forked from a process
+  that has a loop) and waits until each has bound its listeners (one byte on a pipe);
+- forwards SIGHUP, and on SIGTERM/SIGINT forwards SIGTERM and exits 0 once every worker has drained;
+- restarts a worker that dies unexpectedly, with exponential backoff (reset after a minute of good
+  health). A worker that fails during the initial start-up stops the whole start (exit 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+from steelyard.runtime.file_provider import FileProvider
+from steelyard.runtime.run_cmd import RunOptions, print_errors
+from steelyard.runtime.tasks import TaskGroup
+
+__all__ = ["Backoff", "die_with_parent", "supervise"]
+
+log = logging.getLogger("steelyard.supervisor")
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Linux: get SIGTERM when the supervisor dies, so no worker outlives it (prctl(2))."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the supervisor died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+@dataclass
+class Backoff:
+    """Restart delays: first 0.5 s, doubling to at most 10 s; back to the start after `healthy_after`
+    seconds of uptime. Pure: times are passed in."""
+
+    first: float = 0.5
+    maximum: float = 10.0
+    healthy_after: float = 60.0
+    failures: int = 0
+
+    def next_delay(self, uptime: float) -> float:
+        if uptime >= self.healthy_after:
+            self.failures = 0
+        delay = min(self.maximum, self.first * (2 ** self.failures))
+        self.failures += 1
+        return delay
+
+
+@dataclass
+class WorkerSlot:
+    index: int
+    process: asyncio.subprocess.Process | None = None
+    started: float = 0.0
+    backoff: Backoff = field(default_factory=Backoff)
+
+
+def worker_command(options: RunOptions, index: int, ready_fd: int) -> list[str]:
+    cmd = [sys.executable, "-m", "steelyard", "run", "--worker-id", str(index), "--ready-fd", str(ready_fd),
+           "--drain-timeout", f"{options.drain_timeout}s", "--log-format", options.log_format,
+           "--log-level", options.log_level.lower(), "--poll-interval", f"{options.poll_interval}s"]
+    for path in options.configs:
+        cmd += ["-c", path]
+    return cmd
+
+
+class Supervisor:
+    def __init__(self, options: RunOptions) -> None:
+        self.options = options
+        self.slots = [WorkerSlot(i) for i in range(1, options.workers + 1)]
+        self.stopping = False
+        self.tasks = TaskGroup()
+        self.failed_start: str | None = None
+
+    async def start_worker(self, slot: WorkerSlot) -> bool:
+        """Spawn one worker and wait until it serves (True) or exits first (False)."""
+        read_fd, write_fd = os.pipe()
+        try:
+            slot.process = await asyncio.create_subprocess_exec(
+                *worker_command(self.options, slot.index, write_fd), pass_fds=(write_fd,),
+            )
+        finally:
+            os.close(write_fd)
+        slot.started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[bool] = loop.create_future()
+
+        def on_readable() -> None:
+            loop.remove_reader(read_fd)
+            data = b""
+            with contextlib.suppress(OSError):
+                data = os.read(read_fd, 1)
+            os.close(read_fd)
+            if not ready.done():
+                ready.set_result(bool(data))  # EOF without a byte: it exited before serving
+
+        loop.add_reader(read_fd, on_readable)
+        return await ready
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        def on_stop(signame: str) -> None:
+            log.info("supervisor: %s, stopping %d worker(s)", signame, len(self.slots))
+            self.stopping = True
+            stop.set()
+            self.signal_all(signal.SIGTERM)
+
+        loop.add_signal_handler(signal.SIGTERM, on_stop, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, on_stop, "SIGINT")
+        loop.add_signal_handler(signal.SIGHUP, self.signal_all, signal.SIGHUP)
+
+        results = await asyncio.gather(*(self.start_worker(slot) for slot in self.slots))
+        if not all(results) or self.stopping:
+            bad = [s.index for s, ok in zip(self.slots, results, strict=True) if not ok]
+            if bad and not self.stopping:
+                print(f"steelyard: worker(s) {bad} failed to start; stopping", file=sys.stderr)
+            self.stopping = True
+            self.signal_all(signal.SIGTERM)
+            await self.wait_all()
+            return 1 if bad else 0
+        pids = ", ".join(str(s.process.pid) for s in self.slots if s.process is not None)
+        log.info("steelyard ready: %d workers (pids %s), supervisor pid %d",
+                 len(self.slots), pids, os.getpid())
+        for slot in self.slots:
+            self.tasks.spawn(self.watch(slot), f"watch-worker-{slot.index}")
+        await stop.wait()
+        codes = await self.wait_all()
+        await self.tasks.cancel_all()
+        log.info("supervisor: all workers stopped (exit codes %s)", codes)
+        return 0 if all(c == 0 for c in codes) else 1
+
+    async def watch(self, slot: WorkerSlot) -> None:
+        """Restart the worker whenever it exits while we are not stopping."""
+        while not self.stopping:
+            assert slot.process is not None
+            code = await slot.process.wait()
+            if self.stopping:
+                return
+            uptime = time.monotonic() - slot.started
+            delay = slot.backoff.next_delay(uptime)
+            log.warning("worker %d (pid %d) exited with %s after %.1fs; restarting in %.1fs",
+                        slot.index, slot.process.pid, code, uptime, delay)
+            await asyncio.sleep(delay)
+            if self.stopping:
+                return
+            if await self.start_worker(slot):
+                assert slot.process is not None
+                log.info("worker %d restarted (pid %d)", slot.index, slot.process.pid)
+
+    def signal_all(self, sig: int) -> None:
+        for slot in self.slots:
+            proc = slot.process
+            if proc is not None and proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(sig)
+
+    async def wait_all(self) -> list[int | None]:
+        """Wait for every worker to exit: drain time plus a margin, then SIGKILL."""
+        deadline = self.options.drain_timeout + 10.0
+        codes: list[int | None] = []
+        for slot in self.slots:
+            proc = slot.process
+            if proc is None:
+                codes.append(None)
+                continue
+            try:
+                codes.append(await asyncio.wait_for(proc.wait(), deadline))
+            except TimeoutError:
+                log.error("worker %d (pid %d) did not stop; killing it", slot.index, proc.pid)
+                proc.kill()
+                codes.append(await proc.wait())
+        return codes
+
+
+def supervise(options: RunOptions) -> int:
+    """Check the configuration, then run the supervisor's loop."""
+    provider = FileProvider(options.configs)
+    loaded = provider.load()
+    if loaded.state is None:
+        print_errors(provider.source, loaded)
+        return 1
+    import uvloop
+
+    return uvloop.run(Supervisor(options).run())
