@@ -144,7 +144,7 @@ async def test_provider_watch_applies_changes_and_sighup_rereads(tmp_path: Path)
         task.cancel()
 
 
-# -- Runtime.apply on real sockets -----------------------------------------------------------------------------
+# -- Runtime.apply on real sockets -----------------------------------------------------------------------
 
 
 def _state_on(backend: Backend, *ports: int, protocol: Protocol = Protocol.HTTP) -> DesiredState:
