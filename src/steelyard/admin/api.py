@@ -20,6 +20,7 @@ without a CORS preflight that this server never grants):
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -152,6 +153,12 @@ def add_routes(app: web.Application, builder: StateBuilder) -> None:
     async def history(_: web.Request) -> web.Response:
         return _json({"upstreams": builder.sampler.share_history()})
 
+    async def raw(_: web.Request) -> web.Response:
+        """This process's plain views, for the --workers aggregate (see aggregate.py)."""
+        from steelyard.admin.aggregate import raw_document
+
+        return _json(raw_document(source))
+
     async def explain(request: web.Request) -> web.Response:
         name = request.query.get("lb", "")
         if not name:
@@ -161,8 +168,15 @@ def add_routes(app: web.Application, builder: StateBuilder) -> None:
             return error(404, f"no load balancer {name!r}")
         client_ip = request.query.get("client_ip") or None
         hash_key = request.query.get("hash_key") or None
+        answers = []
+        try:
+            for up in matches:
+                answer = source.explain(up.key, client_ip, hash_key)
+                answers.append(await answer if inspect.isawaitable(answer) else answer)
+        except LookupError as exc:
+            return error(404, str(exc))
         return _json({"load_balancer": name, "client_ip": client_ip, "hash_key": hash_key,
-                      "upstreams": [source.explain(up.key, client_ip, hash_key) for up in matches]})
+                      "upstreams": answers})
 
     async def operate(request: web.Request) -> web.Response:
         info = request.match_info
@@ -192,10 +206,10 @@ def add_routes(app: web.Application, builder: StateBuilder) -> None:
             for ep in up.endpoints:
                 if endpoint in (ep.id, ep.name):
                     try:
-                        if op == "weight":
-                            source.set_weight(up.key, ep.id, weight)
-                        else:
-                            source.set_drained(up.key, ep.id, op == "drain")
+                        done = (source.set_weight(up.key, ep.id, weight) if op == "weight"
+                                else source.set_drained(up.key, ep.id, op == "drain"))
+                        if inspect.isawaitable(done):
+                            await done
                     except LookupError as exc:  # gone by a reload since the list was read
                         return error(404, str(exc))
                     touched.append((up.key, ep.id))
@@ -212,5 +226,6 @@ def add_routes(app: web.Application, builder: StateBuilder) -> None:
     r.add_get("/api/v1/config", config)
     r.add_get("/api/v1/reloads", reloads)
     r.add_get("/api/v1/history", history)
+    r.add_get("/api/v1/raw", raw)
     r.add_get("/api/v1/explain", explain)
     r.add_post(r"/api/v1/endpoints/{lb:.+}/{endpoint:[^/]+}/{op:weight|drain|undrain}", operate)

@@ -94,6 +94,18 @@ class RuntimeSource:
         else:
             self.reloads_failed += 1
 
+    def on_applied(self, state: DesiredState, report: Any) -> None:
+        """`Runtime.after_apply` hook: record the reload (failed when a listener could not bind) and
+        re-apply or drop runtime overrides."""
+        failed = [reason for _, reason in getattr(report, "failed", ())]
+        summary = report.summary() if hasattr(report, "summary") else ""
+        self.record_reload(not failed, state.source, summary, failed)
+        self.after_apply()
+
+    def on_rejected(self, source: str, errors: Sequence[str]) -> None:
+        """A configuration that did not validate: the last good one keeps serving."""
+        self.record_reload(False, source, "invalid; the last good configuration keeps serving", errors)
+
     def after_apply(self) -> None:
         """Keep overrides of endpoints the new configuration left alone; drop the others (see header)."""
         upstreams = self.proxy.snapshot.upstreams

@@ -112,6 +112,7 @@ class AdminServer:
             raise AdminSetupError(f"cannot listen on {self.host}:{self.port} for the admin API: "
                                   f"{exc.strerror or exc}") from None
         self.port = self.runner.addresses[0][1]  # the bound port when 0 was asked for
+        await self._poll()
         self._sample()
         self._task = asyncio.get_running_loop().create_task(self._sampling(), name="admin-sampler")
         self._task.add_done_callback(_log_death)
@@ -143,10 +144,17 @@ class AdminServer:
         event, self._tick_event = self._tick_event, asyncio.Event()
         event.set()
 
+    async def _poll(self) -> None:
+        """Sources that read remotely (the --workers aggregate) refresh here, once per tick."""
+        poll = getattr(self.source, "poll", None)
+        if poll is not None:
+            await poll()
+
     async def _sampling(self) -> None:
         while True:
             await asyncio.sleep(self.tick)
             try:
+                await self._poll()
                 self._sample()
             except Exception:  # a bug in one read must not stop the dashboard for good
                 log.exception("admin sampling failed")

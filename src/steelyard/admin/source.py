@@ -12,7 +12,7 @@ Identities: an *upstream* is one load balancer port (`namespace/name/port`), an 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -110,13 +110,16 @@ class AdminSource(Protocol):
         """(ready, why not): false before the first configuration is applied and while draining."""
         ...
 
-    def set_weight(self, upstream: str, endpoint: str, weight: int | None) -> None:
+    # The three calls below may also be coroutines (the --workers aggregate forwards them to workers).
+
+    def set_weight(self, upstream: str, endpoint: str, weight: int | None) -> Awaitable[None] | None:
         """Override the endpoint's weight (None: back to the configured one). LookupError if unknown."""
         ...
 
-    def set_drained(self, upstream: str, endpoint: str, drained: bool) -> None: ...
+    def set_drained(self, upstream: str, endpoint: str, drained: bool) -> Awaitable[None] | None: ...
 
-    def explain(self, upstream: str, client_ip: str | None, hash_key: str | None) -> dict[str, object]:
+    def explain(self, upstream: str, client_ip: str | None,
+                hash_key: str | None) -> dict[str, object] | Awaitable[dict[str, object]]:
         """Why the next pick would choose which endpoint, without changing any real balancing state."""
         ...
 

@@ -1,0 +1,232 @@
+"""`--workers N`: one admin API for the whole process group.
+
+Each worker process serves its own views at `GET /api/v1/raw` on a private loopback admin port (the
+plain `AdminSource` values as JSON). The process that owns the public admin address runs an
+`AggregateSource`: a poller fetches every worker's raw views once per tick and the merge below answers
+the admin API, metrics and dashboard as if the group were one process:
+
+- counters, requests, in-flight, failures, responses by class, ejections and latency histograms are
+  summed (histograms merge bucket by bucket, so p50/p99 and `/metrics` stay exact);
+- an endpoint is `healthy` when every worker can use it; otherwise its health reads e.g.
+  `unhealthy in 1/4 workers`; the effective weight is the mean over workers;
+- ready only when every worker is ready (and every worker answered);
+- operations (weight, drain, undrain) go to every worker; `explain` asks worker 0 and says so, since
+  each worker balances on its own state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+
+from steelyard.admin.source import (
+    AdminSource,
+    ConfigView,
+    EndpointView,
+    ProcessCounters,
+    ReloadRecord,
+    UpstreamView,
+)
+
+__all__ = ["AggregateSource", "merge_counters", "merge_upstreams", "raw_document", "views_from_raw"]
+
+log = logging.getLogger("steelyard.admin")
+
+
+# -- serialising one worker's views -------------------------------------------------------------------------
+
+
+def raw_document(source: AdminSource) -> dict[str, Any]:
+    ready, why = source.readiness()
+    return {
+        "upstreams": [dataclasses.asdict(u) for u in source.upstreams()],
+        "counters": dataclasses.asdict(source.counters()),
+        "config": dataclasses.asdict(source.config()),
+        "reloads": [dataclasses.asdict(r) for r in source.reloads()],
+        "ready": ready, "why": why,
+    }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerViews:
+    upstreams: tuple[UpstreamView, ...]
+    counters: ProcessCounters
+    config: ConfigView
+    reloads: tuple[ReloadRecord, ...]
+    ready: bool
+    why: str
+
+
+def _endpoint(d: dict[str, Any]) -> EndpointView:
+    counts = d.get("latency_counts")
+    return EndpointView(**(d | {"latency_counts": tuple(counts) if counts is not None else None}))
+
+
+def _upstream(d: dict[str, Any]) -> UpstreamView:
+    return UpstreamView(**(d | {"listeners": tuple(d["listeners"]),
+                                "endpoints": tuple(_endpoint(e) for e in d["endpoints"])}))
+
+
+def views_from_raw(doc: dict[str, Any]) -> WorkerViews:
+    return WorkerViews(
+        upstreams=tuple(_upstream(u) for u in doc["upstreams"]),
+        counters=ProcessCounters(**doc["counters"]),
+        config=ConfigView(**(doc["config"] | {"errors": tuple(doc["config"]["errors"])})),
+        reloads=tuple(ReloadRecord(**(r | {"errors": tuple(r["errors"])})) for r in doc["reloads"]),
+        ready=bool(doc["ready"]), why=str(doc["why"]),
+    )
+
+
+# -- merging ----------------------------------------------------------------------------------------------
+
+
+def _sum_maps(maps: Sequence[Any]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for m in maps:
+        for k, v in m.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def _merge_endpoint(rows: Sequence[EndpointView], workers: int) -> EndpointView:
+    first = rows[0]
+    usable = sum(1 for r in rows if r.healthy)
+    if usable == workers and all(r.health == first.health for r in rows):
+        health = first.health
+    else:
+        worst = next((r.health for r in rows if not r.healthy), first.health)
+        health = f"{worst} in {workers - usable}/{workers} workers" if usable < workers else "mixed"
+    latency = [r.latency_counts for r in rows if r.latency_counts is not None]
+    return dataclasses.replace(
+        first, health=health, healthy=usable == workers,
+        effective_weight=sum(r.effective_weight for r in rows) / workers,
+        drained=all(r.drained for r in rows), in_flight=sum(r.in_flight for r in rows),
+        requests=sum(r.requests for r in rows), failures=sum(r.failures for r in rows),
+        responses=_sum_maps([r.responses for r in rows]), ejections=sum(r.ejections for r in rows),
+        latency_counts=tuple(map(sum, zip(*latency, strict=True))) if latency else None,
+        latency_sum=sum(r.latency_sum for r in rows), detail={"workers": len(rows)},
+    )
+
+
+def merge_upstreams(per_worker: Sequence[Sequence[UpstreamView]]) -> list[UpstreamView]:
+    """Upstreams and endpoints in the order worker 0 lists them, then any only others have."""
+    order: dict[str, list[UpstreamView]] = {}
+    for views in per_worker:
+        for up in views:
+            order.setdefault(up.key, []).append(up)
+    workers = len(per_worker)
+    merged = []
+    for group in order.values():
+        first = group[0]
+        endpoints: dict[str, list[EndpointView]] = {}
+        for up in group:
+            for ep in up.endpoints:
+                endpoints.setdefault(ep.id, []).append(ep)
+        merged.append(dataclasses.replace(
+            first, endpoints=tuple(_merge_endpoint(rows, workers) for rows in endpoints.values()),
+            requests=sum(u.requests for u in group), no_endpoint=sum(u.no_endpoint for u in group),
+            strategy_state={**first.strategy_state, "note": "worker 0's strategy state"}))
+    return merged
+
+
+def merge_counters(counters: Sequence[ProcessCounters]) -> ProcessCounters:
+    fields = {f.name for f in dataclasses.fields(ProcessCounters)}
+    out: dict[str, Any] = {}
+    for name in fields - {"responses", "last_reload_at", "reloads_ok", "reloads_failed"}:
+        out[name] = sum(getattr(c, name) for c in counters)
+    out["responses"] = _sum_maps([c.responses for c in counters])
+    # every worker reads the same configuration: its reloads are one event seen N times
+    out["reloads_ok"] = max((c.reloads_ok for c in counters), default=0)
+    out["reloads_failed"] = max((c.reloads_failed for c in counters), default=0)
+    out["last_reload_at"] = max((c.last_reload_at for c in counters), default=0.0)
+    return ProcessCounters(**out)
+
+
+class AggregateSource:
+    """`AdminSource` over worker admin URLs (`http://127.0.0.1:PORT`), refreshed by `poll()`."""
+
+    def __init__(self, worker_urls: Sequence[str], token: str | None = None, timeout: float = 2.0) -> None:
+        self.urls = list(worker_urls)
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.views: list[WorkerViews | None] = [None] * len(self.urls)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self.timeout, headers=self.headers)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def poll(self) -> None:
+        """Fetch every worker's views at once; a worker that does not answer shows as not ready."""
+        async def one(i: int, url: str) -> None:
+            try:
+                async with self._client().get(url + "/api/v1/raw") as resp:
+                    resp.raise_for_status()
+                    self.views[i] = views_from_raw(await resp.json())
+            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+                log.warning("worker %d admin %s did not answer: %s", i, url, exc)
+                self.views[i] = None
+        await asyncio.gather(*(one(i, u) for i, u in enumerate(self.urls)))
+
+    def _known(self) -> list[WorkerViews]:
+        return [v for v in self.views if v is not None]
+
+    def upstreams(self) -> list[UpstreamView]:
+        known = self._known()
+        return merge_upstreams([v.upstreams for v in known]) if known else []
+
+    def counters(self) -> ProcessCounters:
+        return merge_counters([v.counters for v in self._known()])
+
+    def config(self) -> ConfigView:
+        known = self._known()
+        return known[0].config if known else ConfigView(source="", loaded=False)
+
+    def reloads(self) -> list[ReloadRecord]:
+        known = self._known()
+        return list(known[0].reloads) if known else []
+
+    def readiness(self) -> tuple[bool, str]:
+        missing = [i for i, v in enumerate(self.views) if v is None]
+        if missing:
+            return False, f"worker(s) {', '.join(map(str, missing))} not answering"
+        not_ready = [(i, v.why) for i, v in enumerate(self.views) if v is not None and not v.ready]
+        if not_ready:
+            return False, "; ".join(f"worker {i}: {why}" for i, why in not_ready)
+        return True, ""
+
+    async def _broadcast(self, path: str, body: dict[str, Any]) -> None:
+        async def one(url: str) -> None:
+            async with self._client().post(url + path, json=body) as resp:
+                if resp.status >= 400:
+                    raise LookupError((await resp.json()).get("error", f"worker answered {resp.status}"))
+        await asyncio.gather(*(one(u) for u in self.urls))
+        await self.poll()
+
+    async def set_weight(self, upstream: str, endpoint: str, weight: int | None) -> None:
+        await self._broadcast(f"/api/v1/endpoints/{upstream}/{endpoint}/weight", {"weight": weight})
+
+    async def set_drained(self, upstream: str, endpoint: str, drained: bool) -> None:
+        await self._broadcast(f"/api/v1/endpoints/{upstream}/{endpoint}/{'drain' if drained else 'undrain'}",
+                              {})
+
+    async def explain(self, upstream: str, client_ip: str | None, hash_key: str | None) -> dict[str, object]:
+        """Worker 0's answer: each worker balances on its own state, so this is one worker's next pick."""
+        params = {"lb": upstream, "client_ip": client_ip or "", "hash_key": hash_key or ""}
+        async with self._client().get(self.urls[0] + "/api/v1/explain", params=params) as resp:
+            doc = await resp.json()
+        if resp.status >= 400:
+            raise LookupError(doc.get("error", f"worker answered {resp.status}"))
+        answer: dict[str, object] = doc["upstreams"][0]
+        answer["note"] = f"worker 0 of {len(self.urls)}; every worker balances on its own state"
+        return answer
