@@ -338,6 +338,7 @@ class HttpProxyProtocol(asyncio.Protocol):
         url = req.url
         if url[:1] != b"/":
             url, host = self._absolute_form(url, host)
+            req.url = url
         if transfer_encoding is not None:
             if transfer_encoding.strip().lower() != b"chunked":
                 raise _Reject(501, "unsupported transfer-coding (only chunked is accepted)")
@@ -452,19 +453,18 @@ class HttpProxyProtocol(asyncio.Protocol):
         if reject is not None:
             self._respond_local(req, reject.status, f"steelyard: {reject.reason}")
             return
-        url = req.url
-        path = url.split(b"?", 1)[0].decode("latin-1") if url.startswith(b"/") else (
-            parse_url(url).path or b"/").decode("latin-1") if url != b"*" else "*"
-        runtime = self.server.snapshot.route_http(self.listener_key, req.host, path)
+        snapshot = self.server.snapshot
+        runtime = snapshot.only_route(self.listener_key)  # one catch-all route: nothing to match
         if runtime is None:
-            self._respond_local(req, 404, f"steelyard: no route for host {req.host!r} and path {path!r}")
-            return
+            url = req.url
+            path = url.partition(b"?")[0].decode("latin-1") if url[:1] == b"/" else "*"
+            runtime = snapshot.route_http(self.listener_key, req.host, path)
+            if runtime is None:
+                self._respond_local(req, 404, f"steelyard: no route for host {req.host!r} and path {path!r}")
+                return
         req.runtime = runtime
         req.retries_left = runtime.retry_attempts
-        ctx = NO_CONTEXT
-        if runtime.hash_header is not None or runtime.hash_cookie is not None or runtime.hash_source_ip:
-            ctx = self._pick_context(runtime)
-        attempt = runtime.pick(ctx)
+        attempt = runtime.pick(self._pick_context(runtime) if runtime.needs_context else NO_CONTEXT)
         if attempt is None:
             self._respond_local(req, 503, f"steelyard: load balancer {runtime.name}: "
                                           f"{runtime.unavailable_reason()}")
@@ -492,10 +492,10 @@ class HttpProxyProtocol(asyncio.Protocol):
 
     def _dispatch(self, req: HttpRequest, attempt: Attempt) -> None:
         req.attempt = attempt
-        endpoint = attempt.endpoint
-        req.tried.append(endpoint.id)
+        endpoint_id = attempt.endpoint_id
+        req.tried.append(endpoint_id)
         server = self.server
-        pool = server.pool_for(endpoint)
+        pool = server.pools.get(endpoint_id) or server.pool_for(attempt.endpoint)
         conn = pool.acquire()
         if conn is not None:
             self._send(req, conn)  # type: ignore[arg-type]

@@ -66,13 +66,14 @@ def _match(entries: list[_PrefixEntry], path: str) -> UpstreamRuntime | None:
 class Snapshot:
     """Immutable view of one applied configuration; the proxy reads `proxy.snapshot` per request."""
 
-    __slots__ = ("state", "upstreams", "_http", "_tcp", "endpoint_ids")
+    __slots__ = ("state", "upstreams", "_http", "_tcp", "_only", "endpoint_ids")
 
     def __init__(self, state: DesiredState, upstreams: Mapping[str, UpstreamRuntime]):
         self.state = state
         self.upstreams: Mapping[str, UpstreamRuntime] = MappingProxyType(dict(upstreams))
         self._http: dict[tuple[str, int], _ListenerRoutes] = {}
         self._tcp: dict[tuple[str, int], UpstreamRuntime] = {}
+        self._only: dict[tuple[str, int], UpstreamRuntime] = {}
         for listener in state.listeners:
             self._add_listener(listener)
         self.endpoint_ids = frozenset(
@@ -101,6 +102,12 @@ class Snapshot:
         for entries in (*table.by_host.values(), table.any_host):
             entries.sort(key=lambda e: len(e[0]), reverse=True)  # longest prefix first; stable
         self._http[listener.key] = table
+        if not table.by_host and len(table.any_host) == 1 and table.any_host[0][0] == "/":
+            self._only[listener.key] = table.any_host[0][2]
+
+    def only_route(self, listener_key: tuple[str, int]) -> UpstreamRuntime | None:
+        """The upstream of a listener whose single route takes every host and path, else None."""
+        return self._only.get(listener_key)
 
     def route_http(self, listener_key: tuple[str, int], host: str, path: str) -> UpstreamRuntime | None:
         table = self._http.get(listener_key)

@@ -55,11 +55,12 @@ class Attempt:
     """One pick. `done()` must be called exactly once; later calls are ignored, so error paths may
     call it defensively. Latency is measured from the pick to `done()`."""
 
-    __slots__ = ("endpoint", "_runtime", "_picked", "_started", "_stats", "finished")
+    __slots__ = ("endpoint", "endpoint_id", "_runtime", "_picked", "_started", "_stats", "finished")
 
     def __init__(self, runtime: UpstreamRuntime, endpoint: BackendEndpoint, picked: Endpoint | None,
-                 started: float, stats: EndpointStats):
+                 started: float, stats: EndpointStats, endpoint_id: str):
         self.endpoint = endpoint
+        self.endpoint_id = endpoint_id  # == endpoint.id, without formatting it per request
         self._runtime = runtime
         self._picked = picked  # None when chosen outside the strategy (a retry with exclusions)
         self._started = started
@@ -81,7 +82,7 @@ class Attempt:
         stats.by_class[status // 100 if status is not None and 100 <= status < 600 else 0] += 1
         if self._picked is not None:
             runtime.strategy.on_done(self._picked, latency, ok)
-        if runtime.tracker.on_outcome(self.endpoint.id, now, ok=ok, latency=latency, weight_hint=weight_hint):
+        if runtime.tracker.on_outcome(self.endpoint_id, now, ok=ok, latency=latency, weight_hint=weight_hint):
             runtime.refresh()
 
     def __repr__(self) -> str:
@@ -135,6 +136,8 @@ class UpstreamRuntime:
             else:
                 self.hash_source_ip = True
         self.name = upstream.load_balancer
+        self.needs_context = hash_on is not None
+        self._endpoints = {e.id: e for e in upstream.endpoints}
 
     @property
     def key(self) -> str:
@@ -192,19 +195,20 @@ class UpstreamRuntime:
         return self._attempt(picked, picked, now)
 
     def _attempt(self, chosen: Endpoint, picked: Endpoint | None, now: float) -> Attempt | None:
-        endpoint = self.tracker.endpoint(chosen.id)
+        endpoint_id = chosen.id
+        endpoint = self._endpoints.get(endpoint_id)
         if endpoint is None:  # the strategy still knew an endpoint the tracker dropped
             if picked is not None:
                 self.strategy.on_done(picked, 0.0, True)
             self.no_endpoint += 1
             return None
-        stats = self.stats.get(chosen.id)
+        stats = self.stats.get(endpoint_id)
         if stats is None:
-            stats = self.stats[chosen.id] = EndpointStats()
+            stats = self.stats[endpoint_id] = EndpointStats()
         stats.requests += 1
         stats.in_flight += 1
         self.requests += 1
-        return Attempt(self, endpoint, picked, now, stats)
+        return Attempt(self, endpoint, picked, now, stats, endpoint_id)
 
     def unavailable_reason(self) -> str:
         return self.tracker.unavailable_reason(self.clock())
