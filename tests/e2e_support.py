@@ -139,7 +139,7 @@ class SteelyardProcess(Process):
         args = ["run"]
         for path in configs:
             args += ["-c", str(path)]
-        super().__init__([*args, "--drain-timeout", "10s", *extra], name)
+        super().__init__([*args, "--drain-timeout", "10s", "--admin", "off", *extra], name)
 
     def ready(self, timeout: float = 30.0) -> None:
         self.wait_for(r"steelyard ready", timeout)
