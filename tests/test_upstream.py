@@ -1,0 +1,177 @@
+"""UpstreamRuntime, Attempt, the routing snapshot and the registry: pure logic with a scripted clock."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from types import MappingProxyType
+
+import pytest
+
+import proxy_support  # noqa: F401  (provides steelyard.endpoints until it lands)
+from steelyard.config.desired import BackendEndpoint, DesiredState, Listener, Route, Upstream
+from steelyard.model import BalancerPolicySpec, Protocol
+from steelyard.proxy.routing import Snapshot, UpstreamRegistry, normalize_host, prefix_matches
+from steelyard.runtime.upstream import UpstreamRuntime
+from steelyard.strategies import BalancingStrategy, Endpoint, PickContext
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def upstream(*ports: int, key: str = "ns/lb/http", policy: dict[str, object] | None = None,
+             weights: Sequence[int] = ()) -> Upstream:
+    endpoints = tuple(BackendEndpoint("127.0.0.1", p, weight=(weights[i] if weights else 1))
+                      for i, p in enumerate(ports))
+    return Upstream(key=key, load_balancer=key.rsplit("/", 1)[0], port_name="http", protocol=Protocol.HTTP,
+                    policy=BalancerPolicySpec.model_validate(policy or {}), policy_name=None, endpoints=endpoints)
+
+
+def test_pick_reports_exactly_once_with_latency_from_the_clock() -> None:
+    clock = Clock()
+    runtime = UpstreamRuntime(upstream(1, 2), clock=clock)
+    seen: list[tuple[str, float, bool]] = []
+
+    class Spy(BalancingStrategy):
+        name = "Spy"
+
+        def set_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
+            self.endpoints = list(endpoints)
+
+        def pick(self, context: PickContext = PickContext()) -> Endpoint | None:
+            return self.endpoints[0]
+
+        def on_done(self, endpoint: Endpoint, latency: float, ok: bool) -> None:
+            seen.append((endpoint.id, latency, ok))
+
+    spy = Spy(runtime.upstream.policy.strategy)
+    runtime.strategy = spy
+    runtime._usable = ()
+    runtime.refresh()
+    attempt = runtime.pick()
+    assert attempt is not None and attempt.endpoint.port == 1 and attempt.endpoint_id == "127.0.0.1:1"
+    assert runtime.stats["127.0.0.1:1"].in_flight == 1
+    clock.now += 0.25
+    attempt.done(ok=True, status=204)
+    attempt.done(ok=False, status=500)  # ignored: exactly one report per pick
+    assert seen == [("127.0.0.1:1", 0.25, True)]
+    stats = runtime.stats["127.0.0.1:1"]
+    assert (stats.requests, stats.in_flight, stats.failures, stats.by_class[2]) == (1, 0, 0, 1)
+
+
+def test_round_robin_order_and_exclusion_for_retries() -> None:
+    runtime = UpstreamRuntime(upstream(1, 2, 3), clock=Clock(), rng=random.Random(7))
+    order = []
+    for _ in range(6):
+        attempt = runtime.pick()
+        assert attempt is not None
+        order.append(attempt.endpoint.port)
+        attempt.done(ok=True, status=200)
+    assert order == [1, 2, 3, 1, 2, 3]
+    for _ in range(20):
+        retry = runtime.pick(exclude=["127.0.0.1:1", "127.0.0.1:2"])
+        assert retry is not None and retry.endpoint.port == 3
+        retry.done(ok=True)
+    assert runtime.pick(exclude=["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]) is None
+
+
+def test_weight_zero_endpoints_are_not_picked_and_none_usable_gives_none() -> None:
+    runtime = UpstreamRuntime(upstream(1, 2, weights=[0, 1]), clock=Clock())
+    assert {runtime.pick().endpoint.port for _ in range(4)} == {2}  # type: ignore[union-attr]
+    runtime.update(upstream(1, 2, weights=[0, 0]))
+    assert runtime.pick() is None
+    assert runtime.no_endpoint == 1
+    assert runtime.unavailable_reason()
+
+
+def test_update_keeps_strategy_state_and_derives_policy_values() -> None:
+    runtime = UpstreamRuntime(upstream(1, 2), clock=Clock())
+    strategy = runtime.strategy
+    runtime.pick()
+    runtime.update(upstream(1, 2, 3))
+    assert runtime.strategy is strategy  # same policy: same strategy object, cursor kept
+    assert runtime.pick().endpoint.port == 2  # type: ignore[union-attr]
+    runtime.update(upstream(1, 2, 3, policy={"retries": {"attempts": 5, "on": ["503", "reset"]},
+                                              "timeouts": {"connect": "250ms"}}))
+    assert runtime.retry_attempts == 5 and runtime.retry_statuses == {503}
+    assert runtime.retry_on_reset and not runtime.retry_on_connect
+    assert runtime.connect_timeout == 0.25
+    runtime.update(upstream(1, 2, 3, policy={"dynamicWeights": {"mode": "Header", "header": "X-W"},
+                                              "strategy": {"type": "RoundRobin",
+                                                           "hashOn": {"header": "X-User"}}}))
+    assert runtime.weight_header == b"x-w" and runtime.hash_header == b"x-user" and runtime.needs_context
+
+
+@pytest.mark.parametrize(("prefix", "path", "expected"), [
+    ("/", "/", True), ("/", "/anything", True), ("/api", "/api", True), ("/api", "/api/v1", True),
+    ("/api", "/apis", False), ("/api", "/ap", False), ("/api/", "/api/x", True), ("/api/", "/api", False),
+])
+def test_prefix_matches_by_segment(prefix: str, path: str, expected: bool) -> None:
+    assert prefix_matches(prefix, path) is expected
+
+
+@pytest.mark.parametrize(("host", "expected"), [
+    ("Example.COM", "example.com"), ("example.com:8080", "example.com"), ("[::1]:80", "[::1]"),
+    ("[::1]", "[::1]"), (" a.b ", "a.b"),
+])
+def test_normalize_host(host: str, expected: str) -> None:
+    assert normalize_host(host) == expected
+
+
+def _state(routes: Sequence[tuple[tuple[str, ...], str, Upstream]], tcp: Upstream | None = None) -> DesiredState:
+    upstreams = {u.key: u for _, _, u in routes}
+    listeners = [Listener("127.0.0.1", 80, Protocol.HTTP,
+                          tuple(Route(hosts=h, path_prefix=p, upstream=u.key) for h, p, u in routes))]
+    if tcp is not None:
+        upstreams[tcp.key] = tcp
+        listeners.append(Listener("127.0.0.1", 5432, Protocol.TCP, (Route((), "/", tcp.key),)))
+    return DesiredState(upstreams=MappingProxyType(upstreams), listeners=tuple(listeners))
+
+
+def test_snapshot_routes_by_host_then_longest_prefix() -> None:
+    web, api, v2, anyhost = (upstream(i, key=f"ns/{n}/http") for i, n in
+                             enumerate(["web", "api", "v2", "any"], 1))
+    state = _state([(("shop.example",), "/", web), (("shop.example",), "/api", api),
+                    (("shop.example", "alias.example"), "/api/v2", v2), ((), "/", anyhost)],
+                   tcp=upstream(9, key="ns/db/pg"))
+    snapshot = UpstreamRegistry(clock=Clock()).apply(state)
+    key = ("127.0.0.1", 80)
+
+    def route(host: str, path: str) -> str | None:
+        runtime = snapshot.route_http(key, host, path)
+        return runtime.key.split("/")[1] if runtime else None
+
+    assert route("shop.example", "/") == "web"
+    assert route("SHOP.example:443", "/api/x") == "api"
+    assert route("shop.example", "/api/v2/users") == "v2"
+    assert route("alias.example", "/api/v2") == "v2"
+    assert route("alias.example", "/api") == "any"  # alias has only the /api/v2 route; falls to any-host
+    assert route("other.example", "/x") == "any"
+    assert snapshot.route_http(("127.0.0.1", 81), "shop.example", "/") is None
+    assert snapshot.only_route(key) is None
+    assert snapshot.tcp_upstream(("127.0.0.1", 5432)).key == "ns/db/pg"  # type: ignore[union-attr]
+    assert snapshot.endpoint_ids == {"127.0.0.1:%d" % i for i in (1, 2, 3, 4, 9)}
+
+
+def test_snapshot_without_catch_all_answers_none() -> None:
+    snapshot = Snapshot(_state([(("a.example",), "/app", upstream(1))]), {})
+    assert snapshot.route_http(("127.0.0.1", 80), "a.example", "/app") is None  # no runtime given
+
+
+def test_registry_keeps_runtimes_by_key_and_retires_removed_ones() -> None:
+    registry = UpstreamRegistry(clock=Clock())
+    a, b = upstream(1, key="ns/a/http"), upstream(2, key="ns/b/http")
+    first = registry.apply(_state([((), "/a", a), ((), "/b", b)]))
+    runtime_a = registry.get("ns/a/http")
+    second = registry.apply(_state([((), "/a", upstream(1, 3, key="ns/a/http"))]))
+    assert registry.get("ns/a/http") is runtime_a
+    assert runtime_a is not None and [e.port for e in runtime_a.upstream.endpoints] == [1, 3]
+    assert [rt.key for rt in registry.retired] == ["ns/b/http"]
+    assert registry.get("ns/b/http") is None
+    assert first.route_http(("127.0.0.1", 80), "x", "/b") is not None  # old snapshots stay as they were
+    assert second.route_http(("127.0.0.1", 80), "x", "/b") is None
