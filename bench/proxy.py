@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -425,12 +426,19 @@ def _steelyard_endpoints(backends: Sequence[int]) -> str:
     return "\n".join(f'    - address: "{HOST}:{p}"' for p in backends)
 
 
+STEELYARD_CMD: list[str] = []  # --steelyard-cmd; empty = `python -m steelyard run` of this checkout
+
+
 def steelyard_argv(cfg: Path, workers: int) -> list[str]:
-    if not RUN_CMD.exists():
+    """`python -m steelyard run -c CFG [--workers N]`, or --steelyard-cmd in place of the first part."""
+    if STEELYARD_CMD:
+        argv = [*STEELYARD_CMD, "-c", str(cfg)]
+    elif not RUN_CMD.exists():
         raise NotAvailable(
             "src/steelyard/runtime/run_cmd.py does not exist yet (`steelyard run` not written)"
         )
-    argv = [sys.executable, "-m", "steelyard", "run", "-c", str(cfg)]
+    else:
+        argv = [sys.executable, "-m", "steelyard", "run", "-c", str(cfg)]
     if workers != 1:
         argv += ["--workers", str(workers)]
     return argv
@@ -769,24 +777,55 @@ class Bench:
 
     # ---- profile
     def profile(self) -> list[str]:
-        """py-spy on Steelyard (1 worker, pinned) under wrk, and strace -c for Steelyard and HAProxy."""
+        """Where Steelyard's time goes, next to HAProxy's; everything lands in bench/out/.
+
+        - perf (on-CPU samples, kernel included) split by library and by symbol, in µs per request,
+          for Steelyard 1 worker and HAProxy 1 thread: kernel vs interpreter vs httptools vs uvloop.
+        - py-spy (Python frames, wall time while not idle) on Steelyard: flamegraph and top functions.
+        - strace -c: system calls per request for both.
+        """
         OUT.mkdir(parents=True, exist_ok=True)
         notes: list[str] = []
         spec = self.specs["steelyard-http"]
         if spec.proc is None or spec.unavailable:
-            return [
-                f"profile skipped: Steelyard 1 worker {spec.unavailable or 'not started (select its row)'}"
-            ]
-        port = spec.listen["http"]
-        pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-        if not Path(pyspy).exists():
-            return ["profile skipped: py-spy not installed in the venv (pip install py-spy)"]
+            why = spec.unavailable or "not started (select its row)"
+            return [f"profile skipped: Steelyard 1 worker {why}"]
         seconds = max(3, int(self.args.duration))
+        sections: list[str] = []
+        if _which("perf"):
+            for key in ("steelyard-http", "haproxy-http"):
+                other = self.specs[key]
+                if other.proc is not None and not other.unavailable:
+                    sections.append(self._perf(other, seconds))
+        else:
+            sections.append("perf not installed (Debian: linux-perf): no kernel/user split by library")
+        pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        if Path(pyspy).exists():
+            sections.append(self._pyspy(spec, pyspy, seconds, notes))
+        else:
+            sections.append("py-spy not installed in the venv (pip install py-spy): no Python profile")
+        if shutil.which("strace"):
+            for key in ("steelyard-http", "haproxy-http"):
+                other = self.specs[key]
+                if other.proc is not None and not other.unavailable:
+                    sections.append(self._strace(other))
+        text = "\n\n".join(sections) + "\n"
+        (OUT / "profile.txt").write_text(text)
+        print(text)
+        notes.append(f"wrote {(OUT / 'profile.txt').relative_to(REPO)}")
+        return notes
+
+    def _pinned_prefix(self) -> list[str]:
+        return ["taskset", "-c", ",".join(map(str, sorted(CLIENT_CPUS)))] if self.pinning else []
+
+    def _pyspy(self, spec: ProxySpec, pyspy: str, seconds: int, notes: list[str]) -> str:
+        assert spec.proc is not None
         for fmt, path in (
             ("flamegraph", OUT / "steelyard-flamegraph.svg"),
             ("raw", OUT / "steelyard-stacks.txt"),
         ):
             cmd = [
+                *self._pinned_prefix(),
                 pyspy,
                 "record",
                 "--pid",
@@ -803,33 +842,78 @@ class Bench:
             ]
             if self.args.native:
                 cmd.append("--native")
-            if self.pinning:
-                cmd = ["taskset", "-c", ",".join(map(str, sorted(CLIENT_CPUS))), *cmd]
             spy = Proc("py-spy", cmd, self.work / "py-spy.log")
             time.sleep(0.5)
-            self._wrk(port, seconds, pinned=True)
+            self._wrk(spec.listen["http"], seconds, pinned=True)
             try:
                 spy.popen.wait(seconds + 30)
             finally:
                 spy.stop()
             notes.append(f"wrote {path.relative_to(REPO)}")
-        top = top_functions(
-            (OUT / "steelyard-stacks.txt").read_text() if (OUT / "steelyard-stacks.txt").exists() else ""
-        )
+        raw = OUT / "steelyard-stacks.txt"
+        top = top_functions(raw.read_text() if raw.exists() else "")
         (OUT / "steelyard-top.txt").write_text(top)
-        notes.append(f"wrote {(OUT / 'steelyard-top.txt').relative_to(REPO)}")
-        print(top)
-        if shutil.which("strace"):
-            lines = []
-            for key in ("haproxy-http", "steelyard-http"):
-                other = self.specs[key]
-                if other.proc is None or other.unavailable:
-                    continue
-                lines.append(self._strace(other))
-            (OUT / "syscalls.txt").write_text("\n\n".join(lines))
-            notes.append(f"wrote {(OUT / 'syscalls.txt').relative_to(REPO)}")
-            print("\n\n".join(lines))
-        return notes
+        return f"py-spy on {spec.label} (wall time while not idle, Python frames):\n{top}"
+
+    def _perf(self, spec: ProxySpec, seconds: int) -> str:
+        """perf record -e cpu-clock on the proxy's processes under wrk; shares turned into µs per request."""
+        assert spec.proc is not None
+        data = self.work / f"perf-{spec.key}.data"
+        pids = spec.proc.tree()
+        cmd = [
+            *self._pinned_prefix(),
+            _which("perf") or "perf",
+            "record",
+            "-e",
+            "cpu-clock",
+            "-F",
+            "1999",
+            "-o",
+            str(data),
+            "-p",
+            ",".join(map(str, pids)),
+            "--",
+            "sleep",
+            str(seconds),
+        ]
+        rec = Proc("perf", cmd, self.work / "perf.log")
+        time.sleep(0.5)
+        before = cpu_ticks(pids)
+        stats = parse_wrk(self._wrk(spec.listen["http"], seconds - 1, pinned=True))
+        after = cpu_ticks(spec.proc.tree() or pids)
+        try:
+            rec.popen.wait(seconds + 30)
+        finally:
+            rec.stop()
+        cpu_us = (sum(after) - sum(before)) / CLK_TCK * 1e6 / max(int(stats["requests"]), 1)
+        lines = [f"perf on {spec.label}: {stats['rps']:.0f} req/s, {cpu_us:.1f} CPU-µs/req; by library:"]
+        for sort, limit in (("dso", 8), ("dso,sym", 25)):
+            done = subprocess.run(
+                [
+                    _which("perf") or "perf",
+                    "report",
+                    "-i",
+                    str(data),
+                    "--no-children",
+                    "--sort",
+                    sort,
+                    "--stdio",
+                    "-g",
+                    "none",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            shares = parse_perf_report(done.stdout)
+            if not shares:
+                lines.append(f"  (perf report gave nothing: {done.stderr.strip()[-200:]})")
+                break
+            if sort == "dso,sym":
+                lines.append("  top symbols:")
+            for share, name in shares[:limit]:
+                lines.append(f"  {share:5.1f}%  {share / 100 * cpu_us:5.2f} µs/req  {name}")
+        return "\n".join(lines)
 
     def _strace(self, spec: ProxySpec) -> str:
         """System calls per request under wrk (strace slows the proxy; the counts per request still hold)."""
@@ -837,8 +921,9 @@ class Bench:
         out = self.work / f"strace-{spec.key}.txt"
         argv = ["strace", "-c", "-f", "-o", str(out)]
         for pid in spec.proc.tree():
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                argv += ["-p", tid]
+            with contextlib.suppress(OSError):
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    argv += ["-p", tid]
         tracer = Proc("strace", argv, self.work / "strace.log")
         time.sleep(1.0)
         stats = parse_wrk(self._wrk(spec.listen["http"], 3, pinned=True))
@@ -865,9 +950,15 @@ def _wait_port(proc: Proc, port: int, timeout: float) -> None:
     raise NotAvailable(f"{proc.name} not listening on 127.0.0.1:{port} within {timeout:.0f}s")
 
 
-def top_functions(raw: str, limit: int = 25) -> str:
-    """Self and inclusive shares per function from py-spy's raw (collapsed) stacks."""
+def top_functions(raw: str, limit: int = 20) -> str:
+    """Self shares per function and per line, and inclusive shares per function, from py-spy's raw stacks.
+
+    py-spy sees Python frames only: time spent inside C (uvloop's loop, the system calls a transport
+    makes) is charged to the Python line that called it, or to the loop's `run` when the loop itself
+    is busy (reading sockets, scheduling callbacks).
+    """
     own: Counter[str] = Counter()
+    own_line: Counter[str] = Counter()
     incl: Counter[str] = Counter()
     total = 0
     for line in raw.splitlines():
@@ -879,16 +970,30 @@ def top_functions(raw: str, limit: int = 25) -> str:
         if not frames:
             continue
         total += n
-        own[frames[-1]] += n
-        for frame in set(frames):
-            incl[frame] += n
+        own_line[frames[-1]] += n
+        functions = [re.sub(r":\d+\)$", ")", f) for f in frames]
+        own[functions[-1]] += n
+        for function in set(functions):
+            incl[function] += n
     if not total:
         return "py-spy recorded no samples\n"
-    lines = [f"{total} samples", "", "self %  function (file:line)"]
-    lines += [f"{100 * n / total:5.1f}  {f}" for f, n in own.most_common(limit)]
-    lines += ["", "total %  function (file:line)"]
-    lines += [f"{100 * n / total:5.1f}  {f}" for f, n in incl.most_common(limit)]
-    return "\n".join(lines) + "\n"
+    out = [f"{total} samples (idle excluded)", "", "self %  function (file)"]
+    out += [f"{100 * n / total:5.1f}  {f}" for f, n in own.most_common(limit)]
+    out += ["", "self %  line"]
+    out += [f"{100 * n / total:5.1f}  {f}" for f, n in own_line.most_common(limit)]
+    out += ["", "total %  function (file)"]
+    out += [f"{100 * n / total:5.1f}  {f}" for f, n in incl.most_common(limit)]
+    return "\n".join(out) + "\n"
+
+
+def parse_perf_report(text: str) -> list[tuple[float, str]]:
+    """(percent, what) rows from `perf report --stdio` without call graphs, largest first."""
+    rows = []
+    for line in text.splitlines():
+        m = re.match(r"^\s+([\d.]+)%\s+(\S.*?)\s*$", line)
+        if m:
+            rows.append((float(m.group(1)), re.sub(r"\s+", " ", m.group(2))))
+    return sorted(rows, reverse=True)
 
 
 def summarize_strace(label: str, text: str, requests: int) -> str:
@@ -896,7 +1001,13 @@ def summarize_strace(label: str, text: str, requests: int) -> str:
     rows = []
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) >= 5 and parts[0].replace(".", "").isdigit() and parts[-1].isidentifier():
+        name = parts[-1] if parts else ""
+        if (
+            len(parts) >= 5
+            and parts[0].replace(".", "").isdigit()
+            and name.isidentifier()
+            and name != "total"
+        ):
             try:
                 calls = int(parts[3])
             except ValueError:
@@ -1158,13 +1269,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--profile",
         action="store_true",
-        help="after the rounds, py-spy Steelyard 1 worker under wrk and count syscalls per request "
-        "(strace) for it and HAProxy; output in bench/out/",
+        help="after the rounds, profile Steelyard 1 worker and HAProxy under wrk: perf (kernel/user split "
+        "by library), py-spy (Python; flamegraph) and strace (syscalls per request); output in bench/out/",
     )
     p.add_argument("--native", action="store_true", help="with --profile: py-spy --native (C frames too)")
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     p.add_argument("--no-install", action="store_true", help="never apt-get install missing tools")
     p.add_argument("--no-pin", action="store_true", help="do not pin (taskset) anything")
+    p.add_argument(
+        "--steelyard-cmd",
+        metavar="CMD",
+        help="start Steelyard with CMD instead of `python -m steelyard run` (another checkout, an installed "
+        "build); `-c FILE` and `--workers N` are appended",
+    )
     p.add_argument("--bulk-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     p.add_argument("--bulk-client", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -1180,6 +1297,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None, command: str | None = None) -> int:
     """`command` is how the run was started, for the report (`make bench` passes its own)."""
     args = parse_args(argv)
+    if args.steelyard_cmd:
+        STEELYARD_CMD[:] = shlex.split(args.steelyard_cmd)
     if args.bulk_server:
         bulk_server(args.bulk_server, BULK_BYTES)
         return 0
@@ -1187,7 +1306,7 @@ def main(argv: Sequence[str] | None = None, command: str | None = None) -> int:
         bulk_client(args.bulk_client)
         return 0
     if command is None:
-        command = " ".join(["python -m bench.proxy", *(sys.argv[1:] if argv is None else argv)])
+        command = shlex.join(["python", "-m", "bench.proxy", *(sys.argv[1:] if argv is None else argv)])
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     bench = Bench(args)
     try:
