@@ -111,7 +111,13 @@ class Runtime:
             except ListenerBindError as exc:
                 report.failed.append((listener, str(exc)))
 
-        self.proxy.snapshot = self.registry.apply(state)
+        try:
+            snapshot = self.registry.apply(state)
+        except BaseException:
+            for _, sock in opened:  # nothing changed: give the new sockets back
+                sock.close()
+            raise
+        self.proxy.snapshot = snapshot
         self.state = state
         report.upstreams = len(state.upstreams)
         report.endpoints = sum(len(u.endpoints) for u in state.upstreams.values())

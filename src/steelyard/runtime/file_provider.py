@@ -76,6 +76,7 @@ class FileProvider:
         self.signature: FileSignature | None = None
         self.current: DesiredState | None = None  # the last good state handed out
         self.last_errors: tuple[str, ...] = ()
+        self.on_invalid: list[Callable[[str, tuple[str, ...]], None]] = []  # admin API: reload history
         self._forced = asyncio.Event() if _loop_running() else None
 
     @property
@@ -103,6 +104,8 @@ class FileProvider:
         if loaded.state is None:
             log.error("configuration %s (%s) is invalid; keeping the last good one. %d error(s):\n%s",
                       self.source, reason, len(loaded.errors), "\n".join(f"  {e}" for e in loaded.errors))
+            for hook in self.on_invalid:
+                hook(self.source, loaded.errors)
             return None
         if same_configuration(loaded.state, self.current):
             log.info("configuration %s re-read (%s): unchanged", self.source, reason)
@@ -130,7 +133,12 @@ class FileProvider:
                 continue
             state = self.accept(loaded, reason)
             if state is not None:
-                await apply(state)
+                try:
+                    await apply(state)
+                except Exception:  # a bug in applying must not stop later reloads
+                    log.exception("applying configuration %s failed; the previous one keeps serving",
+                                  self.source)
+                    self.current = None  # so the next read is applied again, not dropped as a duplicate
 
 
 def _loop_running() -> bool:
