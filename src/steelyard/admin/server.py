@@ -69,10 +69,7 @@ class AdminServer:
     def __init__(self, source: AdminSource, host: str = "127.0.0.1", port: int = 9901, *,
                  token: str | None = None, tick: float = 1.0, clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time) -> None:
-        if not token and not is_loopback(host):
-            raise AdminSetupError(
-                f"the admin API on {host}:{port} is reachable from other hosts: give it a bearer token "
-                f"with --admin-token or {TOKEN_ENV}, or bind it to 127.0.0.1")
+        self.check_exposure(host, port, token)
         self.source = source
         self.host = host
         self.port = port
@@ -86,6 +83,14 @@ class AdminServer:
         self._tick_event = asyncio.Event()
         self._state_json = b""
         self._closing = False
+
+    @staticmethod
+    def check_exposure(host: str, port: int, token: str | None) -> None:
+        """Anything but loopback needs a token: the API can drain every endpoint."""
+        if not token and not is_loopback(host):
+            raise AdminSetupError(
+                f"the admin API on {host}:{port} is reachable from other hosts: give it a bearer token "
+                f"with --admin-token or {TOKEN_ENV}, or bind it to 127.0.0.1")
 
     # -- lifecycle --------------------------------------------------------------------------------------
 

@@ -19,6 +19,8 @@ import signal
 import sys
 from dataclasses import dataclass
 
+from steelyard.admin.wiring import add_arguments as admin_arguments
+from steelyard.admin.wiring import check_options as check_admin_options
 from steelyard.config.desired import DesiredState
 from steelyard.runtime.apply import REFRESH_INTERVAL, ApplyReport, Runtime
 from steelyard.runtime.file_provider import FileProvider, Loaded
@@ -40,6 +42,7 @@ class RunOptions:
     log_format: str = "text"
     log_level: str = "INFO"
     poll_interval: float = 1.0
+    admin_token: str | None = None
     worker_id: int | None = None  # set in a worker process started by the supervisor
     ready_fd: int | None = None  # the worker writes one byte here once it serves
 
@@ -50,7 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="worker processes sharing each listener with SO_REUSEPORT (default 1)")
     parser.add_argument("--admin", metavar="ADDR", default=None,
-                        help="admin API address, like 127.0.0.1:9900 (default: off)")
+                        help="admin API, metrics and dashboard address, or 'off' (default 127.0.0.1:9901, "
+                             "skipped with a warning when taken)")
+    admin_arguments(parser)
     parser.add_argument("--drain-timeout", default="30s", metavar="DURATION",
                         help="on SIGTERM, how long in-flight requests may take to finish (default 30s)")
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
@@ -79,7 +84,9 @@ def options_from(args: argparse.Namespace) -> RunOptions:
     if poll <= 0:
         raise ValueError("--poll-interval must be more than 0")
     configs = tuple(os.path.abspath(p) for p in args.config) if args.config else default_configs()
-    return RunOptions(configs=configs, workers=args.workers, admin=args.admin, drain_timeout=drain,
+    admin_token = check_admin_options(args.admin, args.admin_token)
+    return RunOptions(configs=configs, workers=args.workers, admin=args.admin, admin_token=admin_token,
+                      drain_timeout=drain,
                       log_format=args.log_format, log_level=args.log_level.upper(), poll_interval=poll,
                       worker_id=args.worker_id, ready_fd=args.ready_fd)
 
@@ -146,12 +153,29 @@ async def serve(options: RunOptions) -> int:
     proxy = ProxyServer(ProxyConfig())
     health = _health_checker(registry)
     runtime = Runtime(proxy, registry, health=health)
-    report = await runtime.apply(state)
+    from steelyard.admin.server import AdminSetupError
+    from steelyard.admin.wiring import start_admin
+
+    try:
+        admin = await start_admin(options, proxy, runtime, provider)
+    except AdminSetupError as exc:
+        print(f"steelyard: {exc}", file=sys.stderr)
+        return 1
+    try:
+        report = await runtime.apply(state)
+    except Exception as exc:  # a bug, not a configuration error: say so in one line, details in the log
+        log.debug("applying the configuration failed", exc_info=True)
+        print(f"steelyard: cannot apply configuration {provider.source}: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        await runtime.close_health()
+        return 1
     if report.failed:
         for _, reason in report.failed:
             print(f"steelyard: {reason}", file=sys.stderr)
         runtime.stop_accepting()
         await runtime.close_health()
+        if admin is not None:
+            await admin.stop()
         return 1
 
     tasks = TaskGroup()
@@ -180,7 +204,7 @@ async def serve(options: RunOptions) -> int:
     listening = ", ".join(f"{x.protocol.value.lower()}://{x.address}:{x.port}" for x in report.bound)
     log.info("steelyard ready: %s; listening on %s; %s; source %s%s", _who(options), listening or "nothing",
              _describe_state(state), provider.source,
-             f"; admin {options.admin} (not served by this build)" if options.admin else "")
+             f"; admin {admin.url}/" if admin is not None else "; no admin API")
     if options.ready_fd is not None:
         with contextlib.suppress(OSError):
             os.write(options.ready_fd, b"r")
@@ -193,6 +217,8 @@ async def serve(options: RunOptions) -> int:
     await tasks.cancel_all()
     await proxy.shutdown(options.drain_timeout)
     await runtime.close_health()
+    if admin is not None:
+        await admin.stop()
     log.info("stopped (%s)", _who(options))
     return 0
 
