@@ -129,7 +129,8 @@ class Backend:
             writer.transport.abort()
             return False
         if path == "/ws":
-            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                         b"Connection: Upgrade\r\n\r\n")
             while data := await reader.read(65536):
                 writer.write(data)
                 await writer.drain()
@@ -158,7 +159,8 @@ class Backend:
                 pass
             if path == "/chunked":
                 n = int(params.get("n", "3"))
-                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Backend: " + self.name.encode()
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Backend: "
+                             + self.name.encode()
                              + b"\r\nTrailer: X-T\r\n\r\n")
                 for i in range(n):
                     part = f"part-{i};".encode()

@@ -7,8 +7,7 @@ import asyncio
 import pytest
 import uvloop
 
-from proxy_support import Backend, Harness, make_state, start_backends
-
+from proxy_support import Harness, make_state, start_backends
 
 pytestmark = pytest.mark.filterwarnings("ignore:Overriding the .event_loop_policy. fixture")
 
@@ -117,7 +116,8 @@ async def test_expect_100_continue_is_forwarded() -> None:
     (a,) = await start_backends("a")
     async with Harness(make_state([a])) as h:
         client = await h.connect()
-        await client.send(b"POST /continue HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+        await client.send(b"POST /continue HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+                          b"Expect: 100-continue\r\n\r\n")
         interim = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), 5)
         assert interim.startswith(b"HTTP/1.1 100 ")
         await client.send(b"data")

@@ -24,7 +24,8 @@ CONFIG = ProxyConfig(max_header_bytes=8192, max_headers=20, max_uri_bytes=1024, 
 
 CASES = [
     ("content-length-with-transfer-encoding", 400,
-     b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+     b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"3\r\nabc\r\n0\r\n\r\n"),
     ("differing-content-lengths", 400,
      b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"),
     ("repeated-content-length", 400,
@@ -34,7 +35,8 @@ CASES = [
     ("invalid-chunk-size", 400,
      b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"),
     ("chunked-not-last", 400, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"),
-    ("unknown-transfer-coding", 501, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+    ("unknown-transfer-coding", 501,
+     b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
     ("space-before-colon", 400, b"GET / HTTP/1.1\r\nHost : x\r\n\r\n"),
     ("obsolete-line-folding", 400, b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n folded\r\n\r\n"),
     ("bare-lf", 400, b"GET / HTTP/1.1\nHost: x\n\n"),
@@ -50,7 +52,8 @@ CASES = [
      b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(25)) + b"\r\n"),
     ("body-too-large-by-length", 413, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n"),
     ("body-too-large-chunked", 413,
-     b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n" + b"z" * 2048 + b"\r\n0\r\n\r\n"),
+     b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n"
+     + b"z" * 2048 + b"\r\n0\r\n\r\n"),
 ]
 
 

@@ -1,4 +1,5 @@
-"""TCP listeners: echo through the proxy, half-close, retries on connect failure, backpressure, idle timeout."""
+"""TCP listeners: echo through the proxy, half-close, retries on connect failure, backpressure and
+the idle timeout."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from steelyard.config.desired import BackendEndpoint, DesiredState, Listener, Ro
 from steelyard.model import BalancerPolicySpec, Protocol
 from steelyard.proxy.routing import Snapshot, UpstreamRegistry, normalize_host, prefix_matches
 from steelyard.runtime.upstream import UpstreamRuntime
-from steelyard.strategies import BalancingStrategy, Endpoint, PickContext
+from steelyard.strategies import NO_CONTEXT, BalancingStrategy, Endpoint, PickContext
 
 
 class Clock:
@@ -29,7 +29,8 @@ def upstream(*ports: int, key: str = "ns/lb/http", policy: dict[str, object] | N
     endpoints = tuple(BackendEndpoint("127.0.0.1", p, weight=(weights[i] if weights else 1))
                       for i, p in enumerate(ports))
     return Upstream(key=key, load_balancer=key.rsplit("/", 1)[0], port_name="http", protocol=Protocol.HTTP,
-                    policy=BalancerPolicySpec.model_validate(policy or {}), policy_name=None, endpoints=endpoints)
+                    policy=BalancerPolicySpec.model_validate(policy or {}), policy_name=None,
+                    endpoints=endpoints)
 
 
 def test_pick_reports_exactly_once_with_latency_from_the_clock() -> None:
@@ -43,7 +44,7 @@ def test_pick_reports_exactly_once_with_latency_from_the_clock() -> None:
         def set_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
             self.endpoints = list(endpoints)
 
-        def pick(self, context: PickContext = PickContext()) -> Endpoint | None:
+        def pick(self, context: PickContext = NO_CONTEXT) -> Endpoint | None:
             return self.endpoints[0]
 
         def on_done(self, endpoint: Endpoint, latency: float, ok: bool) -> None:
@@ -123,7 +124,8 @@ def test_normalize_host(host: str, expected: str) -> None:
     assert normalize_host(host) == expected
 
 
-def _state(routes: Sequence[tuple[tuple[str, ...], str, Upstream]], tcp: Upstream | None = None) -> DesiredState:
+def _state(routes: Sequence[tuple[tuple[str, ...], str, Upstream]],
+           tcp: Upstream | None = None) -> DesiredState:
     upstreams = {u.key: u for _, _, u in routes}
     listeners = [Listener("127.0.0.1", 80, Protocol.HTTP,
                           tuple(Route(hosts=h, path_prefix=p, upstream=u.key) for h, p, u in routes))]
@@ -155,7 +157,7 @@ def test_snapshot_routes_by_host_then_longest_prefix() -> None:
     assert snapshot.route_http(("127.0.0.1", 81), "shop.example", "/") is None
     assert snapshot.only_route(key) is None
     assert snapshot.tcp_upstream(("127.0.0.1", 5432)).key == "ns/db/pg"  # type: ignore[union-attr]
-    assert snapshot.endpoint_ids == {"127.0.0.1:%d" % i for i in (1, 2, 3, 4, 9)}
+    assert snapshot.endpoint_ids == {f"127.0.0.1:{i}" for i in (1, 2, 3, 4, 9)}
 
 
 def test_snapshot_without_catch_all_answers_none() -> None:

@@ -219,9 +219,7 @@ class HttpProxyProtocol(asyncio.Protocol):
             return True
         # A half-closed client may still read its responses; close once they are written.
         self.closing = True
-        if self.current is None and not self.queue:
-            return False
-        return True
+        return self.current is not None or bool(self.queue)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -403,10 +401,7 @@ class HttpProxyProtocol(asyncio.Protocol):
         max_body = self.config.max_body_bytes
         if max_body is not None and req.body_bytes > max_body:
             raise _Reject(413, f"request body larger than {max_body} bytes")
-        if req.body_kind == _BODY_CHUNKED:
-            framed = [b"%x\r\n" % len(body), body, _CRLF]
-        else:
-            framed = [body]
+        framed = [b"%x\r\n" % len(body), body, _CRLF] if req.body_kind == _BODY_CHUNKED else [body]
         conn = req.conn
         if conn is not None and req.head_sent and conn.transport is not None:
             conn.transport.writelines(framed)
@@ -521,8 +516,9 @@ class HttpProxyProtocol(asyncio.Protocol):
             if runtime.retry_on_connect and self._retry(req):
                 return
             if timed_out:
-                self._respond_local(req, 504, f"steelyard: load balancer {runtime.name}: endpoint {endpoint} "
-                                              f"did not accept a connection within {runtime.connect_timeout:g}s")
+                self._respond_local(req, 504, f"steelyard: load balancer {runtime.name}: endpoint "
+                                              f"{endpoint} did not accept a connection within "
+                                              f"{runtime.connect_timeout:g}s")
             else:
                 self._respond_local(req, 502, f"steelyard: load balancer {runtime.name}: endpoint {endpoint} "
                                               f"refused or failed the connection ({error})")
@@ -747,7 +743,7 @@ class HttpProxyProtocol(asyncio.Protocol):
             self._close()
             return
         req = self.current
-        if req is not None and req.upstream_deadline and now >= req.upstream_deadline and req.conn is not None:
+        if req is not None and req.conn is not None and 0 < req.upstream_deadline <= now:
             conn = req.conn
             runtime = req.runtime
             assert runtime is not None
@@ -760,7 +756,8 @@ class HttpProxyProtocol(asyncio.Protocol):
             else:
                 req.conn = None
                 self._respond_local(req, 504, f"steelyard: load balancer {runtime.name}: endpoint "
-                                              f"{req.tried[-1]} did not answer within {runtime.request_timeout:g}s")
+                                              f"{req.tried[-1]} did not answer within "
+                                              f"{runtime.request_timeout:g}s")
 
     def begin_shutdown(self) -> None:
         """Stop taking requests: close now when idle, else after the current response."""

@@ -8,6 +8,7 @@ used and the surplus ages out under the idle timeout.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Protocol
 
 __all__ = ["EndpointPool", "Poolable"]
@@ -65,10 +66,8 @@ class EndpointPool:
 
     def discard_idle(self, conn: Poolable) -> None:
         """An idle connection closed by the peer."""
-        try:
+        with contextlib.suppress(ValueError):
             self.idle.remove(conn)
-        except ValueError:
-            pass
 
     def expire(self, older_than: float) -> None:
         """Close idle connections unused since before `older_than` (the oldest are first in the list)."""

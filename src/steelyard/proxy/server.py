@@ -171,7 +171,7 @@ class ProxyServer:
             log.exception("timeout sweep failed")
         self._sweep = loop.call_later(self.config.sweep_interval, self._tick)
 
-    # -- shutdown ----------------------------------------------------------------------------------------------
+    # -- shutdown ---------------------------------------------------------------------------------------
 
     def in_flight(self) -> int:
         return sum(1 for c in self.http_connections if c.current is not None) + len(self.tcp_tunnels)

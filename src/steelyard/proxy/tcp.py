@@ -182,7 +182,9 @@ class TcpTunnel:
 
     def check_timeouts(self, now: float) -> None:
         runtime = self.runtime
-        if runtime is not None and self.upstream is not None and now - self.last_activity > runtime.idle_timeout:
+        if runtime is None or self.upstream is None:
+            return
+        if now - self.last_activity > runtime.idle_timeout:
             self.server.stats.timeouts += 1
             self.close(abort=True)
 

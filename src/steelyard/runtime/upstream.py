@@ -176,7 +176,8 @@ class UpstreamRuntime:
 
         With `exclude` (a retry), the choice is a weighted random one among the usable endpoints not yet
         tried, made outside the strategy: a strategy never sees a pick it did not make, so its counters and
-        latency estimates stay exact (a cancelled pick reported as 0 s would make a failing endpoint look fast).
+        latency estimates stay exact (a cancelled pick reported as 0 s would make a failing endpoint look
+        fast).
         """
         now = self.clock()
         if self._next_change is not None and now >= self._next_change:
@@ -186,7 +187,8 @@ class UpstreamRuntime:
             if not others:
                 self.no_endpoint += 1
                 return None
-            chosen = others[0] if len(others) == 1 else self.rng.choices(others, [e.weight for e in others])[0]
+            weights = [e.weight for e in others]
+            chosen = others[0] if len(others) == 1 else self.rng.choices(others, weights)[0]
             return self._attempt(chosen, None, now)
         picked = self.strategy.pick(ctx)
         if picked is None:
