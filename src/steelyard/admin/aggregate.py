@@ -150,8 +150,8 @@ def merge_counters(counters: Sequence[ProcessCounters]) -> ProcessCounters:
 class AggregateSource:
     """`AdminSource` over worker admin URLs (`http://127.0.0.1:PORT`), refreshed by `poll()`."""
 
-    def __init__(self, worker_urls: Sequence[str], token: str | None = None, timeout: float = 2.0) -> None:
-        self.urls = list(worker_urls)
+    def __init__(self, worker_urls: list[str], token: str | None = None, timeout: float = 2.0) -> None:
+        self.urls = worker_urls  # shared with the supervisor, which updates it when a worker restarts
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.views: list[WorkerViews | None] = [None] * len(self.urls)
@@ -168,6 +168,8 @@ class AggregateSource:
 
     async def poll(self) -> None:
         """Fetch every worker's views at once; a worker that does not answer shows as not ready."""
+        if len(self.views) != len(self.urls):
+            self.views = [None] * len(self.urls)
         async def one(i: int, url: str) -> None:
             try:
                 async with self._client().get(url + "/api/v1/raw") as resp:

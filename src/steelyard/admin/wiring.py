@@ -74,3 +74,27 @@ async def start_admin(options: _Options, proxy: Any, runtime: Any,
         log.warning("%s; running without the admin API (choose one with --admin HOST:PORT)", exc)
         return None
     return server
+
+
+WORKER_ADMIN = "127.0.0.1:0"  # each worker's private admin API: loopback, an ephemeral port
+
+
+async def start_group_admin(options: _Options, worker_urls: list[str]) -> tuple[AdminServer | None, Any]:
+    """The supervisor's admin API for `--workers N`: an `AggregateSource` over the workers' private admin
+    APIs (`worker_urls` is shared, so a restarted worker's new URL is seen at the next poll)."""
+    from steelyard.admin.aggregate import AggregateSource
+
+    aggregate = AggregateSource(worker_urls)
+    explicit = options.admin is not None
+    if options.admin == "off":
+        return None, aggregate
+    host, port = parse_address(options.admin or DEFAULT_ADMIN)
+    server = AdminServer(aggregate, host, port, token=options.admin_token)
+    try:
+        await server.start()
+    except AdminSetupError as exc:
+        if explicit:
+            raise
+        log.warning("%s; running without the admin API (choose one with --admin HOST:PORT)", exc)
+        return None, aggregate
+    return server, aggregate

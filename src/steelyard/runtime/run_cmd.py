@@ -207,7 +207,7 @@ async def serve(options: RunOptions) -> int:
              f"; admin {admin.url}/" if admin is not None else "; no admin API")
     if options.ready_fd is not None:
         with contextlib.suppress(OSError):
-            os.write(options.ready_fd, b"r")
+            os.write(options.ready_fd, b"r" + (str(admin.port).encode() if admin is not None else b""))
             os.close(options.ready_fd)
 
     await stop.wait()

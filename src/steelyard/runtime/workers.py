@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from steelyard.admin.wiring import WORKER_ADMIN, start_group_admin
 from steelyard.runtime.file_provider import FileProvider
 from steelyard.runtime.run_cmd import RunOptions, print_errors
 from steelyard.runtime.tasks import TaskGroup
@@ -72,7 +73,8 @@ class WorkerSlot:
 def worker_command(options: RunOptions, index: int, ready_fd: int) -> list[str]:
     cmd = [sys.executable, "-m", "steelyard", "run", "--worker-id", str(index), "--ready-fd", str(ready_fd),
            "--drain-timeout", f"{options.drain_timeout}s", "--log-format", options.log_format,
-           "--log-level", options.log_level.lower(), "--poll-interval", f"{options.poll_interval}s"]
+           "--log-level", options.log_level.lower(), "--poll-interval", f"{options.poll_interval}s",
+           "--admin", WORKER_ADMIN]  # private, aggregated by the supervisor's admin API
     for path in options.configs:
         cmd += ["-c", path]
     return cmd
@@ -85,6 +87,7 @@ class Supervisor:
         self.stopping = False
         self.tasks = TaskGroup()
         self.failed_start: str | None = None
+        self.admin_urls = [""] * options.workers  # each worker's private admin API, for the aggregate
 
     async def start_worker(self, slot: WorkerSlot) -> bool:
         """Spawn one worker and wait until it serves (True) or exits first (False)."""
@@ -103,8 +106,10 @@ class Supervisor:
             loop.remove_reader(read_fd)
             data = b""
             with contextlib.suppress(OSError):
-                data = os.read(read_fd, 1)
+                data = os.read(read_fd, 32)  # b"r" and the worker's admin port
             os.close(read_fd)
+            if data[1:].isdigit():
+                self.admin_urls[slot.index - 1] = f"http://127.0.0.1:{int(data[1:])}"
             if not ready.done():
                 ready.set_result(bool(data))  # EOF without a byte: it exited before serving
 
@@ -139,9 +144,20 @@ class Supervisor:
                  len(self.slots), pids, os.getpid())
         for slot in self.slots:
             self.tasks.spawn(self.watch(slot), f"watch-worker-{slot.index}")
+        try:
+            admin, aggregate = await start_group_admin(self.options, self.admin_urls)
+        except ValueError as exc:  # AdminSetupError: an explicit --admin that cannot be served
+            print(f"steelyard: {exc}", file=sys.stderr)
+            self.stopping = True
+            self.signal_all(signal.SIGTERM)
+            await self.wait_all()
+            return 1
         await stop.wait()
         codes = await self.wait_all()
         await self.tasks.cancel_all()
+        if admin is not None:
+            await admin.stop()
+        await aggregate.close()
         log.info("supervisor: all workers stopped (exit codes %s)", codes)
         return 0 if all(c == 0 for c in codes) else 1
 
