@@ -347,6 +347,109 @@ def bulk_client(port: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# The floor: a bare uvloop + httptools forwarder (`--floor-server PORT BACKEND...`), the least a Python
+# proxy must do: parse both sides, regenerate the heads, one upstream connection per client, round robin
+# over backends, bodiless requests only. No limits, no hygiene, no retries: a reference row, not a
+# product. On the day's noisy machine it tells how much of Steelyard's cost is Python itself and how much
+# is Steelyard.
+
+
+def floor_server(port: int, backends: Sequence[int]) -> None:
+    import asyncio
+
+    import httptools  # type: ignore[import-untyped]
+    import uvloop
+
+    turn = [0]
+
+    class Upstream(asyncio.Protocol):
+        def __init__(self, client: Client) -> None:
+            self.client = client
+            self.parser = httptools.HttpResponseParser(self)
+            self.headers: list[bytes] = []
+            self.body: list[bytes] = []
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.parser.feed_data(data)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            if name.lower() not in (b"connection", b"keep-alive", b"content-length", b"transfer-encoding"):
+                self.headers += (name, b": ", value, b"\r\n")
+
+        def on_body(self, body: bytes) -> None:
+            self.body.append(body)
+
+        def on_message_complete(self) -> None:
+            body = b"".join(self.body)
+            status = self.parser.get_status_code()
+            head = b"HTTP/1.1 %d OK\r\n%bContent-Length: %d\r\n\r\n" % (
+                status,
+                b"".join(self.headers),
+                len(body),
+            )
+            self.client.transport.write(head + body)
+            self.headers, self.body = [], []
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.client.transport.close()
+
+    class Client(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+            self.parser = httptools.HttpRequestParser(self)
+            self.headers: list[bytes] = []
+            self.upstream: Upstream | None = None
+            self.waiting: list[bytes] = []
+            self.peer = transport.get_extra_info("peername")[0].encode()
+            turn[0] += 1
+            loop.create_task(self.connect(backends[turn[0] % len(backends)]))
+
+        async def connect(self, backend: int) -> None:
+            _, self.upstream = await loop.create_connection(lambda: Upstream(self), HOST, backend)
+            for chunk in self.waiting:
+                self.upstream.transport.write(chunk)  # type: ignore[attr-defined]
+
+        def data_received(self, data: bytes) -> None:
+            self.parser.feed_data(data)
+
+        def on_url(self, url: bytes) -> None:
+            self.url = url
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            if name.lower() not in (b"connection", b"keep-alive"):
+                self.headers += (name, b": ", value, b"\r\n")
+
+        def on_message_complete(self) -> None:
+            head = b"%b %b HTTP/1.1\r\n%bX-Forwarded-For: %b\r\n\r\n" % (
+                self.parser.get_method(),
+                self.url,
+                b"".join(self.headers),
+                self.peer,
+            )
+            self.headers = []
+            if self.upstream is not None and hasattr(self.upstream, "transport"):
+                self.upstream.transport.write(head)  # type: ignore[attr-defined]
+            else:
+                self.waiting.append(head)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.upstream is not None:
+                self.upstream.transport.close()  # type: ignore[attr-defined]
+
+    async def serve() -> None:
+        server = await loop.create_server(Client, HOST, port, backlog=1024)
+        async with server:
+            await server.serve_forever()
+
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(serve())
+
+
+# --------------------------------------------------------------------------------------------------
 # Proxies under test.
 
 
@@ -439,6 +542,10 @@ def steelyard_argv(cfg: Path, workers: int) -> list[str]:
         )
     else:
         argv = [sys.executable, "-m", "steelyard", "run", "-c", str(cfg)]
+        # No admin server: HAProxy and nginx run without stats pages too, and several Steelyards
+        # would contend for the admin's default port.
+        if '"--admin"' in RUN_CMD.read_text():
+            argv += ["--admin", "off"]
     if workers != 1:
         argv += ["--workers", str(workers)]
     return argv
@@ -468,11 +575,17 @@ def build_steelyard_tcp(spec: ProxySpec, ports: Ports, work: Path) -> list[str]:
     return steelyard_argv(cfg, spec.threads)
 
 
+def build_floor(spec: ProxySpec, ports: Ports, work: Path) -> list[str]:
+    backends = [str(p) for p in ports.backends]
+    return [sys.executable, "-m", "bench.proxy", "--floor-server", str(spec.listen["http"]), *backends]
+
+
 def proxy_specs() -> dict[str, ProxySpec]:
     specs = [
         ProxySpec("haproxy-http", "HAProxy 1 thread", True, "haproxy", build_haproxy_http, ("http",)),
         ProxySpec("nginx-http", "nginx 1 worker", True, "nginx", build_nginx, ("http",)),
         ProxySpec("steelyard-http", "Steelyard 1 worker", True, "steelyard", build_steelyard_http, ("http",)),
+        ProxySpec("floor-http", "bare forwarder", True, "python", build_floor, ("http",)),
         ProxySpec("haproxy-http2", "HAProxy 2 threads", False, "haproxy", build_haproxy_http, ("http",), 2),
         ProxySpec("nginx-http2", "nginx 2 workers", False, "nginx", build_nginx, ("http",), 2),
         ProxySpec(
@@ -503,6 +616,9 @@ ROWS: tuple[Row, ...] = (
     Row("http-haproxy", "http", "http", "haproxy-http", "HAProxy 2.6 HTTP"),
     Row("http-nginx", "http", "http", "nginx-http", "nginx proxy", "http-haproxy"),
     Row("http-steelyard", "http", "http", "steelyard-http", "Steelyard 1 worker", "http-haproxy"),
+    Row(
+        "http-floor", "http", "http", "floor-http", "bare uvloop+httptools forwarder (floor)", "http-haproxy"
+    ),
     Row("http2-direct", "http2", "http", None, "direct, unpinned"),
     Row("http2-haproxy", "http2", "http", "haproxy-http2", "HAProxy nbthread 2, unpinned"),
     Row("http2-nginx", "http2", "http", "nginx-http2", "nginx 2 workers, unpinned", "http2-haproxy"),
@@ -1284,6 +1400,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--bulk-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     p.add_argument("--bulk-client", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    p.add_argument("--floor-server", type=int, nargs="+", metavar="PORT", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.rounds is None:
         args.rounds = 1 if args.quick else 3
@@ -1304,6 +1421,9 @@ def main(argv: Sequence[str] | None = None, command: str | None = None) -> int:
         return 0
     if args.bulk_client:
         bulk_client(args.bulk_client)
+        return 0
+    if args.floor_server:
+        floor_server(args.floor_server[0], args.floor_server[1:])
         return 0
     if command is None:
         command = shlex.join(["python", "-m", "bench.proxy", *(sys.argv[1:] if argv is None else argv)])
