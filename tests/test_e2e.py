@@ -276,7 +276,7 @@ def _accepted_by(listen_port: int, client_port: int) -> int | None:
     return None
 
 
-def test_two_workers_serve_and_both_get_traffic(tmp_path: Path) -> None:
+def test_two_workers_serve_both_get_traffic_and_a_dead_one_is_restarted(tmp_path: Path) -> None:
     with backends("a", "b") as bs:
         port = free_port()
         config = write_config(tmp_path / "lb.yaml", port=port,
@@ -304,6 +304,12 @@ def test_two_workers_serve_and_both_get_traffic(tmp_path: Path) -> None:
 
             served = asyncio.run(scenario())
             assert all(n > 0 for n in served.values()), served
+            # A worker that dies is restarted (after a backoff) and the listener keeps serving meanwhile.
+            mark = proxy.mark()
+            os.kill(pids[0], signal.SIGKILL)
+            proxy.wait_for(rf"worker \d \(pid {pids[0]}\) exited", 10, mark)
+            assert sorted(sequence(port, 4)) == ["a", "a", "b", "b"]
+            proxy.wait_for(r"worker \d restarted \(pid \d+\)", 20, mark)
             proxy.signal(signal.SIGTERM)
             assert proxy.wait(30) == 0, proxy.output()
         finally:
