@@ -94,3 +94,27 @@ def test_access_log_is_off_by_default_and_sampled_when_asked() -> None:
         RequestObserver(sample=2)
     with pytest.raises(ValueError, match="unknown log format"):
         setup_logging("xml")
+
+
+def test_share_history_columns_line_up_when_endpoints_come_and_go() -> None:
+    from admin_fake import FakeEndpoint
+
+    clock = Clock()
+    source = FakeSource({UP: [(A, 1)]})
+    sampler = Sampler(clock, keep=10)
+    sampler.take(source.upstreams())
+    source.serve(UP)
+    clock.now = 1.0
+    sampler.take(source.upstreams())
+    source.ups[UP].endpoints[B] = FakeEndpoint(B, 1)  # a reload added B
+    for _ in range(4):
+        source.serve(UP)
+    clock.now = 2.0
+    sampler.take(source.upstreams())
+    del source.ups[UP].endpoints[A]  # and the next one removed A
+    source.serve(UP)
+    clock.now = 3.0
+    sampler.take(source.upstreams())
+    history = sampler.share_history()[UP]
+    assert history["ago"] == [2.0, 1.0, 0.0]
+    assert history["endpoints"] == {A: [1, 2, 0], B: [0, 2, 1]}

@@ -112,24 +112,24 @@ class Sampler:
 
     def share_history(self) -> dict[str, dict[str, object]]:
         """Per upstream: sample times (seconds before the newest) and each endpoint's requests per interval,
-        the data of the dashboard's traffic-share chart."""
-        out: dict[str, dict[str, object]] = {}
+        the data of the dashboard's traffic-share chart. Columns line up: an endpoint missing from a
+        sample counts 0 there."""
+        out: dict[str, tuple[list[float], dict[str, list[int]]]] = {}
         samples = list(self.samples)
         if len(samples) < 2:
-            return out
+            return {}
         newest = samples[-1].at
         for prev, cur in zip(samples, samples[1:], strict=False):
+            deltas: dict[str, dict[str, int]] = {}
             for (up, ep), n in cur.requests.items():
-                entry = out.setdefault(up, {"ago": [], "endpoints": {}})
-                series: dict[str, list[int]] = entry["endpoints"]  # type: ignore[assignment]
-                ago: list[float] = entry["ago"]  # type: ignore[assignment]
-                if not ago or ago[-1] != round(newest - cur.at, 3):
-                    ago.append(round(newest - cur.at, 3))
-                col = series.setdefault(ep, [0] * (len(ago) - 1))
-                col.append(max(0, n - prev.requests.get((up, ep), 0)))
-            for entry in out.values():  # endpoints absent from this sample get 0 so columns line up
-                ago = entry["ago"]  # type: ignore[assignment]
-                for col in entry["endpoints"].values():  # type: ignore[attr-defined]
-                    while len(col) < len(ago):
-                        col.append(0)
-        return out
+                deltas.setdefault(up, {})[ep] = max(0, n - prev.requests.get((up, ep), 0))
+            for up, per_endpoint in deltas.items():
+                ago, series = out.setdefault(up, ([], {}))
+                column = len(ago)
+                ago.append(round(newest - cur.at, 3))
+                for ep, n in per_endpoint.items():
+                    series.setdefault(ep, [0] * column).append(n)
+                for values in series.values():
+                    if len(values) == column:
+                        values.append(0)
+        return {up: {"ago": ago, "endpoints": series} for up, (ago, series) in out.items()}
