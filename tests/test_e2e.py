@@ -334,6 +334,9 @@ def test_weight_0_drains_no_new_requests_in_flight_ones_finish(tmp_path: Path) -
 
         try:
             slow, after = asyncio.run(scenario())
+            mark = proxy.mark()
+            proxy.signal(signal.SIGHUP)  # forces a re-read; the same configuration is dropped as a duplicate
+            proxy.wait_for(r"re-read \(SIGHUP\): unchanged", 10, mark)
         finally:
             proxy.stop()
     assert slow.status == 200 and slow.backend == "a", slow
@@ -347,3 +350,18 @@ def test_invalid_configuration_at_start_prints_the_errors_and_exits_1(tmp_path: 
     assert proxy.wait(30) == 1
     out = proxy.output()
     assert "Fastest" in out and str(path) in out and "Traceback" not in out, out
+
+
+def test_workers_that_cannot_bind_stop_the_start_with_exit_1(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:  # no SO_REUSEPORT: the workers' bind fails
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path / "lb.yaml", port=port, endpoints=[("127.0.0.1:1", 1)])
+        proxy = SteelyardProcess([config], "--workers", "2")
+        assert proxy.wait(30) == 1
+    out = proxy.output()
+    assert f"cannot listen on 127.0.0.1:{port}" in out and "failed to start" in out, out
+    assert "Traceback" not in out, out
