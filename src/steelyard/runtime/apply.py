@@ -27,7 +27,7 @@ from steelyard.config.desired import DesiredState, Listener
 from steelyard.runtime.listeners import BACKLOG, ListenerBindError, open_socket, serve_socket
 from steelyard.runtime.plan import ListenerKey, ListenerPlan, plan_listeners
 
-__all__ = ["ApplyReport", "Runtime"]
+__all__ = ["ApplyReport", "HealthCheckerLike", "Runtime"]
 
 log = logging.getLogger("steelyard.runtime")
 
@@ -46,7 +46,7 @@ class _Proxy(Protocol):
     def protocol_factory(self, listener: Listener) -> Callable[[], asyncio.Protocol]: ...
 
 
-class _HealthChecker(Protocol):
+class HealthCheckerLike(Protocol):
     def update(self, upstream_key: str, policy: Any, endpoints: Any) -> None: ...
 
     def close(self) -> Any: ...
@@ -81,7 +81,7 @@ def _describe(listener: Listener) -> str:
 class Runtime:
     """The process's data plane state: bound listeners, the registry, the proxy and the health checks."""
 
-    def __init__(self, proxy: _Proxy, registry: _Registry, *, health: _HealthChecker | None = None,
+    def __init__(self, proxy: _Proxy, registry: _Registry, *, health: HealthCheckerLike | None = None,
                  backlog: int = BACKLOG, clock: Callable[[], float] = time.monotonic) -> None:
         self.proxy = proxy
         self.registry = registry

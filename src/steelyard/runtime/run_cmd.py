@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from steelyard.admin.wiring import add_arguments as admin_arguments
 from steelyard.admin.wiring import check_options as check_admin_options
 from steelyard.config.desired import DesiredState
-from steelyard.runtime.apply import REFRESH_INTERVAL, ApplyReport, Runtime
+from steelyard.runtime.apply import REFRESH_INTERVAL, ApplyReport, HealthCheckerLike, Runtime
 from steelyard.runtime.file_provider import FileProvider, Loaded
 from steelyard.runtime.tasks import TaskGroup
 
@@ -68,8 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def default_configs() -> tuple[str, ...]:
-    from steelyard.config import default_config_path  # type: ignore[attr-defined]
-
+    """The embedded default configuration (the demo's), used when no `-c` is given."""
+    try:
+        from steelyard.config import default_config_path  # type: ignore[attr-defined,unused-ignore]
+    except ImportError as exc:
+        raise ValueError("no -c FILE given and this build has no embedded default configuration") from exc
     return (str(default_config_path()),)
 
 
@@ -223,10 +226,10 @@ async def serve(options: RunOptions) -> int:
     return 0
 
 
-def _health_checker(registry: object) -> object | None:
+def _health_checker(registry: object) -> HealthCheckerLike | None:
     """The active health checker, wired to `UpstreamRuntime.on_health_check` (None until it exists)."""
     try:
-        from steelyard.runtime.health_checks import HealthChecker  # type: ignore[import-not-found]
+        from steelyard.runtime.health_checks import HealthChecker  # type: ignore
     except ImportError:
         return None
 
