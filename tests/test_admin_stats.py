@@ -11,7 +11,7 @@ import pytest
 
 from admin_fake import FakeSource
 from steelyard.admin.stats import Sampler, histogram_quantile
-from steelyard.runtime.access_log import LATENCY_BUCKETS, RequestObserver
+from steelyard.runtime.access_log import LATENCY_BUCKETS, AccessLog
 from steelyard.runtime.logs import setup_logging
 
 UP = "default/web/http"
@@ -67,31 +67,25 @@ def test_access_log_is_off_by_default_and_sampled_when_asked() -> None:
     out = io.StringIO()
     setup_logging("json", "INFO", stream=out)
     try:
-        quiet = RequestObserver()
-        quiet.request_done(upstream=UP, endpoint=A, latency=0.01, status=200)
-        assert out.getvalue() == "" and quiet.histograms[(UP, A)].count == 1
-        every = RequestObserver(sample=1.0)
-        every.request_done(upstream=UP, endpoint=A, latency=0.0123, status=200, client="127.0.0.1",
-                           host="my-domain.com", method="GET", path="/x", bytes_sent=42, retries=1)
+        assert not any(AccessLog().sampled() for _ in range(100))  # off by default
+        every = AccessLog(sample=1.0)
+        assert every.sampled()
+        every.log(upstream=UP, endpoint=A, latency=0.0123, status=200, client="127.0.0.1",
+                  host="my-domain.com", method="GET", path="/x", bytes_sent=42, retries=1)
         line = json.loads(out.getvalue())
         assert line["logger"] == "steelyard.access" and line["level"] == "info"
         assert {k: line[k] for k in ("client", "host", "path", "endpoint", "status", "bytes", "latency_ms",
                                      "retries")} == {"client": "127.0.0.1", "host": "my-domain.com",
                                                      "path": "/x", "endpoint": A, "status": 200,
                                                      "bytes": 42, "latency_ms": 12.3, "retries": 1}
-        out.truncate(0)
-        out.seek(0)
-        tenth = RequestObserver(sample=0.1, rng=random.Random(7))
-        for _ in range(1000):
-            tenth.request_done(upstream=UP, endpoint=A, latency=0.001, status=200)
-        logged = len(out.getvalue().splitlines())
+        tenth = AccessLog(sample=0.1, rng=random.Random(7))
+        logged = sum(tenth.sampled() for _ in range(1000))
         assert 60 < logged < 140  # ~100 with a seeded generator: deterministic
-        assert tenth.histograms[(UP, A)].count == 1000
     finally:
         logging.getLogger().handlers = [h for h in logging.getLogger().handlers
                                         if not getattr(h, "_steelyard", False)]
     with pytest.raises(ValueError, match="between 0 and 1"):
-        RequestObserver(sample=2)
+        AccessLog(sample=2)
     with pytest.raises(ValueError, match="unknown log format"):
         setup_logging("xml")
 

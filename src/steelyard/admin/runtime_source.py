@@ -1,9 +1,8 @@
 """`RuntimeSource`: the `AdminSource` of a running Steelyard process, read from the proxy's own objects.
 
 Reads go through `ProxyServer` (counters, connections, pools, the current `Snapshot` and its
-`UpstreamRuntime`s: tracker rows, strategy state, per-endpoint stats) and the `RequestObserver`
-(latency histograms). Everything runs on the proxy's loop, so values are read directly and copied into
-the admin's frozen views.
+`UpstreamRuntime`s: tracker rows, strategy state, per-endpoint stats and latency histograms). Everything
+runs on the proxy's loop, so values are read directly and copied into the admin's frozen views.
 
 Runtime overrides (weight, drain) go to `EndpointTracker.set_override` at once. They are also remembered
 here with the endpoint's configuration at the time, and `after_apply()` (the runtime calls it after every
@@ -37,7 +36,6 @@ from steelyard.strategies import PickContext
 
 if TYPE_CHECKING:
     from steelyard.proxy import ProxyServer
-    from steelyard.runtime.access_log import RequestObserver
     from steelyard.runtime.upstream import UpstreamRuntime
 
 __all__ = ["RuntimeSource"]
@@ -67,10 +65,8 @@ def _listener_text(listener: Listener, upstream_key: str) -> str | None:
 class RuntimeSource:
     """Adapter from the proxy's objects to `AdminSource`."""
 
-    def __init__(self, proxy: ProxyServer, observer: RequestObserver | None = None,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, proxy: ProxyServer, wall_clock: Callable[[], float] = time.time) -> None:
         self.proxy = proxy
-        self.observer = observer
         self.wall_clock = wall_clock
         self.history: deque[ReloadRecord] = deque(maxlen=RELOADS_KEPT)
         self.reloads_ok = 0
@@ -146,8 +142,6 @@ class RuntimeSource:
                 if n:
                     responses[_CLASSES[i]] = n
         hist = getattr(stats, "latency", None)  # per attempt, kept by the runtime itself
-        if hist is None and self.observer is not None:
-            hist = self.observer.histograms.get((runtime.key, ep.id))
         override_weight = _first(row, "override_weight", "weight_override",
                                  default=override[1] if override else None)
         return EndpointView(

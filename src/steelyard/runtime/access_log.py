@@ -1,13 +1,12 @@
-"""What the proxy reports once per finished request: a latency histogram per endpoint and the access log.
+"""Per-request observations: the latency histogram each endpoint keeps, and the sampled access log.
 
-The proxy calls `RequestObserver.request_done(...)` exactly once per request that got an answer (from an
-endpoint or from Steelyard itself). The call is cheap on purpose: one `bisect` and three integer
-increments for the histogram; the access log line is formatted only for the sampled requests
-(`sample` = fraction of requests logged, 0 = off, the default, since at tens of thousands of requests per
-second a line per request costs more CPU than the proxying itself).
+`LatencyHistogram.observe()` is one `bisect` and two additions, cheap enough for every attempt
+(`EndpointStats.latency`); the admin server reads the counts at scrape time (Prometheus histogram,
+p50/p99 on the dashboard).
 
-The admin server reads `histograms` at scrape time (Prometheus histogram, p50/p99 on the dashboard);
-nothing here runs on a timer.
+The access log is off by default (`sample` = 0): at tens of thousands of requests per second a line per
+request costs more CPU than the proxying itself. `--access-log 0.01` logs one request in a hundred,
+`--access-log 1` every one.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import logging
 import random
 from bisect import bisect_left
 
-__all__ = ["LATENCY_BUCKETS", "LatencyHistogram", "RequestObserver"]
+__all__ = ["LATENCY_BUCKETS", "AccessLog", "LatencyHistogram"]
 
 # Upper bounds in seconds (Prometheus `le`), the last bucket (+Inf) is implicit. Chosen for a proxy:
 # sub-millisecond hops up to the default 30 s request timeout.
@@ -45,9 +44,11 @@ class LatencyHistogram:
         return sum(self.counts)
 
 
-class RequestObserver:
-    """One per process. `histograms[(upstream_key, endpoint_id)]`; `endpoint_id` is "" for requests
-    Steelyard answered itself (no route, no endpoint, failed connects) and "-" for unrouted ones."""
+class AccessLog:
+    """Decides per request whether it is logged (`sample` = fraction, 0 = off) and writes the line.
+
+    The proxy asks `sampled()` when a request starts, so only sampled requests pay for timing and byte
+    counting; `log()` formats one line when the request ends."""
 
     def __init__(self, sample: float = 0.0, rng: random.Random | None = None,
                  logger: logging.Logger = access_logger) -> None:
@@ -56,20 +57,10 @@ class RequestObserver:
         self.sample = sample
         self.rng = rng if rng is not None else random.Random()
         self.logger = logger
-        self.histograms: dict[tuple[str, str], LatencyHistogram] = {}
 
-    def request_done(self, *, upstream: str, endpoint: str, latency: float, status: int, client: str = "",
-                     host: str = "", method: str = "", path: str = "", bytes_sent: int = 0,
-                     retries: int = 0) -> None:
-        key = (upstream, endpoint)
-        hist = self.histograms.get(key)
-        if hist is None:
-            hist = self.histograms[key] = LatencyHistogram()
-        hist.observe(latency)
+    def sampled(self) -> bool:
         sample = self.sample
-        if sample and (sample >= 1.0 or self.rng.random() < sample):
-            self.log(client=client, host=host, method=method, path=path, upstream=upstream, endpoint=endpoint,
-                     status=status, bytes_sent=bytes_sent, latency=latency, retries=retries)
+        return sample >= 1.0 or (sample > 0.0 and self.rng.random() < sample)
 
     def log(self, *, client: str, host: str, method: str, path: str, upstream: str, endpoint: str,
             status: int, bytes_sent: int, latency: float, retries: int) -> None:
