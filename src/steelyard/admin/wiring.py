@@ -37,6 +37,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin-token", default=None, metavar="TOKEN",
                         help=f"bearer token for the admin API (default ${TOKEN_ENV}); required when --admin "
                              "is not a loopback address")
+    parser.add_argument("--access-log", type=_fraction, default=0.0, metavar="FRACTION",
+                        help="log this fraction of requests, one line each (0: off, the default; 1: all; "
+                             "0.01: one in a hundred)")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction from 0 to 1")
+    return value
 
 
 def check_options(admin: str | None, token: str | None) -> str | None:
@@ -55,7 +68,13 @@ def check_options(admin: str | None, token: str | None) -> str | None:
 async def start_admin(options: _Options, proxy: Any, runtime: Any,
                       provider: Any = None) -> AdminServer | None:
     """Start the admin server on the running loop and hook it to the runtime's applies and the provider's
-    rejected configurations. Raises AdminSetupError when an explicit address cannot be served."""
+    rejected configurations; switch the proxy's access log on when asked. Raises AdminSetupError when an
+    explicit address cannot be served."""
+    sample = getattr(options, "access_log", 0.0)
+    if sample:
+        from steelyard.runtime.access_log import AccessLog
+
+        proxy.access_log = AccessLog(sample)
     explicit = options.admin is not None
     if options.admin == "off" or (not explicit and options.worker_id is not None):
         return None

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from http import HTTPStatus
 from typing import TYPE_CHECKING
@@ -131,6 +132,8 @@ class HttpRequest:
     cancelled = False
     next_attempt: Attempt | None = None
     tunnel_data = b""
+    logged_at = 0.0  # set (monotonic start time) only for requests the access log samples
+    bytes_out = 0  # response body bytes, counted only for those
 
     def __init__(self) -> None:
         self.pending: list[bytes] = []
@@ -444,6 +447,9 @@ class HttpProxyProtocol(asyncio.Protocol):
     def _start(self, req: HttpRequest) -> None:
         """Make `req` the current request and send it on its way (or answer it locally)."""
         self.current = req
+        access_log = self.server.access_log
+        if access_log is not None and access_log.sampled():
+            req.logged_at = time.monotonic()
         reject = req.reject
         if reject is not None:
             self._respond_local(req, reject.status, f"steelyard: {reject.reason}")
@@ -617,10 +623,24 @@ class HttpProxyProtocol(asyncio.Protocol):
         self.out.append(local_response(status, text, keep_alive=keep, head_only=req.is_head))
         self.flush()
         self.current = None
+        if req.logged_at:
+            req.bytes_out = 0 if req.is_head else len(text.encode("utf-8", "replace")) + 1
+            self.log_access(req, status)
         if keep:
             self._next()
         else:
             self._close()
+
+    def log_access(self, req: HttpRequest, status: int) -> None:
+        """The access log line of a sampled request (see `steelyard.runtime.access_log`)."""
+        access_log = self.server.access_log
+        if access_log is None:
+            return
+        runtime = req.runtime
+        access_log.log(client=self.client_ip, host=req.host, method=req.method.decode("latin-1"),
+                       path=req.url.decode("latin-1"), upstream=runtime.key if runtime is not None else "",
+                       endpoint=req.tried[-1] if req.tried else "", status=status, bytes_sent=req.bytes_out,
+                       latency=time.monotonic() - req.logged_at, retries=max(0, len(req.tried) - 1))
 
     def _parse_failed(self, reject: _Reject) -> None:
         """A parser error: the request being parsed (or a placeholder) is answered in turn, then close."""
@@ -1047,6 +1067,9 @@ class UpstreamConnection(asyncio.Protocol):
         client = self.client
         if client is None or self.discard or self.message_done:
             return
+        req = self.req
+        if req is not None and req.logged_at:
+            req.bytes_out += len(body)
         if self.chunked_out:
             client.out += (b"%x\r\n" % len(body), body, _CRLF)
         else:
@@ -1097,6 +1120,8 @@ class UpstreamConnection(asyncio.Protocol):
                 self.weight_hint = None
             attempt.done(ok=status < 500, status=status, weight_hint=hint)
         self.server.stats.responses_by_class[status // 100 if 100 <= status < 600 else 0] += 1
+        if req.logged_at:
+            client.log_access(req, status)
         self._release(reusable)
         client.response_done(req, self.keep_client)
 

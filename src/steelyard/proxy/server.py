@@ -20,6 +20,7 @@ from steelyard.proxy.http import HttpProxyProtocol, HttpRequest, UpstreamConnect
 from steelyard.proxy.pool import EndpointPool
 from steelyard.proxy.routing import EMPTY_SNAPSHOT, Snapshot
 from steelyard.proxy.tcp import TcpProxyProtocol, TcpTunnel
+from steelyard.runtime.access_log import AccessLog
 
 __all__ = ["ProxyConfig", "ProxyServer", "ProxyStats"]
 
@@ -73,6 +74,7 @@ class ProxyServer:
         self.http_connections: set[HttpProxyProtocol] = set()
         self.tcp_tunnels: set[TcpTunnel] = set()
         self.stats = ProxyStats()
+        self.access_log: AccessLog | None = None  # `steelyard run --access-log RATE`; None: off
         self.closing = False
         self.now = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None

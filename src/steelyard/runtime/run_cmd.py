@@ -43,6 +43,7 @@ class RunOptions:
     log_level: str = "INFO"
     poll_interval: float = 1.0
     admin_token: str | None = None
+    access_log: float = 0.0  # fraction of requests logged
     worker_id: int | None = None  # set in a worker process started by the supervisor
     ready_fd: int | None = None  # the worker writes one byte here once it serves
 
@@ -89,7 +90,7 @@ def options_from(args: argparse.Namespace) -> RunOptions:
     configs = tuple(os.path.abspath(p) for p in args.config) if args.config else default_configs()
     admin_token = check_admin_options(args.admin, args.admin_token)
     return RunOptions(configs=configs, workers=args.workers, admin=args.admin, admin_token=admin_token,
-                      drain_timeout=drain,
+                      access_log=args.access_log, drain_timeout=drain,
                       log_format=args.log_format, log_level=args.log_level.upper(), poll_interval=poll,
                       worker_id=args.worker_id, ready_fd=args.ready_fd)
 

@@ -74,7 +74,8 @@ def worker_command(options: RunOptions, index: int, ready_fd: int) -> list[str]:
     cmd = [sys.executable, "-m", "steelyard", "run", "--worker-id", str(index), "--ready-fd", str(ready_fd),
            "--drain-timeout", f"{options.drain_timeout}s", "--log-format", options.log_format,
            "--log-level", options.log_level.lower(), "--poll-interval", f"{options.poll_interval}s",
-           "--admin", WORKER_ADMIN]  # private, aggregated by the supervisor's admin API
+           "--admin", WORKER_ADMIN,  # private, aggregated by the supervisor's admin API
+           "--access-log", str(options.access_log)]
     for path in options.configs:
         cmd += ["-c", path]
     return cmd
