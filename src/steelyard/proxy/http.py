@@ -291,13 +291,8 @@ class HttpProxyProtocol(asyncio.Protocol):
         self.deadline_kind = _DEADLINE_NONE
         parser = self.parser
         req.method = method = parser.get_method()
-        version = parser.get_http_version()
-        http11 = version == "1.1"
-        if not http11:
-            if version != "1.0":
-                raise _Reject(400, "unsupported HTTP version")
-            req.http11 = False
-        if not parser.should_keep_alive():
+        keep_alive = parser.should_keep_alive()
+        if not keep_alive:
             req.keep_alive = False
         if method != b"GET":
             if method == b"HEAD":
@@ -333,6 +328,15 @@ class HttpProxyProtocol(asyncio.Protocol):
                 upgrade = value
             elif lname == b"x-forwarded-for":
                 xff = value if xff is None else xff + b", " + value
+        # get_http_version() formats a string (~0.3 µs): skip it when the answer is implied. Without a
+        # Connection field, only HTTP/1.1 is persistent by default (RFC 9112 §9.3).
+        http11 = True
+        if connection is not None or not keep_alive:
+            version = parser.get_http_version()
+            if version != "1.1":
+                if version != "1.0":
+                    raise _Reject(400, "unsupported HTTP version")
+                http11 = req.http11 = False
 
         if host_count != 1 and (http11 or host_count > 1):
             raise _Reject(400, "missing Host header" if host_count == 0 else "more than one Host header")
@@ -998,7 +1002,7 @@ class UpstreamConnection(asyncio.Protocol):
         connection: bytes | None = None
         weight_header = runtime.weight_header
         special = _RESPONSE_SPECIAL
-        parts = [_status_line(status)]
+        parts = [_STATUS_LINES.get(status) or _status_line(status)]
         for name, value in headers:
             lname = name.lower()
             if lname not in special:
