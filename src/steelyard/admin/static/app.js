@@ -215,9 +215,9 @@ function draw(canvas, h, order) {
   }
   const n = h.times.length;
   if (n < 2) return;
-  // The x axis spans the history we have (at least 30 s, at most HISTORY_SECONDS), newest on the right.
+  // The x axis spans the history we have (at least 10 s, at most HISTORY_SECONDS), newest on the right.
   const now = h.times[n - 1];
-  const span = Math.min(HISTORY_SECONDS * 1000, Math.max(30_000, now - h.times[0]));
+  const span = Math.min(HISTORY_SECONDS * 1000, Math.max(10_000, now - h.times[0]));
   const x = (t) => w - ((now - t) / span) * w;
   const title = canvas.parentElement.querySelector(".chart-title");
   if (title) title.textContent = `share of requests per endpoint, last ${Math.round(span / 1000)} s`;
