@@ -896,9 +896,10 @@ class Bench:
         """Where Steelyard's time goes, next to HAProxy's; everything lands in bench/out/.
 
         - perf (on-CPU samples, kernel included) split by library and by symbol, in µs per request,
-          for Steelyard 1 worker and HAProxy 1 thread: kernel vs interpreter vs httptools vs uvloop.
+          for Steelyard and HAProxy, HTTP and TCP mode (those whose rows ran): kernel vs interpreter vs
+          httptools vs uvloop.
         - py-spy (Python frames, wall time while not idle) on Steelyard: flamegraph and top functions.
-        - strace -c: system calls per request for both.
+        - strace -c: system calls per request for the same proxies.
         """
         OUT.mkdir(parents=True, exist_ok=True)
         notes: list[str] = []
@@ -908,8 +909,9 @@ class Bench:
             return [f"profile skipped: Steelyard 1 worker {why}"]
         seconds = max(3, int(self.args.duration))
         sections: list[str] = []
+        compared = ("steelyard-http", "haproxy-http", "steelyard-tcp", "haproxy-tcp")
         if _which("perf"):
-            for key in ("steelyard-http", "haproxy-http"):
+            for key in compared:
                 other = self.specs[key]
                 if other.proc is not None and not other.unavailable:
                     sections.append(self._perf(other, seconds))
@@ -921,7 +923,7 @@ class Bench:
         else:
             sections.append("py-spy not installed in the venv (pip install py-spy): no Python profile")
         if shutil.which("strace"):
-            for key in ("steelyard-http", "haproxy-http"):
+            for key in compared:
                 other = self.specs[key]
                 if other.proc is not None and not other.unavailable:
                     sections.append(self._strace(other))
@@ -995,7 +997,7 @@ class Bench:
         rec = Proc("perf", cmd, self.work / "perf.log")
         time.sleep(0.5)
         before = cpu_ticks(pids)
-        stats = parse_wrk(self._wrk(spec.listen["http"], seconds - 1, pinned=True))
+        stats = parse_wrk(self._wrk(spec.listen[spec.kinds[0]], seconds - 1, pinned=True))
         after = cpu_ticks(spec.proc.tree() or pids)
         try:
             rec.popen.wait(seconds + 30)
@@ -1042,7 +1044,7 @@ class Bench:
                     argv += ["-p", tid]
         tracer = Proc("strace", argv, self.work / "strace.log")
         time.sleep(1.0)
-        stats = parse_wrk(self._wrk(spec.listen["http"], 3, pinned=True))
+        stats = parse_wrk(self._wrk(spec.listen[spec.kinds[0]], 3, pinned=True))
         tracer.popen.send_signal(signal.SIGINT)
         with contextlib.suppress(subprocess.TimeoutExpired):
             tracer.popen.wait(10)
