@@ -12,6 +12,8 @@ Backends answer with their name (HAProxy's reg-test habit) and act on the path:
   /headers          answer the request head as received, as the body
   /eof              answer with neither Content-Length nor chunked: the body ends with the connection
   /ws               switch protocols (101) and echo raw bytes both ways
+  /partial          send a head and 3 of 10 body bytes, then stay silent
+  /stall            wait for `release` before reading the body, then answer its length
 """
 
 from __future__ import annotations
@@ -143,6 +145,11 @@ class Backend:
         elif path == "/echo":
             body = b"".join([c async for c in body_chunks()])
             respond(200, body)
+        elif path == "/partial":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+            await writer.drain()
+            await reader.read()  # hold the connection open, silent, until the proxy closes it
+            return False
         elif path == "/stall":
             await self.release.wait()
             total = 0

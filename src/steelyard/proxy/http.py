@@ -160,6 +160,7 @@ class HttpProxyProtocol(asyncio.Protocol):
         self.closing = False
         self.closed = False
         self.tunnel: UpstreamConnection | None = None
+        self.tunnel_idle_timeout = 60.0
         self.eof_in = False
         self.deadline = 0.0
         self.deadline_kind = _DEADLINE_NONE
@@ -189,6 +190,7 @@ class HttpProxyProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
             self.tunnel.transport.write(data)  # type: ignore[union-attr]
+            self.tunnel.last_read = self.server.now  # activity either way keeps the tunnel
             return
         if self.closing and self.parsing is None and self.current is None:
             return
@@ -692,6 +694,8 @@ class HttpProxyProtocol(asyncio.Protocol):
     def start_tunnel(self, conn: UpstreamConnection, req: HttpRequest) -> None:
         """A 101 arrived: from now on bytes are copied both ways unchanged."""
         self.tunnel = conn
+        self.tunnel_idle_timeout = req.runtime.idle_timeout if req.runtime is not None else 60.0
+        conn.last_read = self.server.now
         self.current = None
         self.deadline_kind = _DEADLINE_NONE
         self.server.stats.tunnels += 1
@@ -766,7 +770,24 @@ class HttpProxyProtocol(asyncio.Protocol):
             self.out.append(local_response(408, "steelyard: request header not received in time"))
             self._close()
             return
+        tunnel = self.tunnel
+        if tunnel is not None:
+            if now - tunnel.last_read > self.tunnel_idle_timeout:
+                self.server.stats.timeouts += 1
+                tunnel.abandon()
+                self._close()
+            return
         req = self.current
+        conn = req.conn if req is not None else None
+        if req is not None and conn is not None and req.response_started and req.runtime is not None \
+                and now - conn.last_read > req.runtime.idle_timeout:
+            # The response stalled (upstream silent, or the client not reading): do not hang forever.
+            self.server.stats.timeouts += 1
+            conn.abandon()
+            if req.attempt is not None:
+                req.attempt.done(ok=False)
+            self.upstream_broken(req)
+            return
         if req is not None and req.conn is not None and 0 < req.upstream_deadline <= now:
             conn = req.conn
             runtime = req.runtime
@@ -822,6 +843,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.tunnel = False
         self.eof_in = False
         self.head_bytes = 0
+        self.last_read = 0.0
         self.status = 0
         self.discard = False
         self.interim = False
@@ -884,6 +906,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self.pool.discard_idle(self)
                 self.transport.abort()  # type: ignore[union-attr]
             return
+        self.last_read = self.server.now
         if self.tunnel:
             client.transport.write(data)  # type: ignore[union-attr]
             return
