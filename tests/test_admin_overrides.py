@@ -16,11 +16,11 @@ import aiohttp
 import pytest
 import uvloop
 
+from admin_fake import ensure_overridable
 from proxy_support import Backend, Harness, make_state, start_backends
 from steelyard.admin.runtime_source import RuntimeSource
 from steelyard.admin.server import AdminServer
 from steelyard.config.desired import BackendEndpoint, DesiredState
-from steelyard.strategies import Endpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:Overriding the .event_loop_policy. fixture")
 UP = "default/web/http"
@@ -29,66 +29,6 @@ UP = "default/web/http"
 @pytest.fixture(scope="module")
 def event_loop_policy() -> uvloop.EventLoopPolicy:
     return uvloop.EventLoopPolicy()
-
-
-class StandInTracker:
-    """The documented EndpointTracker interface, only as far as overrides need it."""
-
-    def __init__(self, endpoints: Sequence[BackendEndpoint]) -> None:
-        self.endpoints = {e.id: e for e in endpoints}
-        self.weights: dict[str, int] = {}
-        self.drained: set[str] = set()
-
-    def set_policy(self, policy: Any, now: float) -> None:
-        pass
-
-    def set_endpoints(self, endpoints: Sequence[BackendEndpoint], now: float) -> None:
-        self.endpoints = {e.id: e for e in endpoints}
-
-    def set_override(self, endpoint_id: str, *, weight: int | None = None,
-                     drained: bool | None = None) -> bool:
-        if weight is None:
-            self.weights.pop(endpoint_id, None)
-        else:
-            self.weights[endpoint_id] = weight
-        if drained is not None:
-            (self.drained.add if drained else self.drained.discard)(endpoint_id)
-        return True
-
-    def usable(self, now: float) -> tuple[Endpoint, ...]:
-        out = []
-        for e in self.endpoints.values():
-            weight = self.weights.get(e.id, e.weight)
-            if weight > 0 and e.id not in self.drained:
-                out.append(Endpoint(e.id, float(weight)))
-        return tuple(out)
-
-    def on_outcome(self, endpoint_id: str, now: float, **kw: Any) -> bool:
-        return False
-
-    def on_health_check(self, endpoint_id: str, now: float, healthy: bool) -> bool:
-        return False
-
-    def endpoint(self, endpoint_id: str) -> BackendEndpoint | None:
-        return self.endpoints.get(endpoint_id)
-
-    def unavailable_reason(self, now: float) -> str:
-        return "no usable endpoint"
-
-    def describe(self, now: float) -> list[dict[str, object]]:
-        return [{"id": e.id, "state": "draining" if e.id in self.drained else "healthy"}
-                for e in self.endpoints.values()]
-
-    def next_change_at(self, now: float) -> float | None:
-        return None
-
-
-def ensure_overridable(h: Harness) -> None:
-    runtime = h.registry.get(UP)
-    assert runtime is not None
-    if not hasattr(runtime.tracker, "set_override"):
-        runtime.tracker = StandInTracker(runtime.upstream.endpoints)  # type: ignore[assignment]
-        runtime.refresh()
 
 
 async def post(admin: AdminServer, path: str, body: object = None) -> dict[str, Any]:
@@ -113,7 +53,7 @@ async def test_drain_holds_across_an_unrelated_reload_and_resets_when_the_endpoi
     a, b, c = backends = await start_backends("a", "b", "c")
     state = make_state([a, b])
     async with Harness(state) as h:
-        ensure_overridable(h)
+        ensure_overridable(h, UP)
         source = RuntimeSource(h.proxy)
         admin = AdminServer(source, "127.0.0.1", 0, tick=3600)
         await admin.start()
@@ -123,13 +63,13 @@ async def test_drain_holds_across_an_unrelated_reload_and_resets_when_the_endpoi
             assert set(await served_by(h, 6)) == {"b"}  # at once: no request reaches a
 
             h.apply(with_endpoints(state, [a.endpoint, b.endpoint, c.endpoint]))  # touches b? no: adds c
-            ensure_overridable(h)
+            ensure_overridable(h, UP)
             source.after_apply()
             assert set(await served_by(h, 6)) == {"b", "c"}  # a stays drained
 
             reweighted = dataclasses.replace(a.endpoint, weight=2)
             h.apply(with_endpoints(state, [reweighted, b.endpoint, c.endpoint]))  # touches a
-            ensure_overridable(h)
+            ensure_overridable(h, UP)
             source.after_apply()
             assert "a" in await served_by(h, 6)  # the reload reset a's drain
             assert source.overrides == {}
@@ -143,7 +83,7 @@ async def test_weight_override_and_undrain_show_in_the_api_at_once() -> None:
     backends: list[Backend] = await start_backends("a", "b")
     a = backends[0]
     async with Harness(make_state(backends)) as h:
-        ensure_overridable(h)
+        ensure_overridable(h, UP)
         source = RuntimeSource(h.proxy)
         admin = AdminServer(source, "127.0.0.1", 0, tick=3600)
         await admin.start()
