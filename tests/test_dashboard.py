@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from admin_fake import ensure_overridable
+from admin_fake import FakeSource, ensure_overridable
 from proxy_support import Backend, Harness, make_state, start_backends
 from steelyard.admin.runtime_source import RuntimeSource
 from steelyard.admin.server import AdminServer
@@ -165,3 +165,30 @@ async def test_drain_weight_and_undrain_from_the_page(tmp_path: Path) -> None:
         assert len(a.requests) > before + 30
     for backend in backends:
         await backend.close()
+
+
+async def test_the_page_asks_for_the_token_and_then_shows_the_data() -> None:
+    from playwright.async_api import async_playwright, expect
+
+    source = FakeSource({"default/web/http": [("127.0.0.1:9001", 1)]})
+    admin = AdminServer(source, "127.0.0.1", 0, token="s3cret", tick=0.25)
+    await admin.start()
+    try:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            try:
+                page = await browser.new_page()
+                await page.goto(admin.url + "/")
+                await expect(page.locator("#token-form")).to_be_visible(timeout=15_000)
+                await expect(page.locator("#error")).to_contain_text("401")
+                await page.fill("#token", "s3cret")
+                await page.click("#token-form button")
+                row = page.locator('tr[data-endpoint="127.0.0.1:9001"]')
+                await expect(row.locator(".health")).to_have_text("healthy", timeout=15_000)
+                await row.locator("button.drain").click()
+                await expect(row.locator(".health")).to_have_text("draining", timeout=15_000)
+                assert source.ups["default/web/http"].endpoints["127.0.0.1:9001"].drained
+            finally:
+                await browser.close()
+    finally:
+        await admin.stop()

@@ -121,7 +121,10 @@ class AdminServer:
         self._sample()
         self._task = asyncio.get_running_loop().create_task(self._sampling(), name="admin-sampler")
         self._task.add_done_callback(_log_death)
-        auth = "bearer token required" if self.token else "no token (loopback only)"
+        if is_loopback(self.host):
+            auth = "loopback only" + ("; bearer token required" if self.token else "")
+        else:
+            auth = "reachable from other hosts; bearer token required"
         log.info("admin API and dashboard on http://%s:%d/ (%s)", self._display_host(), self.port, auth)
 
     def _display_host(self) -> str:
