@@ -38,7 +38,9 @@ class ProxyConfig:
     max_uri_bytes: int = 8 * 1024  # request target, else 414
     max_body_bytes: int | None = None  # request body, else 413 (None: no limit)
     pool_max_idle: int = 64  # idle upstream connections kept per endpoint
-    pool_idle_timeout: float = 15.0  # an idle upstream connection is closed after this
+    pool_idle_timeout: float = 4.0  # below the 5 s keep-alive of Node.js and uvicorn backends, so
+    # the proxy closes an idle connection before the backend does (a request racing the backend's close
+    # would fail with nothing received)
     sweep_interval: float = 0.5  # timeout resolution
 
 
