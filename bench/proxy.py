@@ -1177,7 +1177,7 @@ def summarize(bench: Bench) -> dict[str, RowResult]:
 def ratio(results: dict[str, RowResult], row: Row, attr: str) -> float | None:
     """Median over rounds of row/baseline for the same round: both ran minutes apart at most."""
     base = row.baseline or _group_baseline(row)
-    if base is None or base not in results or base == row.name:
+    if row.proxy is None or base is None or base not in results or base == row.name:
         return None
     mine = {s.round: getattr(s, attr) for s in results[row.name].ok}
     theirs = {s.round: getattr(s, attr) for s in results[base].ok}
