@@ -259,8 +259,10 @@ class RuntimeSource:
         trial = copy.deepcopy(runtime.strategy)  # a copy: the real strategy's counters stay untouched
         if tuple(usable) != getattr(runtime, "_usable", ()):  # what refresh() would hand it before a pick
             trial.set_endpoints(usable)
-        picked = trial.pick(PickContext(client_ip=client_ip, hash_key=hash_key))
         spec = runtime.upstream.policy.strategy
+        if hash_key is None and spec.hash_on is not None and spec.hash_on.source_ip is not None:
+            hash_key = client_ip  # what the proxy hashes for `hashOn: {sourceIP: {}}`
+        picked = trial.pick(PickContext(client_ip=client_ip, hash_key=hash_key))
         rows = runtime.tracker.describe(now)
         not_usable = [str(_first(r, "id", default="?")) + f" ({_first(r, 'state', 'health', default='?')})"
                       for r in rows if str(_first(r, "id", default="")) not in {e.id for e in usable}]
@@ -269,7 +271,8 @@ class RuntimeSource:
         if spec.hash_on is not None:
             on = ("header " + spec.hash_on.header if spec.hash_on.header else
                   "cookie " + spec.hash_on.cookie if spec.hash_on.cookie else "source IP")
-            reason += f"; hashes the {on}: key {hash_key or client_ip!r}"
+            reason += f"; hashes the {on}: key {hash_key!r}" if hash_key else (
+                f"; hashes the {on}, but no key was given (pass hash_key= or client_ip=)")
         if not_usable:
             reason += "; not usable: " + ", ".join(not_usable)
         if picked is None:
