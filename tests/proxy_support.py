@@ -46,6 +46,7 @@ class Backend:
     mode: int | str | None = None
     sent: int = 0  # body bytes written by /bytes so far
     release: asyncio.Event = field(default_factory=asyncio.Event)  # /stall waits for it before reading
+    writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
     @property
     def endpoint(self) -> BackendEndpoint:
@@ -62,14 +63,23 @@ class Backend:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.server.wait_closed(), 2)
 
+    def kill(self) -> None:
+        """Like a crashed process: stop listening and reset every open connection."""
+        if self.server is not None:
+            self.server.close()
+        for writer in list(self.writers):
+            writer.transport.abort()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.writers.add(writer)
         try:
             while await self._one(reader, writer):
                 pass
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
+            self.writers.discard(writer)
             writer.close()
 
     async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:

@@ -350,3 +350,29 @@ async def test_stalled_response_and_idle_tunnel_are_cut_after_the_idle_timeout()
         assert bytes(tunnel.raw).startswith(b"HTTP/1.1 101 ")
         assert h.proxy.stats.timeouts == 2
     await a.close()
+
+
+async def test_backend_killed_under_load_gives_no_client_error() -> None:
+    a, b = await start_backends("a", "b")
+    async with Harness(make_state([a, b], policy={"retries": {"attempts": 2}})) as h:
+        stop = asyncio.Event()
+        statuses: list[int] = []
+
+        async def client_loop() -> None:
+            client = await h.connect()
+            while not stop.is_set():
+                statuses.append((await client.request()).status)
+            client.close()
+
+        clients = [asyncio.create_task(client_loop()) for _ in range(10)]
+        while len(statuses) < 300:
+            await asyncio.sleep(0.01)
+        b.kill()
+        killed_at = len(statuses)
+        while len(statuses) < killed_at + 300:
+            await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.gather(*clients)
+        assert set(statuses) == {200}, f"{len(statuses) - statuses.count(200)} errors"
+        assert h.proxy.stats.retries > 0
+    await a.close()
