@@ -1,6 +1,6 @@
 """`steelyard status`: load balancers and endpoints of a running Steelyard, read from its admin API.
 
-One table per load balancer port: each endpoint's health, effective and configured weight, in-flight
+One table per load balancer port: each endpoint's health, weight (effective/configured), in-flight
 requests, requests per second, p50/p99 latency, requests and ejections. `--watch` redraws it every
 `--interval` seconds until Ctrl-C.
 """
@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -80,10 +81,10 @@ def render(state: dict[str, Any]) -> Group:
         for up in lb["upstreams"]:
             table = Table(title=f"{lb['name']} · {up['port']} ({up['protocol']}) · {up['strategy']} · "
                                 f"{_num(up.get('requests_per_second'))} req/s",
-                          title_justify="left", expand=False)
-            table.add_column("endpoint")
-            table.add_column("health")
-            for col in ("weight eff/conf", "in-flight", "req/s", "p50 ms", "p99 ms", "requests", "ejections"):
+                          title_justify="left", expand=False, box=box.SIMPLE_HEAD)
+            table.add_column("endpoint", no_wrap=True)
+            table.add_column("health", no_wrap=True)
+            for col in ("weight", "in-flight", "req/s", "p50 ms", "p99 ms", "requests", "ejections"):
                 table.add_column(col, justify="right")
             for ep in up["endpoints"]:
                 name = ep["id"] if ep["name"] in ("", ep["id"]) else f"{ep['name']} ({ep['id']})"
