@@ -169,6 +169,7 @@ class HttpProxyProtocol(asyncio.Protocol):
         self._forwarded = b""
         self._head_size = 0
         self._pre_head_bytes = 0
+        self._head_began_here = False
 
     # -- asyncio callbacks -------------------------------------------------------------------------
 
@@ -206,7 +207,11 @@ class HttpProxyProtocol(asyncio.Protocol):
             return
         parsing = self.parsing
         if parsing is not None and not parsing.head:
-            # The head is still incomplete: bound what llhttp buffers for us (it enforces no limit).
+            # The head is still incomplete: bound what httptools accumulates for us (it enforces no
+            # limit). The read where the head began may also hold earlier pipelined bytes: not counted.
+            if self._head_began_here:
+                self._head_began_here = False
+                return
             self._pre_head_bytes += len(data)
             if self._pre_head_bytes > self.config.max_header_bytes + self.config.max_uri_bytes:
                 self._parse_failed(_Reject(431, "request header section too large"))
@@ -266,6 +271,7 @@ class HttpProxyProtocol(asyncio.Protocol):
             self._headers = req.headers
             self._head_size = 0
             self._pre_head_bytes = 0
+            self._head_began_here = True
             self.deadline = self.server.now + self.config.header_timeout
             self.deadline_kind = _DEADLINE_HEADER
             req.url = url
@@ -609,6 +615,10 @@ class HttpProxyProtocol(asyncio.Protocol):
         self._next()
 
     def _next(self) -> None:
+        # The exchange is over: a full-buffer pause from its upstream connection no longer applies
+        # (that connection may be back in the pool and never call resume_writing for us).
+        if self.paused & _PAUSE_UPSTREAM_FULL:
+            self._resume(_PAUSE_UPSTREAM_FULL)
         if self.queue:
             req = self.queue.popleft()
             if not self.queue and (self.parsing is None or not self.parsing.pending):
