@@ -42,7 +42,7 @@ async def send(port: int, n: int, connections: int = 1) -> list[str]:
     async def one(count: int) -> list[str]:
         client = HttpClient(port)
         out = [(await client.request("GET", "/hello")).backend for _ in range(count)]
-        client.close()
+        await client.close()
         return out
     per = [n // connections + (1 if i < n % connections else 0) for i in range(connections)]
     return [name for part in await asyncio.gather(*(one(k) for k in per)) for name in part]
@@ -104,7 +104,7 @@ def test_workers_share_one_aggregated_admin_api(tmp_path: Path) -> None:
                               endpoints=[(p.address, 1) for p in procs.values()])
         proxy = SteelyardProcess([config], "--workers", "2", "--admin", f"127.0.0.1:{admin}")
         try:
-            proxy.ready()
+            proxy.wait_for(r"steelyard ready: 2 workers .*; admin http://127\.0\.0\.1:\d+/", timeout=30)
             assert until(lambda: get_json(admin, "/api/v1/state")["ready"]), get_json(admin, "/api/v1/state")
             asyncio.run(send(port, 40, connections=8))
 

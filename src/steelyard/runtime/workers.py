@@ -140,11 +140,6 @@ class Supervisor:
             self.signal_all(signal.SIGTERM)
             await self.wait_all()
             return 1 if bad else 0
-        pids = ", ".join(str(s.process.pid) for s in self.slots if s.process is not None)
-        log.info("steelyard ready: %d workers (pids %s), supervisor pid %d",
-                 len(self.slots), pids, os.getpid())
-        for slot in self.slots:
-            self.tasks.spawn(self.watch(slot), f"watch-worker-{slot.index}")
         try:
             admin, aggregate = await start_group_admin(self.options, self.admin_urls)
         except ValueError as exc:  # AdminSetupError: an explicit --admin that cannot be served
@@ -153,6 +148,11 @@ class Supervisor:
             self.signal_all(signal.SIGTERM)
             await self.wait_all()
             return 1
+        pids = ", ".join(str(s.process.pid) for s in self.slots if s.process is not None)
+        log.info("steelyard ready: %d workers (pids %s), supervisor pid %d%s", len(self.slots), pids,
+                 os.getpid(), f"; admin {admin.url}/" if admin is not None else "; no admin API")
+        for slot in self.slots:
+            self.tasks.spawn(self.watch(slot), f"watch-worker-{slot.index}")
         await stop.wait()
         codes = await self.wait_all()
         await self.tasks.cancel_all()
