@@ -122,3 +122,19 @@ async def test_idle_keepalive_connection_is_closed_after_timeout() -> None:
         assert await client.closed(timeout=5)
         assert asyncio.get_running_loop().time() - started < 4
     await a.close()
+
+
+async def test_large_pipelined_body_followed_by_a_head_is_not_a_431() -> None:
+    (a,) = await start_backends("a")
+    config = ProxyConfig(max_header_bytes=8192, max_uri_bytes=1024, sweep_interval=0.05)
+    async with Harness(make_state([a]), config) as h:
+        client = await h.connect()
+        body = b"p" * 200_000
+        # one write: the next request's head starts inside the same read as the end of the body
+        await client.send(b"POST /count HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+                          + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        first, second = await client.responses(2)
+        assert (first.status, first.body) == (200, b"200000")
+        assert (second.status, second.body) == (200, b"a")
+        client.close()
+    await a.close()

@@ -169,7 +169,7 @@ class HttpProxyProtocol(asyncio.Protocol):
         self._forwarded = b""
         self._head_size = 0
         self._pre_head_bytes = 0
-        self._head_began_here = False
+        self._completed = 0  # requests parsed whole so far
 
     # -- asyncio callbacks -------------------------------------------------------------------------
 
@@ -195,6 +195,7 @@ class HttpProxyProtocol(asyncio.Protocol):
             return
         if self.closing and self.parsing is None and self.current is None:
             return
+        completed_before = self._completed
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
@@ -208,9 +209,8 @@ class HttpProxyProtocol(asyncio.Protocol):
         parsing = self.parsing
         if parsing is not None and not parsing.head:
             # The head is still incomplete: bound what httptools accumulates for us (it enforces no
-            # limit). The read where the head began may also hold earlier pipelined bytes: not counted.
-            if self._head_began_here:
-                self._head_began_here = False
+            # limit). A read in which an earlier request ended holds other bytes too: not counted.
+            if self._completed != completed_before:
                 return
             self._pre_head_bytes += len(data)
             if self._pre_head_bytes > self.config.max_header_bytes + self.config.max_uri_bytes:
@@ -271,7 +271,6 @@ class HttpProxyProtocol(asyncio.Protocol):
             self._headers = req.headers
             self._head_size = 0
             self._pre_head_bytes = 0
-            self._head_began_here = True
             self.deadline = self.server.now + self.config.header_timeout
             self.deadline_kind = _DEADLINE_HEADER
             req.url = url
@@ -430,6 +429,7 @@ class HttpProxyProtocol(asyncio.Protocol):
         if req is None:
             return
         self.parsing = None
+        self._completed += 1
         req.request_complete = True
         if req.body_kind == _BODY_CHUNKED:
             conn = req.conn
