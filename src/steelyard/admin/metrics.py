@@ -2,14 +2,16 @@
 
 A custom `Collector` in its own `CollectorRegistry` (no process-global state, several servers per test
 process) turns `AdminSource` values into metric families when `/metrics` is scraped. The proxy itself
-only increments plain ints; nothing here runs per request.
+only increments plain ints; nothing here runs per request. The values are read on the proxy's loop
+(`FrozenReadings`) and formatted in a worker thread.
 
 Names follow Prometheus conventions: base units (seconds), `_total` for counters, labels for dimensions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -20,16 +22,26 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from steelyard.admin.source import AdminSource
+from steelyard.admin.source import AdminSource, ProcessCounters, UpstreamView
 from steelyard.runtime.access_log import LATENCY_BUCKETS
 
-__all__ = ["SteelyardCollector", "render_metrics"]
+__all__ = ["FrozenReadings", "SteelyardCollector", "render_metrics"]
 
 CODE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "none")
 
 
+class Readings(Protocol):
+    """The part of `AdminSource` metrics read."""
+
+    def upstreams(self) -> Sequence[UpstreamView]: ...
+
+    def counters(self) -> ProcessCounters: ...
+
+    def readiness(self) -> tuple[bool, str]: ...
+
+
 class SteelyardCollector(Collector):
-    def __init__(self, source: AdminSource) -> None:
+    def __init__(self, source: Readings) -> None:
         self.source = source
 
     def collect(self) -> Iterator[Metric]:
@@ -111,11 +123,27 @@ class SteelyardCollector(Collector):
                                 value=1 if ready else 0)
 
 
-def new_registry(source: AdminSource) -> CollectorRegistry:
+class FrozenReadings:
+    """What a scrape reads, taken on the proxy's loop in one go; formatting then runs in a thread, so a
+    large scrape (hundreds of endpoints: tens of thousands of lines) does not stall the proxy's loop."""
+
+    def __init__(self, source: AdminSource) -> None:
+        self._upstreams = list(source.upstreams())
+        self._counters = source.counters()
+        self._readiness = source.readiness()
+
+    def upstreams(self) -> list[UpstreamView]:
+        return self._upstreams
+
+    def counters(self) -> ProcessCounters:
+        return self._counters
+
+    def readiness(self) -> tuple[bool, str]:
+        return self._readiness
+
+
+def render_metrics(readings: Readings) -> bytes:
+    """The Prometheus text exposition of `readings`, from a registry of its own (no global state)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SteelyardCollector(source))
-    return registry
-
-
-def render_metrics(registry: CollectorRegistry) -> bytes:
+    registry.register(SteelyardCollector(readings))
     return generate_latest(registry)

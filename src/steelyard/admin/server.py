@@ -26,7 +26,7 @@ from importlib import resources
 from aiohttp import web
 
 from steelyard.admin.api import StateBuilder, add_routes, error
-from steelyard.admin.metrics import new_registry, render_metrics
+from steelyard.admin.metrics import FrozenReadings, render_metrics
 from steelyard.admin.source import AdminSource
 from steelyard.admin.stats import Sampler
 
@@ -77,7 +77,6 @@ class AdminServer:
         self.tick = tick
         self.sampler = Sampler(clock)
         self.builder = StateBuilder(source, self.sampler, wall_clock)
-        self.registry = new_registry(source)
         self.runner: web.AppRunner | None = None
         self._task: asyncio.Task[None] | None = None
         self._tick_event = asyncio.Event()
@@ -192,7 +191,8 @@ class AdminServer:
         return web.Response(status=503, text=f"not ready: {why}\n")
 
     async def _metrics(self, _: web.Request) -> web.Response:
-        body = render_metrics(self.registry)
+        readings = FrozenReadings(self.source)  # on the loop: the proxy's state is read in one go
+        body = await asyncio.get_running_loop().run_in_executor(None, render_metrics, readings)
         return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
