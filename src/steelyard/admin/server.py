@@ -80,7 +80,8 @@ class AdminServer:
         self.runner: web.AppRunner | None = None
         self._task: asyncio.Task[None] | None = None
         self._tick_event = asyncio.Event()
-        self._state_json = b""
+        self._state_json = b""  # built per tick only while some dashboard is watching
+        self._watchers = 0
         self._closing = False
 
     @staticmethod
@@ -147,7 +148,7 @@ class AdminServer:
 
     def _sample(self) -> None:
         self.sampler.take(self.source.upstreams())
-        self._state_json = json.dumps(self.builder.state(), default=str).encode()
+        self._state_json = self._state_document() if self._watchers else b""
         event, self._tick_event = self._tick_event, asyncio.Event()
         event.set()
 
@@ -156,6 +157,9 @@ class AdminServer:
         poll = getattr(self.source, "poll", None)
         if poll is not None:
             await poll()
+
+    def _state_document(self) -> bytes:
+        return json.dumps(self.builder.state(), default=str).encode()
 
     async def _sampling(self) -> None:
         while True:
@@ -200,12 +204,17 @@ class AdminServer:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
         await resp.prepare(request)
+        self._watchers += 1
         try:
+            if not self._state_json:
+                self._state_json = self._state_document()
             while not self._closing:
                 await resp.write(b"event: state\ndata: " + self._state_json + b"\n\n")
                 await self._tick_event.wait()
         except (ConnectionResetError, asyncio.CancelledError):
             pass
+        finally:
+            self._watchers -= 1
         return resp
 
     async def _index(self, _: web.Request) -> web.Response:
