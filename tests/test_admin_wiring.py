@@ -64,6 +64,9 @@ async def test_reloads_and_readiness_follow_the_runtime(tmp_path: Path) -> None:
         status, text = await fetch(admin.url + "/metrics")
         assert 'steelyard_config_reloads_total{result="ok"} 1.0' in text
         assert 'steelyard_config_reloads_total{result="failed"} 1.0' in text
+        runtime.stop_accepting()  # SIGTERM's first step: not ready from here on
+        status, text = await fetch(admin.url + "/readyz")
+        assert status == 503 and f"not listening on 127.0.0.1:{port}" in text
     finally:
         runtime.stop_accepting()
         await proxy.shutdown(1.0)

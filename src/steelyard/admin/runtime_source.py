@@ -65,8 +65,10 @@ def _listener_text(listener: Listener, upstream_key: str) -> str | None:
 class RuntimeSource:
     """Adapter from the proxy's objects to `AdminSource`."""
 
-    def __init__(self, proxy: ProxyServer, wall_clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, proxy: ProxyServer, runtime: Any = None,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.proxy = proxy
+        self.runtime = runtime  # steelyard.runtime.apply.Runtime: its bound listeners, for readiness
         self.wall_clock = wall_clock
         self.history: deque[ReloadRecord] = deque(maxlen=RELOADS_KEPT)
         self.reloads_ok = 0
@@ -206,6 +208,11 @@ class RuntimeSource:
             return False, "draining: shutting down"
         if not self.loaded:
             return False, "no configuration applied yet"
+        if self.runtime is not None:
+            wanted = {lst.key for lst in self.proxy.snapshot.state.listeners}
+            missing = wanted - set(self.runtime.listeners)
+            if missing:  # SIGTERM closed them (draining), or a reload could not bind one
+                return False, "not listening on " + ", ".join(f"{a}:{p}" for a, p in sorted(missing))
         return True, ""
 
     # -- operations ------------------------------------------------------------------------------------------

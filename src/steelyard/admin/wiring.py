@@ -79,7 +79,7 @@ async def start_admin(options: _Options, proxy: Any, runtime: Any,
     if options.admin == "off" or (not explicit and options.worker_id is not None):
         return None
     host, port = parse_address(options.admin or DEFAULT_ADMIN)
-    source = RuntimeSource(proxy)
+    source = RuntimeSource(proxy, runtime)
     runtime.after_apply.append(source.on_applied)
     if provider is not None and hasattr(provider, "on_invalid"):
         provider.on_invalid.append(source.on_rejected)
