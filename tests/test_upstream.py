@@ -177,3 +177,16 @@ def test_registry_keeps_runtimes_by_key_and_retires_removed_ones() -> None:
     assert registry.get("ns/b/http") is None
     assert first.route_http(("127.0.0.1", 80), "x", "/b") is not None  # old snapshots stay as they were
     assert second.route_http(("127.0.0.1", 80), "x", "/b") is None
+
+
+def test_cancelled_attempt_reports_nothing_and_frees_its_slot() -> None:
+    runtime = UpstreamRuntime(upstream(1, 2), clock=Clock())
+    outcomes: list[str] = []
+    runtime.tracker.on_outcome = lambda eid, now, **kw: outcomes.append(eid) or False  # type: ignore[method-assign]
+    retry = runtime.pick(exclude=["127.0.0.1:1"])
+    assert retry is not None and runtime.stats["127.0.0.1:2"].in_flight == 1
+    retry.cancel()
+    retry.done(ok=False)  # ignored after cancel
+    stats = runtime.stats["127.0.0.1:2"]
+    assert (stats.in_flight, stats.requests, stats.failures, runtime.requests) == (0, 0, 0, 0)
+    assert outcomes == []

@@ -576,6 +576,8 @@ class HttpProxyProtocol(asyncio.Protocol):
     def _retry(self, req: HttpRequest, attempt: Attempt | None = None) -> bool:
         """Send `req` to another endpoint if retries are left and it is safe; True when it was."""
         if attempt is None:
+            attempt, req.next_attempt = req.next_attempt, None  # picked when a retried status arrived
+        if attempt is None:
             attempt = self.retry_attempt(req)
             if attempt is None:
                 return False
@@ -598,6 +600,7 @@ class HttpProxyProtocol(asyncio.Protocol):
 
     def upstream_broken(self, req: HttpRequest) -> None:
         """The exchange failed after the response started: the client can only see a cut connection."""
+        _drop_next_attempt(req)
         req.conn = None
         self.current = None
         self.closing = True
@@ -632,6 +635,7 @@ class HttpProxyProtocol(asyncio.Protocol):
 
     def _respond_local(self, req: HttpRequest, status: int, text: str) -> None:
         """Answer `req` ourselves; keep the connection only when the request was read whole."""
+        _drop_next_attempt(req)
         self.server.stats.local_responses[status] = self.server.stats.local_responses.get(status, 0) + 1
         self.server.stats.responses_by_class[status // 100] += 1
         whole = req.request_complete or (req.body_kind == _BODY_NONE and req.head != b"")
@@ -720,6 +724,7 @@ class HttpProxyProtocol(asyncio.Protocol):
     def _abandon(self, req: HttpRequest) -> None:
         """The client went away: release what `req` holds."""
         req.cancelled = True
+        _drop_next_attempt(req)
         conn = req.conn
         if conn is not None:
             conn.abandon()
@@ -825,6 +830,14 @@ class HttpProxyProtocol(asyncio.Protocol):
 
     def is_idle(self) -> bool:
         return self.current is None and self.parsing is None and self.tunnel is None
+
+
+def _drop_next_attempt(req: HttpRequest) -> None:
+    """A retry picked in advance that will not happen: release its pick."""
+    attempt = req.next_attempt
+    if attempt is not None:
+        req.next_attempt = None
+        attempt.cancel()
 
 
 def _drop_named(kept: list[bytes], named: set[bytes]) -> list[bytes]:

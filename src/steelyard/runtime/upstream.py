@@ -85,6 +85,19 @@ class Attempt:
         if runtime.tracker.on_outcome(self.endpoint_id, now, ok=ok, latency=latency, weight_hint=weight_hint):
             runtime.refresh()
 
+    def cancel(self) -> None:
+        """Release a pick that was never used (a retry prepared, then not needed) without an outcome:
+        no request went to the endpoint, so neither the tracker nor the latency estimates hear of it.
+        A strategy that made the pick still gets its one `on_done`, marked ok, since it counted it."""
+        if self.finished:
+            return
+        self.finished = True
+        self._stats.in_flight -= 1
+        self._stats.requests -= 1
+        self._runtime.requests -= 1
+        if self._picked is not None:
+            self._runtime.strategy.on_done(self._picked, 0.0, True)
+
     def __repr__(self) -> str:
         return f"<Attempt {self.endpoint.id} finished={self.finished}>"
 
