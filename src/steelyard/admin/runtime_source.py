@@ -108,15 +108,15 @@ class RuntimeSource:
         """Keep overrides of endpoints the new configuration left alone; drop the others (see header)."""
         upstreams = self.proxy.snapshot.upstreams
         for (key, eid), (configured, weight, drained) in list(self.overrides.items()):
-            runtime = upstreams.get(key)
-            now_configured = None if runtime is None else self._configured(runtime, eid)
+            upstream = upstreams.get(key)
+            now_configured = None if upstream is None else self._configured(upstream, eid)
             if now_configured != configured:
                 del self.overrides[(key, eid)]
-                if runtime is not None and now_configured is not None:
-                    self._clear_override(runtime, eid)
+                if upstream is not None and now_configured is not None:
+                    self._clear_override(upstream, eid)
             else:
-                assert runtime is not None
-                self._apply_override(runtime, eid, weight, drained)
+                assert upstream is not None
+                self._apply_override(upstream, eid, weight, drained)
 
     # -- reads -------------------------------------------------------------------------------------------
 
