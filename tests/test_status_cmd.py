@@ -38,7 +38,8 @@ async def status(*args: str, env: dict[str, str] | None = None, timeout: float =
 
 async def test_table_shows_endpoints(admin: tuple[AdminServer, FakeSource]) -> None:
     server, _ = admin
-    code, out = await status("--admin", f"127.0.0.1:{server.port}", env={"STEELYARD_ADMIN_TOKEN": "tok"})
+    code, out = await status("--admin", f"http://127.0.0.1:{server.port}/",
+                             env={"STEELYARD_ADMIN_TOKEN": "tok"})
     assert code == 0, out
     assert "default/web · http (HTTP) · WeightedRoundRobin" in out
     lines = {ep: line for line in out.splitlines()

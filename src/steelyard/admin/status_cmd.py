@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def fetch_state(admin: str, token: str | None, timeout: float = 5.0) -> dict[str, Any]:
     try:
-        host, port = parse_address(admin)
+        host, port = parse_address(admin.removeprefix("http://").rstrip("/"))  # also the URL the log prints
     except AdminSetupError as exc:
         raise StatusError(str(exc)) from None
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}/api/v1/state"
