@@ -167,9 +167,13 @@ class HttpProxyProtocol(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._client_ip_bytes = b""
         self._forwarded = b""
-        self._head_size = 0
         self._pre_head_bytes = 0
-        self._completed = 0  # requests parsed whole so far
+        self._read_len = 0
+        self._completed = 0
+        config = self.config
+        self._header_timeout = config.header_timeout
+        self._max_uri = config.max_uri_bytes
+        self._max_head = config.max_header_bytes  # requests parsed whole so far
 
     # -- asyncio callbacks -------------------------------------------------------------------------
 
@@ -196,6 +200,7 @@ class HttpProxyProtocol(asyncio.Protocol):
         if self.closing and self.parsing is None and self.current is None:
             return
         completed_before = self._completed
+        self._read_len = len(data)
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
@@ -269,32 +274,34 @@ class HttpProxyProtocol(asyncio.Protocol):
         if req is None:
             self.parsing = req = HttpRequest()
             self._headers = req.headers
-            self._head_size = 0
             self._pre_head_bytes = 0
-            self.deadline = self.server.now + self.config.header_timeout
+            self.deadline = self.server.now + self._header_timeout
             self.deadline_kind = _DEADLINE_HEADER
             req.url = url
+            if len(url) > self._max_uri:
+                raise _Reject(414, "request target too long")
         else:
             req.url += url
-        if len(req.url) > self.config.max_uri_bytes:
-            raise _Reject(414, "request target too long")
+            if len(req.url) > self._max_uri:
+                raise _Reject(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        req = self.parsing
-        if req is None or req.head:
-            return  # trailer fields of a chunked request: dropped (RFC 9110 §6.5.1 allows it)
-        headers = self._headers
-        headers.append((name, value))
-        self._head_size += len(name) + len(value) + 4
-        if self._head_size > self.config.max_header_bytes:
-            raise _Reject(431, "request header section too large")
-        if len(headers) > self.config.max_headers:
-            raise _Reject(431, "too many request header fields")
+        # Only collect: the limits are checked once per head (on_headers_complete), and what httptools
+        # may buffer meanwhile is bounded per read (data_received). After the head, this list is a sink
+        # that drops trailer fields (RFC 9110 §6.5.1 allows it).
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         req = self.parsing
         if req is None:  # llhttp found no target: cannot happen for a valid request line
             raise _Reject(400, "missing request target")
+        headers = self._headers
+        self._headers = _TRAILER_SINK
+        if len(headers) > self.config.max_headers:
+            raise _Reject(431, "too many request header fields")
+        if self._read_len + self._pre_head_bytes > self._max_head:  # else the head cannot be larger
+            if sum(len(n) + len(v) + 4 for n, v in headers) > self._max_head:
+                raise _Reject(431, "request header section too large")
         self.deadline_kind = _DEADLINE_NONE
         parser = self.parser
         req.method = method = parser.get_method()
@@ -318,7 +325,7 @@ class HttpProxyProtocol(asyncio.Protocol):
         xff: bytes | None = None
         kept: list[bytes] = []
         special = _REQUEST_SPECIAL
-        for name, value in self._headers:
+        for name, value in headers:
             lname = name.lower()
             if lname not in special:
                 kept += (name, b": ", value, _CRLF)
@@ -545,7 +552,9 @@ class HttpProxyProtocol(asyncio.Protocol):
 
     def _send(self, req: HttpRequest, conn: UpstreamConnection) -> None:
         req.conn = conn
-        conn.bind(self, req)
+        conn.client = self  # bind(), inlined: this runs once per request
+        conn.req = req
+        conn.head_bytes = 0
         transport = conn.transport
         assert transport is not None
         pending = req.pending
@@ -830,6 +839,16 @@ class HttpProxyProtocol(asyncio.Protocol):
 
     def is_idle(self) -> bool:
         return self.current is None and self.parsing is None and self.tunnel is None
+
+
+class _Sink(list[tuple[bytes, bytes]]):
+    """Where trailer fields go: nowhere."""
+
+    def append(self, item: tuple[bytes, bytes]) -> None:
+        pass
+
+
+_TRAILER_SINK = _Sink()
 
 
 def _drop_next_attempt(req: HttpRequest) -> None:
@@ -1143,7 +1162,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.client = self.req = None
         chunked_out = self.chunked_out
-        self._reset_response()
+        self.headers = []  # _reset_response(), inlined
+        self.headers_done = self.chunked_out = self.message_done = False
         reusable = (not self.closed and not self.close_delimited and req.request_complete
                     and self.upstream_keep_alive)
         if req.is_head:
