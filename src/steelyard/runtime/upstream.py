@@ -81,7 +81,9 @@ class Attempt:
             stats.failures += 1
         stats.by_class[status // 100 if status is not None and 100 <= status < 600 else 0] += 1
         if self._picked is not None:
-            runtime.strategy.on_done(self._picked, latency, ok)
+            on_done = runtime.strategy_on_done
+            if on_done is not None:
+                on_done(self._picked, latency, ok)
         if runtime.tracker.on_outcome(self.endpoint_id, now, ok=ok, latency=latency, weight_hint=weight_hint):
             runtime.refresh()
 
@@ -114,7 +116,7 @@ class UpstreamRuntime:
         self.upstream = upstream
         self.tracker: EndpointTracker = EndpointTracker(upstream.policy, now)
         self.tracker.set_endpoints(upstream.endpoints, now)
-        self.strategy: BalancingStrategy = create(upstream.policy.strategy, clock=clock, rng=self.rng)
+        self.strategy = create(upstream.policy.strategy, clock=clock, rng=self.rng)
         self.stats: dict[str, EndpointStats] = {}
         self.requests = 0
         self.no_endpoint = 0  # picks that found no usable endpoint (the 503s)
@@ -151,6 +153,17 @@ class UpstreamRuntime:
         self.name = upstream.load_balancer
         self.needs_context = hash_on is not None
         self._endpoints = {e.id: e for e in upstream.endpoints}
+
+    @property
+    def strategy(self) -> BalancingStrategy:
+        return self._strategy
+
+    @strategy.setter
+    def strategy(self, strategy: BalancingStrategy) -> None:
+        self._strategy = strategy
+        # Most strategies keep no per-pick state: skip their no-op on_done (one call per request).
+        self.strategy_on_done = (None if type(strategy).on_done is BalancingStrategy.on_done
+                                 else strategy.on_done)
 
     @property
     def key(self) -> str:
@@ -203,11 +216,20 @@ class UpstreamRuntime:
             weights = [e.weight for e in others]
             chosen = others[0] if len(others) == 1 else self.rng.choices(others, weights)[0]
             return self._attempt(chosen, None, now)
-        picked = self.strategy.pick(ctx)
+        picked = self._strategy.pick(ctx)
         if picked is None:
             self.no_endpoint += 1
             return None
-        return self._attempt(picked, picked, now)
+        # _attempt(), inlined for the common case: this runs once per request.
+        endpoint_id = picked.id
+        endpoint = self._endpoints.get(endpoint_id)
+        stats = self.stats.get(endpoint_id)
+        if endpoint is None or stats is None:
+            return self._attempt(picked, picked, now)
+        stats.requests += 1
+        stats.in_flight += 1
+        self.requests += 1
+        return Attempt(self, endpoint, picked, now, stats, endpoint_id)
 
     def _attempt(self, chosen: Endpoint, picked: Endpoint | None, now: float) -> Attempt | None:
         endpoint_id = chosen.id
