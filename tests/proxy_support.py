@@ -10,6 +10,7 @@ Backends answer with their name (HAProxy's reg-test habit) and act on the path:
   /close            close the connection without answering
   /continue         answer 100 Continue first, then echo the body
   /headers          answer the request head as received, as the body
+  /weight?w=W       answer with a `Steelyard-Weight: W` field (dynamic weights, Header mode)
   /eof              answer with neither Content-Length nor chunked: the body ends with the connection
   /ws               switch protocols (101) and echo raw bytes both ways
   /partial          send a head and 3 of 10 body bytes, then stay silent
@@ -205,6 +206,8 @@ class Backend:
             elif path == "/slow":
                 await asyncio.sleep(int(params.get("ms", "100")) / 1000)
                 respond(200, self.name.encode())
+            elif path == "/weight":
+                respond(200, self.name.encode(), f"Steelyard-Weight: {params.get('w', '5')}\r\n")
             elif path == "/headers":
                 respond(200, head)
             elif path == "/eof":

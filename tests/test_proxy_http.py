@@ -376,3 +376,31 @@ async def test_backend_killed_under_load_gives_no_client_error() -> None:
         assert set(statuses) == {200}, f"{len(statuses) - statuses.count(200)} errors"
         assert h.proxy.stats.retries > 0
     await a.close()
+
+
+async def test_weight_header_and_outcomes_reach_the_tracker_once_per_request() -> None:
+    (a,) = await start_backends("a")
+    policy = {"dynamicWeights": {"mode": "Header"}}
+    async with Harness(make_state([a], policy=policy)) as h:
+        runtime = h.registry.get("default/web/http")
+        assert runtime is not None
+        outcomes: list[tuple[bool, float | None]] = []
+        original = runtime.tracker.on_outcome
+
+        def spy(endpoint_id: str, now: float, *, ok: bool, latency: float,
+                weight_hint: float | None = None) -> bool:
+            outcomes.append((ok, weight_hint))
+            return original(endpoint_id, now, ok=ok, latency=latency, weight_hint=weight_hint)
+
+        runtime.tracker.on_outcome = spy  # type: ignore[method-assign]
+        client = await h.connect()
+        r = await client.request("GET", "/weight?w=7")
+        assert r.header("Steelyard-Weight") == "7"  # passed on to the client as well
+        await client.request("GET", "/status/500")
+        await client.request("GET", "/")
+        assert outcomes == [(True, 7.0), (False, None), (True, None)]
+        stats = runtime.stats[a.endpoint.id]
+        assert (stats.requests, stats.in_flight, stats.failures) == (3, 0, 1)
+        assert stats.by_class[2] == 2 and stats.by_class[5] == 1
+        client.close()
+    await a.close()
