@@ -32,16 +32,23 @@ class _Side(asyncio.Protocol):
         self.eof_in = False
         self.lost = False
         self.early: list[bytes] = []  # bytes read before the peer was connected
+        self.peer_transport: asyncio.Transport | None = None  # set once both ends are connected
+        self.reads = 0  # the idle sweep compares it between ticks: no clock read per chunk
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        peer_transport = self.peer_transport
+        if peer_transport is not None:
+            peer_transport.write(data)
+            self.reads += 1
+            return
         peer = self.peer
         if peer is not None and peer.transport is not None:
+            self.peer_transport = peer.transport
             peer.transport.write(data)
-            self.tunnel.last_activity = self.tunnel.server.now
-            self.tunnel.bytes += len(data)
+            self.reads += 1
         elif self.transport is not None:
             # uvloop starts reading after connection_made() whatever it asked, so hold and pause here.
             self.early.append(data)
@@ -89,7 +96,7 @@ class TcpTunnel:
         self.tried: list[str] = []
         self.retries_left = 0
         self.last_activity = server.now
-        self.bytes = 0
+        self._reads_seen = 0
         self.closed = False
         self.failed = False
 
@@ -184,7 +191,11 @@ class TcpTunnel:
         runtime = self.runtime
         if runtime is None or self.upstream is None:
             return
-        if now - self.last_activity > runtime.idle_timeout:
+        reads = self.client.reads + self.upstream.reads
+        if reads != self._reads_seen:
+            self._reads_seen = reads
+            self.last_activity = now
+        elif now - self.last_activity > runtime.idle_timeout:
             self.server.stats.timeouts += 1
             self.close(abort=True)
 
