@@ -23,6 +23,7 @@ from e2e_support import (
     free_port,
     load,
     request_once,
+    require,
     sequence,
     write_config,
 )
@@ -58,6 +59,7 @@ def _start(configs: list[Path], *extra: str) -> SteelyardProcess:
 
 
 def test_weighted_round_robin_5_1_1_order_end_to_end(tmp_path: Path) -> None:
+    require(strategies=["WeightedRoundRobin"])
     with backends("a", "b", "c") as bs:
         port = free_port()
         config = write_config(tmp_path / "lb.yaml", port=port, strategy="WeightedRoundRobin",
@@ -71,6 +73,7 @@ def test_weighted_round_robin_5_1_1_order_end_to_end(tmp_path: Path) -> None:
 
 
 def test_least_connections_sends_less_to_a_slow_backend(tmp_path: Path) -> None:
+    require(strategies=["LeastConnections"])
     with backends("a", "b") as fast, backends("slow", extra=["--delay", "0.2"]) as slow:
         port = free_port()
         config = write_config(tmp_path / "lb.yaml", port=port, strategy="LeastConnections",
@@ -88,6 +91,7 @@ def test_least_connections_sends_less_to_a_slow_backend(tmp_path: Path) -> None:
 
 
 def test_time_sliced_round_robin_switches_backend_after_its_slice(tmp_path: Path) -> None:
+    require(strategies=["TimeSlicedRoundRobin"])
     with backends("a", "b") as bs:
         port = free_port()
         config = write_config(tmp_path / "lb.yaml", port=port, strategy="TimeSlicedRoundRobin",
@@ -126,6 +130,7 @@ def test_time_sliced_round_robin_switches_backend_after_its_slice(tmp_path: Path
 
 
 def test_a_backend_killed_under_load_gives_no_client_errors(tmp_path: Path) -> None:
+    require(health=True)
     with backends("a", "b") as bs:
         port = free_port()
         config = write_config(tmp_path / "lb.yaml", port=port, strategy="RoundRobin",
@@ -154,6 +159,7 @@ def test_a_backend_killed_under_load_gives_no_client_errors(tmp_path: Path) -> N
 
 
 def test_all_endpoints_down_gives_503_naming_the_load_balancer(tmp_path: Path) -> None:
+    require(health=True)
     with backends("a") as bs:
         port = free_port()
         config = write_config(tmp_path / "lb.yaml", port=port, name="shop", policy_extra=FAST_HEALTH,
@@ -173,6 +179,7 @@ def test_all_endpoints_down_gives_503_naming_the_load_balancer(tmp_path: Path) -
 
 
 def test_reload_under_load_adding_and_removing_a_backend_gives_no_errors(tmp_path: Path) -> None:
+    require()
     with backends("a", "b", "c") as bs:
         port = free_port()
         path = tmp_path / "lb.yaml"
@@ -202,6 +209,7 @@ def test_reload_under_load_adding_and_removing_a_backend_gives_no_errors(tmp_pat
 
 
 def test_an_invalid_change_is_logged_and_the_last_good_configuration_keeps_serving(tmp_path: Path) -> None:
+    require(validate=True)
     with backends("a") as bs:
         port = free_port()
         path = tmp_path / "lb.yaml"
@@ -225,6 +233,7 @@ def test_an_invalid_change_is_logged_and_the_last_good_configuration_keeps_servi
 
 
 def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(tmp_path: Path) -> None:
+    require()
     with backends("a") as bs:
         port = free_port()
         config = write_config(tmp_path / "lb.yaml", port=port, endpoints=[(bs["a"].address, 1)])
@@ -277,6 +286,7 @@ def _accepted_by(listen_port: int, client_port: int) -> int | None:
 
 
 def test_two_workers_serve_both_get_traffic_and_a_dead_one_is_restarted(tmp_path: Path) -> None:
+    require()
     with backends("a", "b") as bs:
         port = free_port()
         config = write_config(tmp_path / "lb.yaml", port=port,
@@ -317,6 +327,7 @@ def test_two_workers_serve_both_get_traffic_and_a_dead_one_is_restarted(tmp_path
 
 
 def test_weight_0_drains_no_new_requests_in_flight_ones_finish(tmp_path: Path) -> None:
+    require()
     with backends("a", "b") as bs:
         port = free_port()
         path = tmp_path / "lb.yaml"
@@ -344,6 +355,7 @@ def test_weight_0_drains_no_new_requests_in_flight_ones_finish(tmp_path: Path) -
 
 
 def test_invalid_configuration_at_start_prints_the_errors_and_exits_1(tmp_path: Path) -> None:
+    require()
     path = write_config(tmp_path / "lb.yaml", port=free_port(), endpoints=[("127.0.0.1:1", 1)],
                         strategy="Fastest")
     proxy = SteelyardProcess([path])
@@ -353,6 +365,7 @@ def test_invalid_configuration_at_start_prints_the_errors_and_exits_1(tmp_path: 
 
 
 def test_workers_that_cannot_bind_stop_the_start_with_exit_1(tmp_path: Path) -> None:
+    require()
     import socket
 
     with socket.socket() as taken:  # no SO_REUSEPORT: the workers' bind fails

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from e2e_support import Process
+from e2e_support import Process, require
 
 pytestmark = pytest.mark.slow
 
@@ -23,6 +23,7 @@ def _busy(port: int) -> bool:
 
 
 def test_demo_shows_the_weighted_spread_and_cleans_up() -> None:
+    require(strategies=["WeightedRoundRobin"], default=True)
     busy = [p for p in DEMO_PORTS if _busy(p)]
     if busy:  # the demo's ports are fixed by design; say so loudly rather than fail on someone else's process
         pytest.skip(f"demo ports in use on this machine: {busy}")
