@@ -228,15 +228,25 @@ async def serve(options: RunOptions) -> int:
 
 
 def _health_checker(registry: object) -> HealthCheckerLike | None:
-    """The active health checker, wired to `UpstreamRuntime.on_health_check` (None until it exists)."""
+    """The active health checker, wired to `UpstreamRuntime.on_health_check` (None until it exists).
+
+    Its callback reports `(upstream_key, endpoint_id, healthy)`, or `(endpoint_id, healthy)`; the latter
+    goes to every upstream that has the endpoint (the same address checked once serves them all)."""
     try:
         from steelyard.runtime.health_checks import HealthChecker  # type: ignore
     except ImportError:
         return None
 
-    def on_result(upstream_key: str, endpoint_id: str, healthy: bool) -> None:
-        runtime = registry.runtimes.get(upstream_key)  # type: ignore[attr-defined]
-        if runtime is not None:
-            runtime.on_health_check(endpoint_id, healthy)
+    def on_result(*args: object) -> None:
+        runtimes = registry.runtimes  # type: ignore[attr-defined]
+        if len(args) == 3:
+            upstream_key, endpoint_id, healthy = args
+            targets = [runtimes.get(upstream_key)]
+        else:
+            endpoint_id, healthy = args
+            targets = [rt for rt in runtimes.values() if rt.tracker.endpoint(endpoint_id) is not None]
+        for runtime in targets:
+            if runtime is not None:
+                runtime.on_health_check(endpoint_id, bool(healthy))
 
-    return HealthChecker(on_result)
+    return HealthChecker(on_result)  # type: ignore[no-any-return]
