@@ -404,3 +404,25 @@ async def test_weight_header_and_outcomes_reach_the_tracker_once_per_request() -
         assert stats.by_class[2] == 2 and stats.by_class[5] == 1
         client.close()
     await a.close()
+
+
+async def test_connection_persistence_follows_the_client() -> None:
+    (a,) = await start_backends("a")
+    async with Harness(make_state([a])) as h:
+        client = await h.connect()  # HTTP/1.0 asking for keep-alive gets it, said explicitly
+        for _ in range(2):
+            await client.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            r = await client.response()
+            assert (r.status, r.body, r.header("Connection")) == (200, b"a", "keep-alive")
+        client.close()
+        client = await h.connect()  # HTTP/1.1 asking to close
+        r = await client.request(headers="Connection: close\r\n")
+        assert r.header("Connection") == "close"
+        assert await client.closed()
+        # an absolute-form target: routed and forwarded in origin-form, its authority as Host
+        client = await h.connect()
+        await client.send(b"GET http://Other.Example:8080/headers?x=1 HTTP/1.1\r\nHost: ignored\r\n\r\n")
+        r = await client.response()
+        assert r.body.startswith(b"GET /headers?x=1 HTTP/1.1\r\nHost: Other.Example:8080\r\n")
+        client.close()
+    await a.close()
