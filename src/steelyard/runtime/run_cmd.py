@@ -102,6 +102,22 @@ def _setup_logging(options: RunOptions) -> None:
         logging.basicConfig(level=options.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return
     setup_logging(options.log_format, options.log_level)
+    if options.worker_id is not None:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_WorkerTag(options.worker_id))
+
+
+class _WorkerTag(logging.Filter):
+    """Prefix a worker's log lines with `[worker N]`: N processes log the same reloads and requests."""
+
+    def __init__(self, worker_id: int) -> None:
+        super().__init__()
+        self.prefix = f"[worker {worker_id}] "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and not record.msg.startswith(self.prefix):
+            record.msg = self.prefix + record.msg
+        return True
 
 
 def print_errors(source: str, loaded: Loaded) -> None:
@@ -133,8 +149,8 @@ def _describe_state(state: DesiredState) -> str:
 
 
 def _who(options: RunOptions) -> str:
-    return f"worker {options.worker_id} (pid {os.getpid()})" if options.worker_id is not None else \
-        f"pid {os.getpid()}"
+    """`steelyard` for a single process; a worker's lines already carry `[worker N]`."""
+    return "steelyard" if options.worker_id is None else "worker"
 
 
 async def serve(options: RunOptions) -> int:
@@ -206,7 +222,8 @@ async def serve(options: RunOptions) -> int:
     tasks.spawn(provider.watch(apply_change), "file-provider")
     tasks.spawn(runtime.refresh_forever(REFRESH_INTERVAL), "refresh-upstreams")
     listening = ", ".join(f"{x.protocol.value.lower()}://{x.address}:{x.port}" for x in report.bound)
-    log.info("steelyard ready: %s; listening on %s; %s; source %s%s", _who(options), listening or "nothing",
+    log.info("%s ready: pid %d; listening on %s; %s; source %s%s", _who(options), os.getpid(),
+             listening or "nothing",
              _describe_state(state), provider.source,
              f"; admin {admin.url}/" if admin is not None else "; no admin API")
     if options.ready_fd is not None:
@@ -223,7 +240,7 @@ async def serve(options: RunOptions) -> int:
     await runtime.close_health()
     if admin is not None:
         await admin.stop()
-    log.info("stopped (%s)", _who(options))
+    log.info("stopped (pid %d)", os.getpid())
     return 0
 
 
