@@ -241,7 +241,16 @@ async def serve(options: RunOptions) -> int:
     if admin is not None:
         await admin.stop()
     log.info("stopped (pid %d)", os.getpid())
+    ignore_stop_signals(loop)
     return 0
+
+
+def ignore_stop_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """After a clean drain, a late SIGTERM/SIGINT (Ctrl-C reaches the whole process group, and the
+    supervisor forwards one too) must not turn exit 0 into death by signal once the loop is gone."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _health_checker(registry: object) -> HealthCheckerLike | None:

@@ -160,6 +160,9 @@ class Supervisor:
             await admin.stop()
         await aggregate.close()
         log.info("supervisor: all workers stopped (exit codes %s)", codes)
+        from steelyard.runtime.run_cmd import ignore_stop_signals
+
+        ignore_stop_signals(loop)
         return 0 if all(c == 0 for c in codes) else 1
 
     async def watch(self, slot: WorkerSlot) -> None:
