@@ -95,8 +95,8 @@ class _Reject(Exception):
 def local_response(status: int, text: str, *, keep_alive: bool = False, head_only: bool = False) -> bytes:
     """A response Steelyard writes itself: plain text, one line naming what went wrong."""
     body = (text + "\n").encode("utf-8", "replace")
-    head = b"%sHTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n%s\r\n" % (
-        b"", status, _REASONS.get(status, "Error").encode(), len(body),
+    head = b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n%s\r\n" % (
+        status, _REASONS.get(status, "Error").encode(), len(body),
         b"" if keep_alive else b"Connection: close\r\n",
     )
     return head if head_only else head + body
@@ -299,9 +299,10 @@ class HttpProxyProtocol(asyncio.Protocol):
         self._headers = _TRAILER_SINK
         if len(headers) > self.config.max_headers:
             raise _Reject(431, "too many request header fields")
-        if self._read_len + self._pre_head_bytes > self._max_head:  # else the head cannot be larger
-            if sum(len(n) + len(v) + 4 for n, v in headers) > self._max_head:
-                raise _Reject(431, "request header section too large")
+        # The exact size only when the bytes read could hold a head that large (rarely).
+        if (self._read_len + self._pre_head_bytes > self._max_head
+                and sum(len(n) + len(v) + 4 for n, v in headers) > self._max_head):
+            raise _Reject(431, "request header section too large")
         self.deadline_kind = _DEADLINE_NONE
         parser = self.parser
         req.method = method = parser.get_method()
