@@ -184,6 +184,8 @@ class HttpProxyProtocol(asyncio.Protocol):
         self._client_ip_bytes = self.client_ip.encode()
         self._forwarded = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\n" % self._client_ip_bytes
         server = self.server
+        if server._sweep is None:
+            server.ensure_sweep()
         server.http_connections.add(self)
         server.stats.http_connections_total += 1
         self.deadline = server.now + self.config.header_timeout

@@ -98,9 +98,8 @@ class ProxyServer:
             self.pools.pop(endpoint_id).retire()
 
     def protocol_factory(self, listener: Listener) -> Callable[[], asyncio.Protocol]:
-        """The factory for `loop.create_server`: HTTP or TCP by `listener.protocol`. Call it with the
-        loop running (it starts the timeout sweep on that loop)."""
-        self._ensure_sweep()
+        """The factory for `loop.create_server`: HTTP or TCP by `listener.protocol`."""
+        self.ensure_sweep()
         key = listener.key
         if listener.protocol == Protocol.TCP:
             return lambda: TcpProxyProtocol(self, key)
@@ -152,9 +151,14 @@ class ProxyServer:
 
     # -- timeouts -------------------------------------------------------------------------------------------
 
-    def _ensure_sweep(self) -> None:
+    def ensure_sweep(self) -> None:
+        """Start the timeout sweep on the running loop (idempotent; without a running loop, the first
+        accepted connection starts it)."""
         if self._sweep is None:
-            self._loop = asyncio.get_running_loop()
+            try:
+                self._loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
             self.now = self._loop.time()
             self._sweep = self._loop.call_later(self.config.sweep_interval, self._tick)
 

@@ -105,6 +105,8 @@ class TcpTunnel:
         client = self.client
         assert client.transport is not None
         server = self.server
+        if server._sweep is None:
+            server.ensure_sweep()
         server.tcp_tunnels.add(self)
         server.stats.tcp_connections_total += 1
         runtime = server.snapshot.tcp_upstream(self.listener_key)
