@@ -1,0 +1,96 @@
+"""Reading YAML with line numbers: each document becomes plain data plus a map from field path to line.
+
+`yaml.safe_load_all` loses positions, and an error that says only "spec.ports[0].port" makes the
+person hunt for it. We compose the node graph (SafeLoader), record the line of every mapping key and
+sequence item under its field path (`spec.ports[0].port`), then construct plain Python data from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import re
+from typing import Any
+
+import yaml
+
+from steelyard.config.desired import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class SourceDocument:
+    """One YAML document: its data, the file it came from, its first line and the line of each field."""
+
+    file: str
+    line: int
+    data: Any
+    lines: dict[str, int] = field(default_factory=dict)
+
+    def line_of(self, path: str) -> int:
+        """The line of `path`, or of its closest recorded parent, or of the document."""
+        probe = path
+        while probe:
+            if probe in self.lines:
+                return self.lines[probe]
+            cut = max(probe.rfind("."), probe.rfind("["))
+            probe = probe[:cut] if cut > 0 else ""
+        return self.line
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. YAML 1.1 turns `on:` (retries.on) and `no` into booleans."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def _record(node: yaml.Node, path: str, lines: dict[str, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            child = f"{path}.{key}" if path else key
+            lines.setdefault(child, key_node.start_mark.line + 1)
+            _record(value_node, child, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            child = f"{path}[{index}]"
+            lines.setdefault(child, item.start_mark.line + 1)
+            _record(item, child, lines)
+
+
+def _problem_line(exc: yaml.YAMLError) -> int | None:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return mark.line + 1 if mark is not None else None
+
+
+def _problem_text(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        parts = [p for p in (exc.context, exc.problem) if p]
+        return "YAML syntax error: " + (", ".join(parts) if parts else "invalid YAML")
+    return f"YAML syntax error: {exc}"
+
+
+def read_documents(name: str, text: str) -> tuple[list[SourceDocument], list[ConfigError]]:
+    """Every non-empty document of `text`, or the syntax error that stopped reading (with its line)."""
+    docs: list[SourceDocument] = []
+    loader = _Loader(text)
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            if node is None:
+                continue
+            lines: dict[str, int] = {}
+            _record(node, "", lines)
+            data = loader.construct_document(node)
+            if data is None:
+                continue  # an empty document (`---` alone or comments only)
+            docs.append(SourceDocument(name, node.start_mark.line + 1, data, lines))
+    except yaml.YAMLError as exc:
+        return docs, [ConfigError(_problem_text(exc), file=name, line=_problem_line(exc))]
+    finally:
+        loader.dispose()
+    return docs, []
