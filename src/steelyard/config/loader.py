@@ -119,6 +119,10 @@ def _message(err: Mapping[str, Any]) -> str:
 def _validation_errors(exc: ValidationError, doc: SourceDocument, kind: str, name: str) -> list[ConfigError]:
     merged: dict[str, list[str]] = {}
     for err in exc.errors():
+        ctx = err.get("ctx") or {}
+        if err["type"] == "too_short" and isinstance(err.get("input"), list | tuple) \
+                and len(err["input"]) >= int(ctx.get("min_length", 0)):
+            continue  # pydantic's echo of a failed item: the list itself was long enough
         path = _loc_to_path(tuple(err["loc"]), doc.data)
         message = _message(err)
         if message not in merged.setdefault(path, []):
@@ -161,7 +165,8 @@ def parse_documents(
         meta = data.get("metadata")
         name = str(meta.get("name")) if isinstance(meta, dict) and meta.get("name") else "?"
 
-        def err(message: str, path: str, kind_shown: str | None = None) -> None:
+        def err(message: str, path: str, kind_shown: str | None = None,
+                doc: SourceDocument = doc, name: str = name) -> None:
             errors.append(ConfigError(message, file=doc.file, line=doc.line_of(path), kind=kind_shown,
                                       name=name if kind_shown else None, field=path))
 
@@ -177,7 +182,8 @@ def parse_documents(
                 str(kind))
             continue
         try:
-            resource: AnyResource = KINDS[kind].model_validate(_normalised(data))
+            model: type[AnyResource] = LoadBalancer if kind == "LoadBalancer" else BalancerPolicy
+            resource: AnyResource = model.model_validate(_normalised(data))
         except ValidationError as exc:
             errors.extend(_validation_errors(exc, doc, str(kind), name))
             continue
@@ -255,7 +261,8 @@ class _Builder:
         seen: dict[tuple[str, str], AnyResource] = {}
         for res in self.resources:
             if (res.kind, res.key) in seen:
-                self.error(res, "metadata.name", f"duplicate {res.kind} {res.key!r}: another one has this name")
+                self.error(res, "metadata.name",
+                           f"duplicate {res.kind} {res.key!r}: another one has this name")
                 continue
             seen[(res.kind, res.key)] = res
             if isinstance(res, BalancerPolicy):
@@ -381,9 +388,9 @@ class _Builder:
                 continue
             existing = listeners.get((address, port))
             if existing is not None and protocol == Protocol.TCP:
-                owner = existing[1][0][1].key if existing[1] else "?"
+                holder = existing[1][0][1].key if existing[1] else "?"
                 self.error(lb, where, f"TCP listener {address}:{port} is already used by LoadBalancer "
-                           f"{owner!r}: a TCP listener serves one load balancer")
+                           f"{holder!r}: a TCP listener serves one load balancer")
                 continue
             if existing is not None:
                 for route, owner in existing[1]:
@@ -441,7 +448,10 @@ def load_texts(docs: Sequence[tuple[str, str]], *, partial: bool = False) -> Loa
     invalid_policies = frozenset(_document_key(d) for d in sources if _is_invalid_policy(d, origin))
     result = build_state(resources, ", ".join(n for n, _ in docs), partial=partial, origin=origin,
                          invalid_policies=invalid_policies)
-    all_errors = tuple(errors) + result.errors
+    # Shown in reading order: file by file as given, then line by line.
+    order = {name: i for i, (name, _) in enumerate(docs)}
+    all_errors = tuple(sorted(tuple(errors) + result.errors,
+                              key=lambda e: (order.get(e.file or "", -1), e.line or 0)))
     if all_errors and not partial:
         return LoadResult(None, all_errors, result.resources)
     return LoadResult(result.state, all_errors, result.resources)

@@ -7,8 +7,8 @@ sequence item under its field path (`spec.ports[0].port`), then construct plain 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml

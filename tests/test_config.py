@@ -1,0 +1,307 @@
+"""Config loading: errors a person can act on (file, line, object, field) and the desired state built."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from steelyard.config import (
+    BackendEndpoint,
+    build_state,
+    default_config_path,
+    load_files,
+    load_texts,
+    parse_documents,
+)
+from steelyard.config.yaml_source import read_documents
+from steelyard.model import Protocol, StrategyType
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def policy(name: str = "p", strategy: str = "RoundRobin", extra: str = "") -> str:
+    return textwrap.dedent(f"""\
+        apiVersion: steelyard.dev/v1alpha1
+        kind: BalancerPolicy
+        metadata:
+          name: {name}
+        spec:
+          strategy:
+            type: {strategy}
+        """) + extra
+
+
+def balancer(name: str = "lb", port: int = 8080, *, protocol: str = "HTTP", address: str = "127.0.0.1",
+             hosts: str = "[]", prefix: str = "/", policy_ref: str | None = "p",
+             endpoints: str = '[{address: "127.0.0.1:9001"}]', target: str = "") -> str:
+    ref = f"  policyRef:\n    name: {policy_ref}\n" if policy_ref else ""
+    tp = f", targetPort: {target}" if target else ""
+    return textwrap.dedent(f"""\
+        apiVersion: steelyard.dev/v1alpha1
+        kind: LoadBalancer
+        metadata:
+          name: {name}
+        spec:
+          ports:
+            - {{name: http, port: {port}, protocol: {protocol}, address: {address}{tp}}}
+          hosts: {hosts}
+          pathPrefix: {prefix}
+          endpoints: {endpoints}
+        """) + ref
+
+
+def docs(*parts: str) -> str:
+    return "---\n".join(parts)
+
+
+def messages(text: str, name: str = "f.yaml") -> list[str]:
+    result = load_texts([(name, text)])
+    assert result.state is None
+    return [str(e) for e in result.errors]
+
+
+def line_of(text: str, needle: str, nth: int = 1) -> int:
+    seen = 0
+    for number, line in enumerate(text.splitlines(), 1):
+        if needle in line:
+            seen += 1
+            if seen == nth:
+                return number
+    raise AssertionError(needle)
+
+
+def test_unknown_strategy_lists_the_allowed_values_on_its_line() -> None:
+    text = docs(policy(strategy="RoundRobbin"), balancer())
+    [msg, ref] = messages(text)
+    allowed = ", ".join(s.value for s in StrategyType)
+    assert msg == f"f.yaml:{line_of(text, 'RoundRobbin')}: BalancerPolicy/p: spec.strategy.type: " \
+                  f"'RoundRobbin' is not one of {allowed}"
+    assert ref.endswith("LoadBalancer/lb: spec.policyRef.name: BalancerPolicy 'default/p' has errors "
+                        "(see above)")
+
+
+def test_list_index_missing_field_and_range() -> None:
+    text = textwrap.dedent("""\
+        apiVersion: steelyard.dev/v1alpha1
+        kind: LoadBalancer
+        metadata:
+          name: lb
+        spec:
+          ports:
+            - name: http
+              port: 8080
+            - name: other
+              port: 70000
+            - name: third
+          endpoints: [{address: "127.0.0.1:9001", weight: 1001}]
+        """)
+    assert messages(text) == [
+        "f.yaml:10: LoadBalancer/lb: spec.ports[1].port: 70000 is too large: must be at most 65535",
+        "f.yaml:11: LoadBalancer/lb: spec.ports[2].port: is required",
+        "f.yaml:12: LoadBalancer/lb: spec.endpoints[0].weight: 1001 is too large: must be at most 1000",
+    ]
+
+
+def test_duration_unknown_field_and_target_port_messages() -> None:
+    text = docs(policy(extra="  healthCheck:\n    interval: 5\n    tiemout: 1s\n"),
+                balancer(target="[1]"))
+    out = messages(text)
+    assert out[0] == (f"f.yaml:{line_of(text, 'interval')}: BalancerPolicy/p: spec.healthCheck.interval: "
+                      "5 is not a duration; write it with a unit, like '500ms', '2s' or '1m'")
+    assert out[1] == f"f.yaml:{line_of(text, 'tiemout')}: BalancerPolicy/p: spec.healthCheck.tiemout: " \
+                     "is not a known field"
+    assert out[2] == (f"f.yaml:{line_of(text, 'targetPort')}: LoadBalancer/lb: spec.ports[0].targetPort: "
+                      "must be a port number (1-65535) or a port name")
+
+
+def test_unknown_kind_and_api_version() -> None:
+    text = docs(policy().replace("BalancerPolicy", "BalancerPolice"),
+                balancer(policy_ref=None).replace("v1alpha1", "v2"))
+    assert messages(text) == [
+        "f.yaml:2: kind: 'BalancerPolice' is not one of LoadBalancer, BalancerPolicy",
+        f"f.yaml:{line_of(text, 'v2')}: LoadBalancer/lb: apiVersion: 'steelyard.dev/v2' is not "
+        "steelyard.dev/v1alpha1",
+    ]
+
+
+def test_yaml_syntax_error_has_a_line_and_other_files_still_report() -> None:
+    bad = "apiVersion: steelyard.dev/v1alpha1\nkind: [LoadBalancer\nmetadata: {}\n"
+    result = load_texts([("bad.yaml", bad), ("good.yaml", docs(policy(strategy="Nope"), balancer()))])
+    assert result.state is None
+    out = [str(e) for e in result.errors]
+    assert out[0].startswith("bad.yaml:3: YAML syntax error:")
+    assert out[1].startswith("good.yaml:7: BalancerPolicy/p: spec.strategy.type: 'Nope' is not one of")
+
+
+def test_empty_documents_are_skipped_and_on_is_not_a_boolean() -> None:
+    retries = "  retries:\n    on: [reset, 503]\n"
+    text = "---\n# nothing\n---\n" + docs(policy(extra=retries), balancer()) + "---\n"
+    result = load_texts([("f.yaml", text)])
+    assert result.errors == ()
+    assert result.state is not None
+    assert result.state.upstreams["default/lb/http"].policy.retries.on == ("reset", "503")
+
+
+def test_missing_policy_and_duplicates() -> None:
+    text = docs(policy(), policy(), balancer(policy_ref="nope"), balancer())
+    assert messages(text) == [
+        f"f.yaml:{line_of(text, 'name: p', 2)}: BalancerPolicy/p: metadata.name: duplicate BalancerPolicy "
+        "'default/p': another one has this name",
+        f"f.yaml:{line_of(text, 'name: nope')}: LoadBalancer/lb: spec.policyRef.name: no BalancerPolicy "
+        "'nope' in namespace 'default'",
+        f"f.yaml:{line_of(text, 'name: lb', 2)}: LoadBalancer/lb: metadata.name: duplicate LoadBalancer "
+        "'default/lb': another one has this name",
+    ]
+
+
+def test_policy_in_another_namespace_does_not_count() -> None:
+    text = docs(policy().replace("name: p", "name: p\n  namespace: other"), balancer())
+    [msg] = messages(text)
+    assert "spec.policyRef.name: no BalancerPolicy 'p' in namespace 'default'" in msg
+
+
+def test_hash_strategy_needs_hash_on() -> None:
+    text = docs(policy(strategy="Maglev"), balancer())
+    [msg, _ref] = messages(text)
+    assert msg == (f"f.yaml:{line_of(text, 'strategy:')}: BalancerPolicy/p: spec.strategy.hashOn: "
+                   "is required for Maglev: give {header: NAME}, {cookie: NAME} or {sourceIP: {}}")
+
+
+def test_host_and_path_conflict_on_one_listener() -> None:
+    text = docs(policy(), balancer("a", hosts="[My-Domain.com]"),
+                balancer("b", hosts="[x.org, my-domain.com]"),
+                balancer("c"), balancer("d"), balancer("e", prefix="/api"))
+    out = messages(text)
+    assert out == [
+        f"f.yaml:{line_of(text, 'hosts: [x.org')}: LoadBalancer/b: spec.hosts: my-domain.com with pathPrefix "
+        "'/' on 127.0.0.1:8080 is already claimed by LoadBalancer 'default/a'",
+        f"f.yaml:{line_of(text, 'pathPrefix: /', 4)}: LoadBalancer/d: spec.pathPrefix: any host with "
+        "pathPrefix '/' on 127.0.0.1:8080 is already claimed by LoadBalancer 'default/c'",
+    ]
+
+
+@pytest.mark.parametrize("first_address", ["127.0.0.1", "0.0.0.0"])
+def test_one_port_two_protocols(first_address: str) -> None:
+    text = docs(policy(), balancer("a", address=first_address), balancer("b", protocol="TCP"))
+    [msg] = messages(text)
+    assert msg == (f"f.yaml:{line_of(text, 'protocol: TCP')}: LoadBalancer/b: spec.ports[0].port: "
+                   f"127.0.0.1:8080 is TCP but {first_address}:8080 (HTTP) is already used by another "
+                   "protocol on this port")
+
+
+def test_tcp_listener_serves_one_load_balancer() -> None:
+    text = docs(policy(), balancer("a", protocol="TCP"), balancer("b", protocol="TCP", hosts="[x]"))
+    [msg] = messages(text)
+    assert msg.endswith("LoadBalancer/b: spec.ports[0].port: TCP listener 127.0.0.1:8080 is already used by "
+                        "LoadBalancer 'default/a': a TCP listener serves one load balancer")
+
+
+def test_static_endpoint_addresses() -> None:
+    bad = '[{address: "h:99999"}, {address: "b/c"}, {address: "host"}]'
+    text = docs(policy(), balancer("a", endpoints=bad),
+                balancer("b", port=8081, endpoints='[{address: "host"}]', target="8000"),
+                balancer("c", port=8082, endpoints="[]"))
+    out = messages(text)
+    ep_line = line_of(text, 'address: "h:99999"')
+    assert out == [
+        f"f.yaml:{ep_line}: LoadBalancer/a: spec.endpoints[0].address: 'h:99999' is not host:port or host "
+        "('h:99999': port '99999' is not a number from 1 to 65535)",
+        f"f.yaml:{ep_line}: LoadBalancer/a: spec.endpoints[1].address: 'b/c' is not host:port or host "
+        "('b/c' is not host:port or host)",
+        f"f.yaml:{ep_line}: LoadBalancer/a: spec.endpoints[2].address: 'host' has no port, so "
+        "spec.ports[0].targetPort must be a port number",
+        f"f.yaml:{line_of(text, 'endpoints: []')}: LoadBalancer/c: spec.endpoints: is required in file mode "
+        "(no selector or service to find backends): list them as [{address: 'host:port'}]",
+    ]
+
+
+def test_partial_mode_drops_only_the_broken_load_balancer() -> None:
+    text = docs(policy(), balancer("a", hosts="[a.com]"), balancer("b", hosts="[a.com]"),
+                balancer("c", port=9000, policy_ref="missing"), balancer("d", hosts="[d.com]"))
+    sources, syntax = read_documents("k8s", text)
+    assert syntax == []
+    resources, errors, origin = parse_documents(sources)
+    assert errors == []
+    result = build_state(resources, "kubernetes", partial=True, origin=origin)
+    assert result.state is not None
+    assert sorted(result.state.upstreams) == ["default/a/http", "default/d/http"]
+    assert [e.name for e in result.state.errors] == ["b", "c"]
+    [listener] = result.state.listeners
+    assert [r.upstream for r in listener.routes] == ["default/a/http", "default/d/http"]
+    strict = build_state(resources, "file", origin=origin)
+    assert strict.state is None and len(strict.errors) == 2
+
+
+def test_routes_most_specific_first_and_hosts_normalised() -> None:
+    text = docs(policy(), balancer("any"), balancer("api", prefix="/api/v1"), balancer("short", prefix="/a"),
+                balancer("host", hosts="['Example.COM:8080']"), balancer("hostapi", hosts="[example.com]",
+                                                                          prefix="/api"))
+    result = load_texts([("f.yaml", text)])
+    assert result.errors == ()
+    assert result.state is not None
+    [listener] = result.state.listeners
+    assert [(r.hosts, r.path_prefix, r.upstream) for r in listener.routes] == [
+        (("example.com",), "/api", "default/hostapi/http"),
+        (("example.com",), "/", "default/host/http"),
+        ((), "/api/v1", "default/api/http"),
+        ((), "/a", "default/short/http"),
+        ((), "/", "default/any/http"),
+    ]
+
+
+def test_demo_default_state() -> None:
+    result = load_files([str(default_config_path())])
+    assert result.errors == ()
+    state = result.state
+    assert state is not None
+    [listener] = state.listeners
+    assert (listener.address, listener.port, listener.protocol) == ("127.0.0.1", 8080, Protocol.HTTP)
+    [route] = listener.routes
+    assert route.hosts == ("my-domain.com",) and route.path_prefix == "/"
+    upstream = state.upstreams[route.upstream]
+    assert upstream.key == "default/demo/http" and upstream.policy_name == "default/demo"
+    assert upstream.policy.strategy.type == StrategyType.WEIGHTED_ROUND_ROBIN
+    check = upstream.policy.health_check
+    assert check.type.value == "HTTP" and check.path == "/healthz"
+    assert upstream.endpoints == (BackendEndpoint("127.0.0.1", 9001, 5, "a"),
+                                  BackendEndpoint("127.0.0.1", 9002, 1, "b"),
+                                  BackendEndpoint("127.0.0.1", 9003, 1, "c"))
+
+
+def test_target_port_fills_in_a_bare_host_and_no_policy_means_defaults() -> None:
+    text = balancer(policy_ref=None, endpoints='[{address: "localhost", weight: 0}, {address: "[::1]:81"}]',
+                    target="8000")
+    result = load_texts([("f.yaml", text)])
+    assert result.errors == () and result.state is not None
+    upstream = result.state.upstreams["default/lb/http"]
+    assert upstream.policy_name is None and upstream.policy.strategy.type == StrategyType.ROUND_ROBIN
+    assert upstream.endpoints == (BackendEndpoint("localhost", 8000, 0), BackendEndpoint("::1", 81, 1))
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_examples_load(path: Path) -> None:
+    result = load_files([str(path)])
+    assert result.errors == ()
+    assert result.state is not None and len(result.state.listeners) == 1
+    for listener in result.state.listeners:
+        assert listener.address == "127.0.0.1"
+    for upstream in result.state.upstreams.values():
+        assert upstream.endpoints and all(e.host == "127.0.0.1" for e in upstream.endpoints)
+
+
+def test_one_example_per_strategy() -> None:
+    used = set()
+    for path in (ROOT / "examples").glob("*.yaml"):
+        state = load_files([str(path)]).state
+        assert state is not None
+        used |= {u.policy.strategy.type for u in state.upstreams.values()}
+    assert used == set(StrategyType)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    result = load_files([str(tmp_path / "nope.yaml"), str(tmp_path)])
+    assert result.state is None
+    assert [str(e) for e in result.errors] == [f"{tmp_path / 'nope.yaml'}: no such file",
+                                               f"{tmp_path}: is a directory, not a file"]
