@@ -164,6 +164,9 @@ def parse_documents(
         kind = data.get("kind")
         meta = data.get("metadata")
         name = str(meta.get("name")) if isinstance(meta, dict) and meta.get("name") else "?"
+        namespace = meta.get("namespace") if isinstance(meta, dict) else None
+        if namespace and namespace != "default":
+            name = f"{namespace}/{name}"  # as build_state names objects outside the default namespace
 
         def err(message: str, path: str, kind_shown: str | None = None,
                 doc: SourceDocument = doc, name: str = name) -> None:
