@@ -305,3 +305,19 @@ def test_missing_file(tmp_path: Path) -> None:
     assert result.state is None
     assert [str(e) for e in result.errors] == [f"{tmp_path / 'nope.yaml'}: no such file",
                                                f"{tmp_path}: is a directory, not a file"]
+
+
+def test_non_mapping_documents_and_namespaced_names() -> None:
+    text = "- a list\n---\n" + balancer(policy_ref=None).replace("name: lb", "name: lb\n  namespace: prod") \
+        .replace("hosts: []", "hosts: 5")
+    assert messages(text) == [
+        "f.yaml:1: a document must be a mapping with apiVersion, kind, metadata and spec",
+        f"f.yaml:{line_of(text, 'hosts: 5')}: LoadBalancer/prod/lb: spec.hosts: 5 is not a list",
+    ]
+
+
+def test_hash_on_takes_exactly_one() -> None:
+    text = docs(policy(strategy="RingHash", extra="    hashOn: {header: X-User, cookie: s}\n"), balancer())
+    [msg, _ref] = messages(text)
+    assert msg == (f"f.yaml:{line_of(text, 'hashOn')}: BalancerPolicy/p: spec.strategy.hashOn: hashOn takes "
+                   "exactly one of header, cookie or sourceIP")
