@@ -1,0 +1,774 @@
+"""A Kubernetes API server for tests: kmock's `KubernetesEmulator`, extended until it behaves like a real one
+for everything Steelyard uses, served over real HTTP on 127.0.0.1 from a background thread.
+
+kmock 0.8 (pinned: this reaches into its request parsing and discovery scaffold) serves the API over HTTP,
+but out of the box it sets no uid/resourceVersion/generation, ignores label selectors, never answers 410,
+does not split the status subresource, answers PUT with 404 and sends error bodies with a Content-Type
+lightkube does not recognise. `ApiServer` keeps kmock's HTTP front end, request parsing and discovery
+(`/api`, `/apis`, `/apis/GROUP/VERSION`), and replaces its object store for the resources registered in
+`KINDS` with one that models:
+
+- `metadata.uid`, `creationTimestamp`, `generateName`;
+- one global, monotonically increasing `resourceVersion` (etcd's revision), on objects and on lists;
+- `metadata.generation`: 1 on create, +1 when anything but metadata and status changes;
+- label selectors (`=`, `==`, `!=`, `in`, `notin`, `k`, `!k`) and `metadata.name`/`metadata.namespace` field
+  selectors on list and watch; a watcher sees ADDED/DELETED when an object starts/stops matching;
+- watch from a resourceVersion (the events after it, from a bounded history), `timeoutSeconds`, and the
+  real server's answer to a version older than the history: HTTP 200 with one `ERROR` event carrying a
+  410 `Expired` Status. `expire_history()` forces that for every open and future watch from older versions;
+  `drop_watches()` ends every open stream cleanly (the client must resume from its last version);
+- the status subresource: writes to `/status` change only `.status`; writes to the main resource keep the
+  stored `.status` (for kinds with a status subresource); POST ignores `.status` of those kinds, too;
+- PUT (replace) with optimistic concurrency (a stale `metadata.resourceVersion` is 409 Conflict), and
+  PATCH with `application/merge-patch+json` (RFC 7386; a `resourceVersion` in the patch is a precondition);
+  strategic merge patch is refused with 415 for custom resources, as real servers do, and treated as a
+  merge patch for built-in kinds (close enough for the flat fields Steelyard patches);
+- deletion: an object with finalizers gets a `deletionTimestamp` and stays until they are removed; a Pod
+  deleted with a grace period stays, terminating, until a delete with `gracePeriodSeconds=0` (the kubelet's
+  final delete) — tests play the kubelet with `finish_pod_deletion`;
+- error bodies as `Status` objects with `Content-Type: application/json` exactly.
+
+Not modelled (see docs/ARCHITECTURE.md, "Kubernetes provider"): controllers (no EndpointSlice controller,
+no kubelet, no garbage collection by ownerReferences), admission and schema validation of custom
+resources, bookmarks, list pagination (`limit`/`continue`), `resourceVersion` semantics on list (always
+the latest), server-side apply, JSON patch, RBAC and authentication.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import datetime
+import itertools
+import json
+import random
+import string
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp.web
+import kmock
+from kmock._internal import rendering
+
+LOCALHOST = "127.0.0.1"
+
+# -- resources --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Kind:
+    kind: str
+    namespaced: bool = True
+    status: bool = False  # has a status subresource
+    custom: bool = False  # a custom resource (no strategic merge patch)
+
+
+KINDS: dict[tuple[str, str, str], Kind] = {
+    ("", "v1", "pods"): Kind("Pod", status=True),
+    ("", "v1", "services"): Kind("Service", status=True),
+    ("", "v1", "events"): Kind("Event"),
+    ("", "v1", "namespaces"): Kind("Namespace", namespaced=False, status=True),
+    ("events.k8s.io", "v1", "events"): Kind("Event"),
+    ("discovery.k8s.io", "v1", "endpointslices"): Kind("EndpointSlice"),
+    ("coordination.k8s.io", "v1", "leases"): Kind("Lease"),
+    ("apiextensions.k8s.io", "v1", "customresourcedefinitions"):
+        Kind("CustomResourceDefinition", namespaced=False, status=True),
+    ("steelyard.dev", "v1alpha1", "loadbalancers"): Kind("LoadBalancer", status=True, custom=True),
+    ("steelyard.dev", "v1alpha1", "balancerpolicies"): Kind("BalancerPolicy", status=True, custom=True),
+}
+
+PLURALS = {"LoadBalancer": "loadbalancers", "BalancerPolicy": "balancerpolicies", "Pod": "pods",
+           "Service": "services", "EndpointSlice": "endpointslices", "Lease": "leases", "Event": "events",
+           "Namespace": "namespaces"}
+
+
+def api_path(api_version: str, kind: str, namespace: str | None = None, name: str | None = None,
+             subresource: str | None = None) -> str:
+    """`('steelyard.dev/v1alpha1', 'LoadBalancer', 'default', 'web')` -> its URL path."""
+    base = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
+    plural = PLURALS.get(kind, kind.lower() + "s")
+    path = base + (f"/namespaces/{namespace}" if namespace else "") + f"/{plural}"
+    if name:
+        path += f"/{name}"
+    if subresource:
+        path += f"/{subresource}"
+    return path
+
+
+class ApiStatus(Exception):
+    """An error answer: a `Status` object with this code, reason and message."""
+
+    def __init__(self, code: int, reason: str, message: str) -> None:
+        super().__init__(f"{code} {reason}: {message}")
+        self.code, self.reason, self.message = code, reason, message
+
+    def body(self) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                "code": self.code, "reason": self.reason, "message": self.message}
+
+
+def _json(data: Any, status: int = 200) -> aiohttp.web.Response:
+    # Exactly `application/json`: lightkube raises ApiError only for that Content-Type.
+    return aiohttp.web.Response(body=json.dumps(data).encode(), status=status,
+                                headers={"Content-Type": "application/json"})
+
+
+# -- label and field selectors ------------------------------------------------------------------------------
+
+
+def _split_outside_parens(text: str) -> list[str]:
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    return [p.strip() for p in parts if p.strip()]
+
+
+Requirement = Callable[[Mapping[str, str]], bool]
+
+
+def parse_label_selector(text: str) -> list[Requirement]:
+    """Kubernetes' label selector syntax (apimachinery `labels.Parse`); ValueError when malformed."""
+    out: list[Requirement] = []
+    for term in _split_outside_parens(text):
+        words = term.split()
+        if len(words) >= 2 and words[1] in ("in", "notin"):
+            key, op = words[0], words[1]
+            rest = term.split(None, 2)[2].strip()
+            if not (rest.startswith("(") and rest.endswith(")")):
+                raise ValueError(f"bad set in {term!r}")
+            values = frozenset(v.strip() for v in rest[1:-1].split(",") if v.strip())
+            if op == "in":
+                out.append(lambda labels, k=key, vs=values: labels.get(k) in vs)
+            else:
+                out.append(lambda labels, k=key, vs=values: labels.get(k) not in vs)
+        elif "!=" in term:
+            key, value = (s.strip() for s in term.split("!=", 1))
+            out.append(lambda labels, k=key, v=value: labels.get(k) != v)
+        elif "=" in term:
+            key, value = (s.strip() for s in term.replace("==", "=").split("=", 1))
+            out.append(lambda labels, k=key, v=value: labels.get(k) == v)
+        elif term.startswith("!"):
+            key = term[1:].strip()
+            out.append(lambda labels, k=key: k not in labels)
+        elif term and " " not in term:
+            out.append(lambda labels, k=term: k in labels)
+        else:
+            raise ValueError(f"cannot parse label selector term {term!r}")
+    return out
+
+
+def parse_field_selector(text: str) -> list[Callable[[Mapping[str, Any]], bool]]:
+    out: list[Callable[[Mapping[str, Any]], bool]] = []
+    for term in _split_outside_parens(text):
+        negate = "!=" in term
+        key, value = (s.strip() for s in term.replace("!=", "=").replace("==", "=").split("=", 1))
+        if key not in ("metadata.name", "metadata.namespace"):
+            raise ValueError(f"field label not supported: {key}")
+        attr = key.split(".", 1)[1]
+        out.append(lambda obj, a=attr, v=value, n=negate: (obj["metadata"].get(a) == v) != n)
+    return out
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+# -- the store -------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Watch:
+    resource: tuple[str, str, str]
+    namespace: str | None
+    name: str | None
+    labels: list[Requirement]
+    fields: list[Callable[[Mapping[str, Any]], bool]]
+    queue: asyncio.Queue[tuple[str, dict[str, Any] | None, dict[str, Any] | None] | None] = \
+        field(default_factory=asyncio.Queue)
+
+    def matches(self, obj: Mapping[str, Any] | None) -> bool:
+        if obj is None:
+            return False
+        meta = obj["metadata"]
+        if self.namespace is not None and meta.get("namespace") != self.namespace:
+            return False
+        if self.name is not None and meta.get("name") != self.name:
+            return False
+        labels = meta.get("labels") or {}
+        return all(r(labels) for r in self.labels) and all(f(obj) for f in self.fields)
+
+    def event(self, old: dict[str, Any] | None, new: dict[str, Any] | None,
+              kind: str) -> dict[str, Any] | None:
+        """What this watcher sees of one change: an object leaving the selection is DELETED for it."""
+        was, now = self.matches(old), self.matches(new)
+        if kind == "DELETED":
+            return {"type": "DELETED", "object": new} if was or now else None
+        if was and now:
+            return {"type": "MODIFIED", "object": new}
+        if now:
+            return {"type": "ADDED", "object": new}
+        if was:
+            return {"type": "DELETED", "object": new}
+        return None
+
+
+def _now() -> str:
+    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _spec_part(obj: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status", "apiVersion", "kind")}
+
+
+class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
+    """kmock's emulator with a faithful object store (see the module's docstring)."""
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.store: dict[tuple[tuple[str, str, str], str | None, str], dict[str, Any]] = {}
+        self.rv = 0
+        self.history: deque[tuple[int, tuple[str, str, str], str, dict[str, Any] | None,
+                                  dict[str, Any]]] = deque(maxlen=2000)
+        self.compacted_rv = 0  # a watch from a version older than this is answered with 410 Gone
+        self.watches: set[_Watch] = set()
+        self.write_log: list[tuple[str, str, str]] = []  # (method, path, user agent) of every write
+        for (group, version, plural), info in KINDS.items():
+            self.resources[kmock.resource(group, version, plural)] = kmock.ResourceInfo(
+                kind=info.kind, namespaced=info.namespaced, singular=info.kind.lower(),
+                verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+                subresources={"status"} if info.status else set())
+
+    # -- test-facing operations (call on the server's loop) ----------------------------------------------
+
+    def expire_history(self) -> None:
+        """Compact: every version seen so far is too old; open watches get a 410 ERROR event and end."""
+        self.rv += 1  # the compaction's own revision: a relist gets a version that is not too old
+        self.compacted_rv = self.rv
+        self.history.clear()
+        for watch in list(self.watches):
+            watch.queue.put_nowait(("GONE", None, None))
+
+    def drop_watches(self) -> None:
+        """End every open watch stream cleanly (as an API server restart or a load balancer timeout does)."""
+        for watch in list(self.watches):
+            watch.queue.put_nowait(None)
+
+    # -- HTTP ------------------------------------------------------------------------------------------
+
+    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        res = request.resource
+        key = (res.group, res.version, res.plural) if res is not None else None
+        if key is None or res.plural is None:  # discovery: kmock's scaffold answers from `resources`
+            return await super()._handle(request)
+        if key not in KINDS:
+            return _json(ApiStatus(404, "NotFound", f"the server could not find the requested resource "
+                                   f"({request.method} {request.url.path})").body(), 404)
+        try:
+            return await self._serve(request, key, KINDS[key])
+        except ApiStatus as exc:
+            return _json(exc.body(), exc.code)
+
+    async def _serve(self, request: rendering.Request, key: tuple[str, str, str],
+                     info: Kind) -> aiohttp.web.StreamResponse:
+        method = str(request.method.value).upper()
+        params = dict(request.params or {})
+        if method != "GET":
+            agent = (request.headers or {}).get("User-Agent", "")
+            self.write_log.append((method, request.url.path, agent))
+        if method == "GET" and params.get("watch") in ("true", "1"):
+            return await self._watch(request, key, params)
+        if method == "GET" and request.name is None:
+            return _json(self._list(request, key, info, params))
+        if request.subresource not in (None, "status"):
+            raise ApiStatus(404, "NotFound", f"no subresource {request.subresource!r}")
+        if request.subresource == "status" and not info.status:
+            raise ApiStatus(404, "NotFound", f"{info.kind} has no status subresource")
+        if method == "GET":
+            return _json(self._get(key, request.namespace, request.name))
+        if method == "POST" and request.name is None:
+            return _json(self._create(key, info, request.namespace, request.data), 201)
+        if method == "PUT" and request.name:
+            return _json(self._replace(key, info, request))
+        if method == "PATCH" and request.name:
+            return _json(self._patch(key, info, request))
+        if method == "DELETE" and request.name:
+            return _json(self._delete(key, info, request.namespace, request.name, params))
+        raise ApiStatus(405, "MethodNotAllowed", f"{method} is not supported here")
+
+    # -- reads -----------------------------------------------------------------------------------------
+
+    def _get(self, key: tuple[str, str, str], namespace: str | None, name: str) -> dict[str, Any]:
+        obj = self.store.get((key, namespace, name))
+        if obj is None:
+            raise ApiStatus(404, "NotFound", f"{key[2]} {name!r} not found")
+        return obj
+
+    def _selection(self, request: rendering.Request, key: tuple[str, str, str],
+                   params: Mapping[str, str]) -> _Watch:
+        try:
+            labels = parse_label_selector(params.get("labelSelector", ""))
+            fields = parse_field_selector(params.get("fieldSelector", ""))
+        except ValueError as exc:
+            raise ApiStatus(400, "BadRequest", str(exc)) from exc
+        return _Watch(key, request.namespace, request.name, labels, fields)
+
+    def _list(self, request: rendering.Request, key: tuple[str, str, str], info: Kind,
+              params: Mapping[str, str]) -> dict[str, Any]:
+        selection = self._selection(request, key, params)
+        ordered = sorted(self.store.items(), key=lambda kv: (kv[0][1] or "", kv[0][2]))
+        items = [obj for (k, _, _), obj in ordered if k == key and selection.matches(obj)]
+        api_version = f"{key[0]}/{key[1]}" if key[0] else key[1]
+        return {"apiVersion": api_version, "kind": f"{info.kind}List",
+                "metadata": {"resourceVersion": str(self.rv)}, "items": items}
+
+    async def _watch(self, request: rendering.Request, key: tuple[str, str, str],
+                     params: Mapping[str, str]) -> aiohttp.web.StreamResponse:
+        watch = self._selection(request, key, params)
+        since = params.get("resourceVersion") or ""
+        backlog: list[dict[str, Any]] = []
+        gone = False
+        # Snapshot and registration with no await in between: no event can fall in a gap.
+        if since in ("", "0"):
+            for (k, _, _), obj in sorted(self.store.items(), key=lambda kv: (kv[0][1] or "", kv[0][2])):
+                if k == key and watch.matches(obj):
+                    backlog.append({"type": "ADDED", "object": obj})
+        elif not since.isdigit():
+            raise ApiStatus(400, "BadRequest", f"invalid resourceVersion {since!r}")
+        elif int(since) < self.compacted_rv:
+            gone = True
+        else:
+            for rv, k, kind, old, new in self.history:
+                if rv > int(since) and k == key:
+                    event = watch.event(old, new, kind)
+                    if event is not None:
+                        backlog.append(event)
+        self.watches.add(watch)
+        raw = request._raw_request
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        try:
+            await response.prepare(raw)
+            if gone:
+                await self._write_gone(response, since)
+                return response
+            for event in backlog:
+                await response.write(json.dumps(event).encode() + b"\n")
+            timeout = float(params["timeoutSeconds"]) if params.get("timeoutSeconds") else None
+            deadline = time.monotonic() + timeout if timeout else None
+            while True:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    item = await asyncio.wait_for(watch.queue.get(), left)
+                except TimeoutError:
+                    break
+                if item is None:
+                    break
+                kind, old, new = item
+                if kind == "GONE":
+                    await self._write_gone(response, since)
+                    break
+                event = watch.event(old, new, kind)
+                if event is not None:
+                    await response.write(json.dumps(event).encode() + b"\n")
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await response.write_eof()
+        finally:
+            self.watches.discard(watch)
+        return response
+
+    @staticmethod
+    async def _write_gone(response: aiohttp.web.StreamResponse, since: str) -> None:
+        status = ApiStatus(410, "Expired", f"too old resource version: {since}").body()
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await response.write(json.dumps({"type": "ERROR", "object": status}).encode() + b"\n")
+            await response.write_eof()
+
+    # -- writes ----------------------------------------------------------------------------------------
+
+    def _commit(self, key: tuple[str, str, str], kind: str, old: dict[str, Any] | None,
+                new: dict[str, Any]) -> dict[str, Any]:
+        self.rv += 1
+        new["metadata"]["resourceVersion"] = str(self.rv)
+        ident = (key, new["metadata"].get("namespace"), new["metadata"]["name"])
+        if kind == "DELETED":
+            self.store.pop(ident, None)
+        else:
+            self.store[ident] = new
+        if len(self.history) == self.history.maxlen:  # the oldest event falls out: its version is too old
+            self.compacted_rv = max(self.compacted_rv, self.history[0][0])
+        self.history.append((self.rv, key, kind, old, new))
+        for watch in list(self.watches):
+            if watch.resource == key:
+                watch.queue.put_nowait((kind, old, new))
+        return new
+
+    def _create(self, key: tuple[str, str, str], info: Kind, namespace: str | None,
+                data: Any) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            raise ApiStatus(400, "BadRequest", "the body must be a JSON object")
+        obj = copy.deepcopy(data)
+        meta = obj.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            suffix = "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
+            meta["name"] = meta["generateName"] + suffix
+        if not meta.get("name"):
+            raise ApiStatus(422, "Invalid", "metadata.name: Required value")
+        if info.namespaced:
+            if meta.get("namespace") and namespace and meta["namespace"] != namespace:
+                raise ApiStatus(400, "BadRequest", "the namespace of the object does not match the URL")
+            meta["namespace"] = namespace or meta.get("namespace") or "default"
+        else:
+            meta.pop("namespace", None)
+        ident = (key, meta.get("namespace"), meta["name"])
+        if ident in self.store:
+            raise ApiStatus(409, "AlreadyExists", f"{key[2]} {meta['name']!r} already exists")
+        if info.status:
+            obj.pop("status", None)
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = _now()
+        meta["generation"] = 1
+        for transient in ("deletionTimestamp", "resourceVersion"):
+            meta.pop(transient, None)
+        return self._commit(key, "ADDED", None, obj)
+
+    def _content_type(self, request: rendering.Request) -> str:
+        headers = {k.lower(): v for k, v in (request.headers or {}).items()}
+        return headers.get("content-type", "application/json").split(";")[0].strip()
+
+    def _update(self, key: tuple[str, str, str], info: Kind, request: rendering.Request,
+                new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+        """Finish a replace or a patch: protected fields, the status split, generation, finalizers."""
+        meta = new.setdefault("metadata", {})
+        if meta.get("name", old["metadata"]["name"]) != old["metadata"]["name"]:
+            raise ApiStatus(400, "BadRequest", "the name of the object does not match the URL")
+        wanted_rv = meta.get("resourceVersion")
+        if wanted_rv and wanted_rv != old["metadata"]["resourceVersion"]:
+            raise ApiStatus(409, "Conflict", "Operation cannot be fulfilled: the object has been modified; "
+                            "please apply your changes to the latest version and try again")
+        if request.subresource == "status":
+            result = copy.deepcopy(old)
+            if "status" in new:
+                result["status"] = new["status"]
+            else:
+                result.pop("status", None)
+        else:
+            result = new
+            if info.status:
+                if "status" in old:
+                    result["status"] = copy.deepcopy(old["status"])
+                else:
+                    result.pop("status", None)
+            keep = ("uid", "creationTimestamp", "namespace", "name", "generation", "deletionTimestamp",
+                    "deletionGracePeriodSeconds")
+            for field_name in keep:
+                if field_name in old["metadata"]:
+                    result["metadata"][field_name] = old["metadata"][field_name]
+                else:
+                    result["metadata"].pop(field_name, None)
+            if _spec_part(result) != _spec_part(old):
+                result["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
+        if result == old:
+            return old  # a no-op write does not bump the resourceVersion (as the real server)
+        released = result["metadata"].get("deletionTimestamp") and not result["metadata"].get("finalizers")
+        committed = self._commit(key, "MODIFIED", old, result)
+        if released:
+            return self._commit(key, "DELETED", committed, copy.deepcopy(committed))
+        return committed
+
+    def _replace(self, key: tuple[str, str, str], info: Kind, request: rendering.Request) -> dict[str, Any]:
+        old = self._get(key, request.namespace, request.name or "")
+        if not isinstance(request.data, dict):
+            raise ApiStatus(400, "BadRequest", "the body must be a JSON object")
+        return self._update(key, info, request, copy.deepcopy(request.data), old)
+
+    def _patch(self, key: tuple[str, str, str], info: Kind, request: rendering.Request) -> dict[str, Any]:
+        old = self._get(key, request.namespace, request.name or "")
+        content_type = self._content_type(request)
+        if content_type == "application/strategic-merge-patch+json" and info.custom:
+            raise ApiStatus(415, "UnsupportedMediaType", "the body of the request was in an unknown format - "
+                            "accepted media types include: application/json-patch+json, "
+                            "application/merge-patch+json, application/apply-patch+yaml")
+        if content_type not in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+            raise ApiStatus(415, "UnsupportedMediaType", f"this emulator does not model {content_type}")
+        if not isinstance(request.data, dict):
+            raise ApiStatus(400, "BadRequest", "the patch must be a JSON object")
+        patched = merge_patch(copy.deepcopy(old), request.data)
+        # A resourceVersion in a merge patch is a precondition, not a change.
+        wanted = (request.data.get("metadata") or {}).get("resourceVersion")
+        patched["metadata"]["resourceVersion"] = wanted or old["metadata"]["resourceVersion"]
+        return self._update(key, info, request, patched, old)
+
+    def _delete(self, key: tuple[str, str, str], info: Kind, namespace: str | None, name: str,
+                params: Mapping[str, str]) -> dict[str, Any]:
+        old = self._get(key, namespace, name)
+        grace = params.get("gracePeriodSeconds")
+        meta = old["metadata"]
+        graceful_pod = info.kind == "Pod" and grace != "0"
+        if meta.get("finalizers") or graceful_pod:
+            if meta.get("deletionTimestamp"):
+                return old
+            new = copy.deepcopy(old)
+            new["metadata"]["deletionTimestamp"] = _now()
+            if graceful_pod:
+                new["metadata"]["deletionGracePeriodSeconds"] = int(grace or 30)
+            return self._commit(key, "MODIFIED", old, new)
+        return self._commit(key, "DELETED", old, copy.deepcopy(old))
+
+
+# -- running it on 127.0.0.1 in a thread -----------------------------------------------------------------
+
+
+class KubeApi:
+    """An `ApiServer` on 127.0.0.1 served by a background thread's event loop.
+
+    Tests talk to it over plain HTTP (`create`, `patch`, `get`, ...), as any client would.
+    `go_away()`/`come_back()` close and reopen the listening socket on the same port, keeping the objects.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.server: ApiServer | None = None
+        self._web: aiohttp.web.Server | None = None
+        self._listener: asyncio.AbstractServer | None = None
+        self.port = 0
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), name="kube-api", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        self.call(self._open)
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(ready.set)
+        self.loop.run_forever()
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run `fn(*args)` (a coroutine function or a plain one) on the server's loop; return its result."""
+
+        async def run() -> Any:
+            result = fn(*args)
+            if asyncio.iscoroutine(result):
+                result = await result
+            return result
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(15)
+
+    async def _open(self) -> None:
+        if self.server is None:
+            self.server = ApiServer()
+            await self.server.__aenter__()
+        self._web = aiohttp.web.Server(self.server)
+        self._listener = await self.loop.create_server(self._web, LOCALHOST, self.port, reuse_address=True)
+        self.port = self._listener.sockets[0].getsockname()[1]
+
+    async def _close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            assert self._web is not None
+            self.server.drop_watches()  # type: ignore[union-attr]
+            await self._web.shutdown(0.5)
+            await self._listener.wait_closed()
+            self._listener = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOCALHOST}:{self.port}"
+
+    def go_away(self) -> None:
+        """Stop serving: close the listening socket and every open connection (objects are kept)."""
+        self.call(self._close)
+
+    def come_back(self) -> None:
+        self.call(self._open)
+
+    def expire_history(self) -> None:
+        self.call(lambda: self.server.expire_history())  # type: ignore[union-attr]
+
+    def drop_watches(self) -> None:
+        self.call(lambda: self.server.drop_watches())  # type: ignore[union-attr]
+
+    def watch_count(self) -> int:
+        return int(self.call(lambda: len(self.server.watches)))  # type: ignore[union-attr]
+
+    def writes(self) -> list[tuple[str, str, str]]:
+        return list(self.call(lambda: list(self.server.write_log)))  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        async def stop() -> None:
+            await self._close()
+            if self.server is not None:
+                await self.server.__aexit__(None, None, None)
+
+        with contextlib.suppress(Exception):
+            self.call(stop)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+    # -- plain HTTP, as a client would --------------------------------------------------------------------
+
+    def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
+                params: Mapping[str, str] | None = None) -> tuple[int, Any]:
+        url = self.url + path
+        if params:
+            url += "?" + "&".join(f"{k}={urllib.request.quote(str(v))}" for k, v in params.items())
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": content_type} if data is not None else {})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            text = exc.read()
+            return exc.code, json.loads(text) if text else None
+
+    def _ok(self, method: str, path: str, body: Any = None, **kw: Any) -> dict[str, Any]:
+        status, answer = self.request(method, path, body, **kw)
+        if status >= 300:
+            raise AssertionError(f"{method} {path}: {status} {answer}")
+        return dict(answer)
+
+    def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        meta = obj.get("metadata", {})
+        namespace = meta.get("namespace", "default") if obj["kind"] != "Namespace" else None
+        return self._ok("POST", api_path(obj["apiVersion"], obj["kind"], namespace), dict(obj))
+
+    def get(self, api_version: str, kind: str, name: str,
+            namespace: str = "default") -> dict[str, Any] | None:
+        status, answer = self.request("GET", api_path(api_version, kind, namespace, name))
+        return answer if status == 200 else None
+
+    def list(self, api_version: str, kind: str, namespace: str | None = "default",
+             labels: str | None = None) -> list[dict[str, Any]]:
+        params = {"labelSelector": labels} if labels else None
+        return list(self._ok("GET", api_path(api_version, kind, namespace), params=params)["items"])
+
+    def patch(self, api_version: str, kind: str, name: str, patch: Mapping[str, Any],
+              namespace: str = "default", subresource: str | None = None) -> dict[str, Any]:
+        return self._ok("PATCH", api_path(api_version, kind, namespace, name, subresource), dict(patch),
+                        content_type="application/merge-patch+json")
+
+    def replace(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        return self._ok("PUT", api_path(obj["apiVersion"], obj["kind"], meta.get("namespace", "default"),
+                                        meta["name"]), dict(obj))
+
+    def delete(self, api_version: str, kind: str, name: str, namespace: str = "default",
+               grace: int | None = None) -> dict[str, Any]:
+        params = {"gracePeriodSeconds": str(grace)} if grace is not None else None
+        return self._ok("DELETE", api_path(api_version, kind, namespace, name), params=params)
+
+    def finish_pod_deletion(self, name: str, namespace: str = "default") -> None:
+        """The kubelet's final delete of a terminating pod."""
+        self.delete("v1", "Pod", name, namespace, grace=0)
+
+
+@contextlib.contextmanager
+def kube_api() -> Iterator[KubeApi]:
+    api = KubeApi()
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+# -- objects for tests -------------------------------------------------------------------------------------
+
+_ids = itertools.count(1)
+
+
+def load_balancer(name: str, *, port: int, selector: Mapping[str, str] | None = None,
+                  service: str | None = None, policy: str | None = None, target_port: int | str | None = None,
+                  hosts: tuple[str, ...] = (), namespace: str = "default") -> dict[str, Any]:
+    spec: dict[str, Any] = {"ports": [{"name": "http", "port": port, "address": LOCALHOST}]}
+    if target_port is not None:
+        spec["ports"][0]["targetPort"] = target_port
+    if selector is not None:
+        spec["selector"] = {"matchLabels": dict(selector)}
+    if service is not None:
+        spec["service"] = {"name": service}
+    if policy is not None:
+        spec["policyRef"] = {"name": policy}
+    if hosts:
+        spec["hosts"] = list(hosts)
+    return {"apiVersion": "steelyard.dev/v1alpha1", "kind": "LoadBalancer",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def balancer_policy(name: str, strategy: str = "RoundRobin", namespace: str = "default",
+                    **extra: Any) -> dict[str, Any]:
+    return {"apiVersion": "steelyard.dev/v1alpha1", "kind": "BalancerPolicy",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"strategy": {"type": strategy}, **extra}}
+
+
+def pod(name: str, *, labels: Mapping[str, str], port: int | None = None,
+        port_name: str = "http", weight: int | None = None, namespace: str = "default") -> dict[str, Any]:
+    container: dict[str, Any] = {"name": "app", "image": "backend"}
+    if port is not None:
+        container["ports"] = [{"name": port_name, "containerPort": port}]
+    annotations = {"steelyard.dev/weight": str(weight)} if weight is not None else {}
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "labels": dict(labels),
+                         "annotations": annotations},
+            "spec": {"containers": [container]}}
+
+
+def pod_ready_status(ip: str = LOCALHOST, ready: bool = True) -> dict[str, Any]:
+    return {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+def endpoint_slice(service: str, endpoints: list[dict[str, Any]], *, port: int, port_name: str = "http",
+                   name: str | None = None, namespace: str = "default") -> dict[str, Any]:
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name or f"{service}-{next(_ids)}", "namespace": namespace,
+                         "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4", "endpoints": endpoints,
+            "ports": [{"name": port_name, "port": port, "protocol": "TCP"}]}
+
+
+def slice_endpoint(ip: str = LOCALHOST, *, ready: bool = True, serving: bool | None = None,
+                   terminating: bool = False, pod: str | None = None) -> dict[str, Any]:
+    serving = ready if serving is None else serving
+    conditions = {"ready": ready, "serving": serving, "terminating": terminating}
+    out: dict[str, Any] = {"addresses": [ip], "conditions": conditions}
+    if pod:
+        out["targetRef"] = {"kind": "Pod", "name": pod, "namespace": "default"}
+    return out
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
