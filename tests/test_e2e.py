@@ -223,7 +223,7 @@ def test_an_invalid_change_is_logged_and_the_last_good_configuration_keeps_servi
             proxy.wait_for(r"is invalid; keeping the last good one", 10, mark)
             validate = Process(["validate", str(path)], "validate")
             assert validate.wait(30) == 1
-            errors = [line.strip() for line in validate.lines if str(path) in line]
+            errors = [line.strip() for line in validate.lines if line.strip().startswith(f"{path}:")]
             assert len(errors) >= 2, validate.output()
             for error in errors:  # the same text `steelyard validate` prints, each error
                 proxy.wait_for(re.escape(error), 5, mark)

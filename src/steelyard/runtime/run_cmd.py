@@ -259,7 +259,7 @@ def _health_checker(registry: object) -> HealthCheckerLike | None:
     Its callback reports `(upstream_key, endpoint_id, healthy)`, or `(endpoint_id, healthy)`; the latter
     goes to every upstream that has the endpoint (the same address checked once serves them all)."""
     try:
-        from steelyard.runtime.health_checks import HealthChecker  # type: ignore
+        from steelyard.runtime.health_checks import HealthChecker
     except ImportError:
         return None
 

@@ -1,0 +1,123 @@
+"""Active health checks: one probe loop per (upstream, endpoint), results to the endpoint tracker.
+
+A probe is an HTTP `GET path` (healthy on 2xx/3xx, as HAProxy's `option httpchk`) or a TCP connect,
+bounded by `healthCheck.timeout`, every `healthCheck.interval` (the first one at once, with a little
+jitter so a reload does not probe every backend in the same millisecond). Every result is reported;
+the thresholds (`healthyThreshold`, `unhealthyThreshold`) are applied by `steelyard.endpoints`, which is
+pure and tested with a scripted clock.
+
+`update()` follows the configuration: loops start for new endpoints, stop for removed ones, and restart
+only when the endpoint's check itself changed, so a reload does not reset anything it did not touch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+from collections.abc import Callable, Iterable
+
+from steelyard.config.desired import BackendEndpoint
+from steelyard.model import BalancerPolicySpec, HealthCheck, HealthCheckType
+
+__all__ = ["HealthChecker", "probe"]
+
+log = logging.getLogger("steelyard.health")
+
+OnResult = Callable[[str, str, bool], None]  # (upstream key, endpoint id, healthy)
+_Checked = tuple[BackendEndpoint, HealthCheck]
+
+
+async def probe(endpoint: BackendEndpoint, check: HealthCheck) -> tuple[bool, str]:
+    """One probe. Returns (healthy, why) — `why` is for the log when the state flips."""
+    try:
+        async with asyncio.timeout(check.timeout):
+            reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+            try:
+                if check.type == HealthCheckType.TCP:
+                    return True, "connected"
+                host = f"{endpoint.host}:{endpoint.port}"
+                writer.write(f"GET {check.path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: steelyard-health\r\n"
+                             "Connection: close\r\n\r\n".encode("latin-1"))
+                line = await reader.readuntil(b"\r\n")
+                parts = line.split(None, 2)
+                if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+                    return False, f"not an HTTP response: {line[:60]!r}"
+                status = int(parts[1])
+                return 200 <= status < 400, f"HTTP {status}"
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except TimeoutError:
+        return False, f"no answer within {check.timeout:g}s"
+    except OSError as exc:  # asyncio's message names the call, not the cause: say the cause
+        return False, os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        return False, "connection closed before a status line"
+
+
+class HealthChecker:
+    """Runs the probe loops of every upstream whose policy has a health check."""
+
+    def __init__(self, on_result: OnResult, rng: random.Random | None = None):
+        self.on_result = on_result
+        self.rng = rng or random.Random()
+        # (upstream key, endpoint id) -> (what it checks, its task)
+        self._loops: dict[tuple[str, str], tuple[_Checked, asyncio.Task[None]]] = {}
+
+    def update(self, upstream_key: str, policy: BalancerPolicySpec,
+               endpoints: Iterable[BackendEndpoint]) -> None:
+        check = policy.health_check
+        wanted: dict[str, BackendEndpoint] = {}
+        if check.type != HealthCheckType.NONE:
+            wanted = {e.id: e for e in endpoints}
+        for key in [k for k in self._loops if k[0] == upstream_key]:
+            spec, task = self._loops[key]
+            endpoint = wanted.get(key[1])
+            if endpoint is None or spec != (endpoint, check):
+                task.cancel()
+                del self._loops[key]
+        for endpoint_id, endpoint in wanted.items():
+            key = (upstream_key, endpoint_id)
+            if key not in self._loops:
+                task = asyncio.get_running_loop().create_task(
+                    self._run(upstream_key, endpoint, check),
+                    name=f"health-check {upstream_key} {endpoint_id}")
+                self._loops[key] = ((endpoint, check), task)
+
+    async def _run(self, upstream_key: str, endpoint: BackendEndpoint, check: HealthCheck) -> None:
+        await asyncio.sleep(self.rng.uniform(0, min(check.interval, 1.0) / 10))
+        last: bool | None = None
+        while True:
+            started = asyncio.get_running_loop().time()
+            try:
+                healthy, why = await probe(endpoint, check)
+            except Exception:  # a bug in a probe must not stop the checks
+                log.exception("health check of %s failed unexpectedly", endpoint.id)
+                healthy, why = False, "internal error"
+            if healthy != last:
+                (log.info if healthy else log.warning)("health check %s %s: %s (%s)", upstream_key,
+                                                       endpoint.id, "pass" if healthy else "fail", why)
+                last = healthy
+            try:
+                self.on_result(upstream_key, endpoint.id, healthy)
+            except Exception:
+                log.exception("health result for %s could not be applied", endpoint.id)
+            elapsed = asyncio.get_running_loop().time() - started
+            await asyncio.sleep(max(check.interval - elapsed, 0.0))
+
+    def checked(self) -> list[tuple[str, str]]:
+        """(upstream key, endpoint id) of every running probe loop."""
+        return sorted(self._loops)
+
+    async def close(self) -> None:
+        tasks = [task for _, task in self._loops.values()]
+        self._loops.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
