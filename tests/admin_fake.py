@@ -3,18 +3,13 @@
 `serve()` records one finished request the way the proxy would (counters, latency histogram);
 `pick()` chooses by smooth weighted round robin over usable endpoints, so explain can be checked
 against what the next pick really does.
-
-`StandInTracker` / `ensure_overridable`: until `steelyard.endpoints.EndpointTracker` has `set_override`,
-tests of drain and weight on the real proxy give the upstream this small tracker with the documented
-interface; once the real one has it, they use the real one.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from steelyard.admin.source import (
     ConfigView,
@@ -23,12 +18,10 @@ from steelyard.admin.source import (
     ReloadRecord,
     UpstreamView,
 )
-from steelyard.config.desired import BackendEndpoint
 from steelyard.runtime.access_log import LatencyHistogram
-from steelyard.strategies import Endpoint
 
 if TYPE_CHECKING:
-    from proxy_support import Harness
+    pass
 
 
 @dataclass
@@ -149,62 +142,3 @@ class FakeSource:
                               for e in self.ups[upstream].endpoints.values()]}
 
 
-class StandInTracker:
-    """The documented EndpointTracker interface, only as far as overrides need it."""
-
-    def __init__(self, endpoints: Sequence[BackendEndpoint]) -> None:
-        self.endpoints = {e.id: e for e in endpoints}
-        self.weights: dict[str, int] = {}
-        self.drained: set[str] = set()
-
-    def set_policy(self, policy: Any, now: float) -> None:
-        pass
-
-    def set_endpoints(self, endpoints: Sequence[BackendEndpoint], now: float) -> None:
-        self.endpoints = {e.id: e for e in endpoints}
-
-    def set_override(self, endpoint_id: str, *, weight: int | None = None,
-                     drained: bool | None = None) -> bool:
-        if weight is None:
-            self.weights.pop(endpoint_id, None)
-        else:
-            self.weights[endpoint_id] = weight
-        if drained is not None:
-            (self.drained.add if drained else self.drained.discard)(endpoint_id)
-        return True
-
-    def usable(self, now: float) -> tuple[Endpoint, ...]:
-        out = []
-        for e in self.endpoints.values():
-            weight = self.weights.get(e.id, e.weight)
-            if weight > 0 and e.id not in self.drained:
-                out.append(Endpoint(e.id, float(weight)))
-        return tuple(out)
-
-    def on_outcome(self, endpoint_id: str, now: float, **kw: Any) -> bool:
-        return False
-
-    def on_health_check(self, endpoint_id: str, now: float, healthy: bool) -> bool:
-        return False
-
-    def endpoint(self, endpoint_id: str) -> BackendEndpoint | None:
-        return self.endpoints.get(endpoint_id)
-
-    def unavailable_reason(self, now: float) -> str:
-        return "no usable endpoint"
-
-    def describe(self, now: float) -> list[dict[str, object]]:
-        return [{"id": e.id, "state": "draining" if e.id in self.drained else "healthy"}
-                for e in self.endpoints.values()]
-
-    def next_change_at(self, now: float) -> float | None:
-        return None
-
-
-def ensure_overridable(h: Harness, upstream: str) -> None:
-    """Give the upstream a tracker with `set_override` (the real one once steelyard.endpoints has it)."""
-    runtime = h.registry.get(upstream)
-    assert runtime is not None
-    if not hasattr(runtime.tracker, "set_override"):
-        runtime.tracker = StandInTracker(runtime.upstream.endpoints)  # type: ignore[assignment]
-        runtime.refresh()

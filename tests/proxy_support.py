@@ -370,60 +370,6 @@ async def start_backends(*names: str) -> list[Backend]:
     return [await Backend(name).start() for name in names]
 
 
-def install_fallback_tracker() -> None:
-    """Until steelyard.endpoints lands, give UpstreamRuntime a tracker with the documented interface.
-
-    Every endpoint with weight > 0 is usable at its configured weight; no health or ejection logic.
-    """
-    try:
-        import steelyard.endpoints  # noqa: F401
-        return
-    except ImportError:
-        pass
-    import sys
-    import types
-
-    from steelyard.strategies import Endpoint
-
-    class EndpointTracker:
-        def __init__(self, policy: Any, now: float) -> None:
-            self.endpoints: dict[str, BackendEndpoint] = {}
-
-        def set_policy(self, policy: Any, now: float) -> None:
-            pass
-
-        def set_endpoints(self, endpoints: Sequence[BackendEndpoint], now: float) -> None:
-            self.endpoints = {e.id: e for e in endpoints}
-
-        def on_outcome(self, endpoint_id: str, now: float, **kw: Any) -> bool:
-            return False
-
-        def on_health_check(self, endpoint_id: str, now: float, healthy: bool) -> bool:
-            return False
-
-        def usable(self, now: float) -> tuple[Endpoint, ...]:
-            return tuple(Endpoint(e.id, float(e.weight)) for e in self.endpoints.values() if e.weight > 0)
-
-        def endpoint(self, endpoint_id: str) -> BackendEndpoint | None:
-            return self.endpoints.get(endpoint_id)
-
-        def unavailable_reason(self, now: float) -> str:
-            return f"no usable endpoint: {len(self.endpoints)} configured, none with weight"
-
-        def describe(self, now: float) -> list[dict[str, object]]:
-            return []
-
-        def next_change_at(self, now: float) -> float | None:
-            return None
-
-    module = types.ModuleType("steelyard.endpoints")
-    module.EndpointTracker = EndpointTracker  # type: ignore[attr-defined]
-    sys.modules["steelyard.endpoints"] = module
-
-
-install_fallback_tracker()
-
-
 def _serve_proxy(backend_ports: list[int]) -> None:
     """`python proxy_support.py PORT...`: a proxy in its own process (for memory measurements).
 

@@ -1,8 +1,7 @@
 """Runtime overrides through the admin API on the real proxy (127.0.0.1): drain, undrain, weight — at
 once, and kept across a reload unless that reload touches the endpoint.
 
-Uses `steelyard.endpoints.EndpointTracker` when it has `set_override`; until then a small tracker with
-the documented interface stands in (weights as configured, overrides applied in `usable()`).
+Uses the real `steelyard.endpoints.EndpointTracker`.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import aiohttp
 import pytest
 import uvloop
 
-from admin_fake import ensure_overridable
 from proxy_support import Backend, Harness, make_state, start_backends
 from steelyard.admin.runtime_source import RuntimeSource
 from steelyard.admin.server import AdminServer
@@ -53,7 +51,6 @@ async def test_drain_holds_across_an_unrelated_reload_and_resets_when_the_endpoi
     a, b, c = backends = await start_backends("a", "b", "c")
     state = make_state([a, b])
     async with Harness(state) as h:
-        ensure_overridable(h, UP)
         source = RuntimeSource(h.proxy)
         admin = AdminServer(source, "127.0.0.1", 0, tick=3600)
         await admin.start()
@@ -63,13 +60,11 @@ async def test_drain_holds_across_an_unrelated_reload_and_resets_when_the_endpoi
             assert set(await served_by(h, 6)) == {"b"}  # at once: no request reaches a
 
             h.apply(with_endpoints(state, [a.endpoint, b.endpoint, c.endpoint]))  # touches b? no: adds c
-            ensure_overridable(h, UP)
             source.after_apply()
             assert set(await served_by(h, 6)) == {"b", "c"}  # a stays drained
 
             reweighted = dataclasses.replace(a.endpoint, weight=2)
             h.apply(with_endpoints(state, [reweighted, b.endpoint, c.endpoint]))  # touches a
-            ensure_overridable(h, UP)
             source.after_apply()
             assert "a" in await served_by(h, 6)  # the reload reset a's drain
             assert source.overrides == {}
@@ -83,7 +78,6 @@ async def test_weight_override_and_undrain_show_in_the_api_at_once() -> None:
     backends: list[Backend] = await start_backends("a", "b")
     a = backends[0]
     async with Harness(make_state(backends)) as h:
-        ensure_overridable(h, UP)
         source = RuntimeSource(h.proxy)
         admin = AdminServer(source, "127.0.0.1", 0, tick=3600)
         await admin.start()

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from admin_fake import FakeSource, ensure_overridable
+from admin_fake import FakeSource
 from proxy_support import Backend, Harness, make_state, start_backends
 from steelyard.admin.runtime_source import RuntimeSource
 from steelyard.admin.server import AdminServer
@@ -62,7 +62,6 @@ async def dashboard(backends: list[Backend]) -> AsyncIterator[tuple[Any, AdminSe
     from playwright.async_api import async_playwright
 
     async with Harness(make_state(backends, key="default/shop/http")) as h:
-        ensure_overridable(h, "default/shop/http")
         source = RuntimeSource(h.proxy)
         source.record_reload(True, "shop.yaml", "applied: 1 load balancer, 3 endpoints")
         admin = AdminServer(source, "127.0.0.1", 0, tick=0.25)

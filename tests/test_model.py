@@ -24,7 +24,8 @@ def test_durations_round_trip(seconds: float) -> None:
 
 def _policy(spec: dict) -> BalancerPolicy:
     return BalancerPolicy.model_validate(
-        {"apiVersion": "steelyard.dev/v1alpha1", "kind": "BalancerPolicy", "metadata": {"name": "p"}, "spec": spec}
+        {"apiVersion": "steelyard.dev/v1alpha1", "kind": "BalancerPolicy", "metadata": {"name": "p"},
+         "spec": spec}
     )
 
 

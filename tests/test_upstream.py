@@ -8,7 +8,6 @@ from types import MappingProxyType
 
 import pytest
 
-import proxy_support  # noqa: F401  (provides steelyard.endpoints until it lands)
 from steelyard.config.desired import BackendEndpoint, DesiredState, Listener, Route, Upstream
 from steelyard.model import BalancerPolicySpec, Protocol
 from steelyard.proxy.routing import Snapshot, UpstreamRegistry, normalize_host, prefix_matches
