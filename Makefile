@@ -31,3 +31,18 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
+
+# Kubernetes (kubectl's current context): `make install` applies the CRDs; `make deploy` applies deploy/
+# and creates the admin token Secret when missing, `make deploy DIR=folder` a folder from `steelyard init`.
+install:
+	@command -v kubectl >/dev/null || { echo "make install: kubectl is not installed" >&2; exit 1; }
+	@kubectl config current-context >/dev/null 2>&1 || { echo "make install: no cluster configured: kubectl has no current context (see 'kubectl config get-contexts')" >&2; exit 1; }
+	kubectl apply -f deploy/crds/
+
+deploy:
+	@command -v kubectl >/dev/null || { echo "make deploy: kubectl is not installed" >&2; exit 1; }
+	@kubectl config current-context >/dev/null 2>&1 || { echo "make deploy: no cluster configured: kubectl has no current context (see 'kubectl config get-contexts')" >&2; exit 1; }
+	kubectl apply -k $(or $(DIR),deploy)
+	@test -n "$(DIR)" || kubectl -n steelyard-system get secret steelyard-admin >/dev/null 2>&1 || \
+		kubectl -n steelyard-system create secret generic steelyard-admin \
+			--from-literal=token="$$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
