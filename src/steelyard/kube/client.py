@@ -13,13 +13,14 @@ merge patch lightkube uses by default for custom resources.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx2
-from lightkube import AsyncClient, KubeConfig
+from lightkube import AsyncClient, KubeConfig, operators
 from lightkube.core.exceptions import ApiError
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.coordination_v1 import Lease
@@ -32,6 +33,8 @@ from steelyard.model import API_GROUP
 __all__ = ["Gone", "KubeClient", "KubeError", "KubeUnavailable", "ResourceKind"]
 
 ALL_NAMESPACES = "*"
+
+logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per request would drown the log
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +111,11 @@ def _namespace(namespace: str | None) -> str:
     return ALL_NAMESPACES if namespace is None else namespace
 
 
-def _labels(selector: Mapping[str, str] | None) -> dict[str, Any] | None:
-    return dict(selector) if selector else None
+def _labels(selector: Mapping[str, str | None] | None) -> dict[str, Any] | None:
+    """`{key: value}` is key=value; `{key: None}` is "the label exists"."""
+    if not selector:
+        return None
+    return {k: operators.exists() if v is None else v for k, v in selector.items()}
 
 
 class KubeClient:
@@ -144,7 +150,7 @@ class KubeClient:
     # -- reads -----------------------------------------------------------------------------------------
 
     async def list(self, kind: ResourceKind, namespace: str | None,
-                   labels: Mapping[str, str] | None = None) -> tuple[list[dict[str, Any]], str]:
+                   labels: Mapping[str, str | None] | None = None) -> tuple[list[dict[str, Any]], str]:
         """Every object (of `namespace`, or all); with the list's resourceVersion to watch from."""
         try:
             found = self._client.list(_CLASSES[kind.name], namespace=_namespace(namespace),
@@ -155,7 +161,8 @@ class KubeClient:
             raise _error(exc) from exc
 
     async def watch(self, kind: ResourceKind, namespace: str | None, resource_version: str,
-                    labels: Mapping[str, str] | None = None) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+                    labels: Mapping[str, str | None] | None = None,
+                    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """Events after `resource_version` as (ADDED|MODIFIED|DELETED, object). A stream the server ends
         is resumed from the last version seen; errors are raised (`Gone` means relist)."""
         stream = self._client.watch(_CLASSES[kind.name], namespace=_namespace(namespace),

@@ -31,10 +31,10 @@ ObjectKey = tuple[str, str]  # (namespace, name)
 
 class _Client(Protocol):
     async def list(self, kind: Any, namespace: str | None,
-                   labels: Mapping[str, str] | None = None) -> tuple[list[dict[str, Any]], str]: ...
+                   labels: Mapping[str, str | None] | None = None) -> tuple[list[dict[str, Any]], str]: ...
 
     def watch(self, kind: Any, namespace: str | None, resource_version: str,
-              labels: Mapping[str, str] | None = None) -> Any: ...
+              labels: Mapping[str, str | None] | None = None) -> Any: ...
 
 
 class Backoff:
@@ -66,7 +66,7 @@ class Informer:
     """The cache of one kind (in one namespace or all, optionally by labels); `run()` keeps it current."""
 
     def __init__(self, client: _Client, kind: Any, namespace: str | None, *,
-                 labels: Mapping[str, str] | None = None, on_change: Callable[[], None] = lambda: None,
+                 labels: Mapping[str, str | None] | None = None, on_change: Callable[[], None] = lambda: None,
                  backoff: Backoff | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  idle_timeout: float = 300.0) -> None:
