@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from steelyard.admin.wiring import add_arguments as admin_arguments
 from steelyard.admin.wiring import check_options as check_admin_options
@@ -46,6 +47,7 @@ class RunOptions:
     access_log: float = 0.0  # fraction of requests logged
     worker_id: int | None = None  # set in a worker process started by the supervisor
     ready_fd: int | None = None  # the worker writes one byte here once it serves
+    kubernetes: Any = None  # steelyard.kube.provider.KubeOptions with --kubernetes: the cluster, not files
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +66,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=("debug", "info", "warning", "error"), type=str.lower)
     parser.add_argument("--poll-interval", default="1s", metavar="DURATION",
                         help="how often the configuration files are checked for changes (default 1s)")
+    kube = parser.add_argument_group("Kubernetes (--kubernetes: LoadBalancer/BalancerPolicy resources)")
+    kube.add_argument("--kubernetes", action="store_true",
+                      help="take the configuration from the Kubernetes API instead of -c files")
+    kube.add_argument("--server", metavar="URL", default=None,
+                      help="API server URL (default: in-cluster service account, else --kubeconfig)")
+    kube.add_argument("--kubeconfig", metavar="FILE", default=None,
+                      help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
+    kube.add_argument("--namespace", metavar="NS", default=None,
+                      help="watch only this namespace (default: every namespace)")
+    kube.add_argument("--lease-name", default="steelyard", metavar="NAME",
+                      help="the coordination.k8s.io Lease for leader election (default steelyard)")
+    kube.add_argument("--lease-duration", default="15s", metavar="DURATION", help=argparse.SUPPRESS)
     parser.add_argument("--worker-id", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
 
@@ -87,12 +101,34 @@ def options_from(args: argparse.Namespace) -> RunOptions:
     poll = parse_duration(args.poll_interval)
     if poll <= 0:
         raise ValueError("--poll-interval must be more than 0")
-    configs = tuple(os.path.abspath(p) for p in args.config) if args.config else default_configs()
+    kubernetes = _kube_options(args) if getattr(args, "kubernetes", False) else None
+    if kubernetes is not None and args.config:
+        raise ValueError("--kubernetes takes the configuration from the cluster: give no -c FILE")
+    if kubernetes is not None and args.workers > 1:
+        raise ValueError("--kubernetes runs one process per pod (scale with replicas, not --workers)")
+    configs = () if kubernetes is not None else \
+        tuple(os.path.abspath(p) for p in args.config) if args.config else default_configs()
     admin_token = check_admin_options(args.admin, args.admin_token)
     return RunOptions(configs=configs, workers=args.workers, admin=args.admin, admin_token=admin_token,
+                      kubernetes=kubernetes,
                       access_log=args.access_log, drain_timeout=drain,
                       log_format=args.log_format, log_level=args.log_level.upper(), poll_interval=poll,
                       worker_id=args.worker_id, ready_fd=args.ready_fd)
+
+
+def _kube_options(args: argparse.Namespace) -> Any:
+    """Identity from POD_NAME (the Deployment sets it from the downward API), else host name and pid."""
+    import socket
+
+    from steelyard.kube.provider import KubeOptions
+    from steelyard.model.durations import parse_duration
+
+    identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+    lease_namespace = os.environ.get("POD_NAMESPACE") or args.namespace or "default"
+    return KubeOptions(server=args.server, kubeconfig=args.kubeconfig, namespace=args.namespace,
+                       token=os.environ.get("STEELYARD_KUBE_TOKEN"), lease_name=args.lease_name,
+                       lease_namespace=lease_namespace, identity=identity,
+                       lease_duration=parse_duration(args.lease_duration))
 
 
 def _setup_logging(options: RunOptions) -> None:
@@ -159,8 +195,15 @@ async def serve(options: RunOptions) -> int:
         from steelyard.runtime.workers import die_with_parent
 
         die_with_parent()
-    provider = FileProvider(options.configs, poll_interval=options.poll_interval)
-    loaded = provider.load()
+    provider: Any
+    if options.kubernetes is not None:
+        from steelyard.kube.provider import start_provider
+
+        provider = await start_provider(options.kubernetes)  # waits for the first full list
+        loaded = Loaded(provider.current, ())
+    else:
+        provider = FileProvider(options.configs, poll_interval=options.poll_interval)
+        loaded = provider.load()
     if loaded.state is None:
         print_errors(provider.source, loaded)
         return 1
@@ -219,7 +262,7 @@ async def serve(options: RunOptions) -> int:
         log.log(level, "configuration reloaded from %s: %s", provider.source, result.summary())
         return result
 
-    tasks.spawn(provider.watch(apply_change), "file-provider")
+    tasks.spawn(provider.watch(apply_change), f"{provider.source if options.kubernetes else 'file'}-provider")
     tasks.spawn(runtime.refresh_forever(REFRESH_INTERVAL), "refresh-upstreams")
     listening = ", ".join(f"{x.protocol.value.lower()}://{x.address}:{x.port}" for x in report.bound)
     log.info("%s ready: pid %d; listening on %s; %s; source %s%s", _who(options), os.getpid(),
@@ -236,6 +279,8 @@ async def serve(options: RunOptions) -> int:
     in_flight = proxy.in_flight()
     log.info("draining: %d in-flight request(s)/tunnel(s), up to %.1fs", in_flight, options.drain_timeout)
     await tasks.cancel_all()
+    if hasattr(provider, "close"):
+        await provider.close()  # Kubernetes: hand the Lease over at once
     await proxy.shutdown(options.drain_timeout)
     await runtime.close_health()
     if admin is not None:
