@@ -1,0 +1,263 @@
+"""The informer and the provider in process, against the test API server over real HTTP: list then watch,
+resume after a dropped stream, relist on 410, back off and keep the cache while the API is away,
+debounce a burst into one apply, and the leader's status writes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from kube_support import (
+    KubeApi,
+    balancer_policy,
+    endpoint_slice,
+    kube_api,
+    load_balancer,
+    pod,
+    pod_ready_status,
+    slice_endpoint,
+)
+from steelyard.config.desired import DesiredState
+from steelyard.kube.client import BALANCER_POLICIES, PODS, KubeClient
+from steelyard.kube.informer import Backoff, Informer
+from steelyard.kube.provider import KubeOptions, KubeProvider
+
+LB_API = "steelyard.dev/v1alpha1"
+
+
+@pytest.fixture
+def api() -> Iterator[KubeApi]:
+    with kube_api() as server:
+        yield server
+
+
+@pytest.fixture
+async def client(api: KubeApi) -> AsyncIterator[KubeClient]:
+    made = KubeClient.from_server(api.url)
+    yield made
+    await made.close()
+
+
+async def eventually(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def call(fn: Callable[..., Any], *args: Any) -> Any:
+    """A blocking test-API call off the test's loop."""
+    return await asyncio.to_thread(fn, *args)
+
+
+def names(informer: Informer) -> set[str]:
+    return {name for _, name in informer.objects}
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[Callable[[Informer], None]]:
+    tasks: list[asyncio.Task[None]] = []
+
+    def start(informer: Informer) -> None:
+        tasks.append(asyncio.create_task(informer.run(), name=f"test-informer-{informer.kind}"))
+
+    yield start
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_backoff_is_capped_exponential_with_jitter() -> None:
+    low = Backoff(base=0.2, cap=5.0, rand=lambda: 0.0)
+    assert [low.next_delay() for _ in range(8)] == [0.1, 0.2, 0.4, 0.8, 1.6, 2.5, 2.5, 2.5]
+    high = Backoff(base=0.2, cap=5.0, rand=lambda: 1.0)
+    assert [high.next_delay() for _ in range(7)][-2:] == [5.0, 5.0]
+    high.reset()
+    assert high.next_delay() == 0.2
+
+
+async def test_lists_then_watches_from_the_lists_version(api: KubeApi, client: KubeClient,
+                                                         running: Callable[[Informer], None]) -> None:
+    await call(api.create, balancer_policy("a"))
+    changes: list[int] = []
+    informer = Informer(client, BALANCER_POLICIES, "default", on_change=lambda: changes.append(1))
+    running(informer)
+    await asyncio.wait_for(informer.synced.wait(), 5)
+    assert names(informer) == {"a"} and informer.lists == 1
+    await call(api.create, balancer_policy("b"))
+    await call(api.patch, LB_API, "BalancerPolicy", "a", {"spec": {"strategy": {"type": "Random"}}})
+    await eventually(lambda: informer.objects.get(("default", "a"), {}).get("spec", {}).get("strategy")
+                     == {"type": "Random"} and names(informer) == {"a", "b"})
+    await call(api.delete, LB_API, "BalancerPolicy", "b")
+    await eventually(lambda: names(informer) == {"a"})
+    assert informer.lists == 1  # no relist: one list, then the watch
+
+
+async def test_resumes_after_a_dropped_stream_without_relisting(api: KubeApi, client: KubeClient,
+                                                               running: Callable[[Informer], None]) -> None:
+    informer = Informer(client, BALANCER_POLICIES, "default")
+    running(informer)
+    await asyncio.wait_for(informer.synced.wait(), 5)
+    await eventually(lambda: api.watch_count() == 1, what="a watch")
+    await call(api.drop_watches)
+    await call(api.create, balancer_policy("later"))
+    await eventually(lambda: names(informer) == {"later"}, what="the event after the drop")
+    assert informer.lists == 1
+
+
+async def test_410_gone_forces_a_relist_that_catches_up(api: KubeApi, client: KubeClient,
+                                                        running: Callable[[Informer], None]) -> None:
+    await call(api.create, balancer_policy("a"))
+    informer = Informer(client, BALANCER_POLICIES, "default")
+    running(informer)
+    await asyncio.wait_for(informer.synced.wait(), 5)
+    await eventually(lambda: api.watch_count() == 1, what="a watch")
+    await call(api.go_away)  # meanwhile: a deleted, b created, history compacted
+    await call(api.come_back)
+    # The informer may be backing off; change the world under it and compact the history.
+    await call(api.delete, LB_API, "BalancerPolicy", "a")
+    await call(api.create, balancer_policy("b"))
+    await call(api.expire_history)
+    await eventually(lambda: names(informer) == {"b"}, timeout=10, what="the relist")
+    assert informer.lists >= 2
+
+
+async def test_keeps_the_cache_while_the_api_is_away_and_catches_up(
+        api: KubeApi, client: KubeClient, running: Callable[[Informer], None]) -> None:
+    await call(api.create, pod("a", labels={"app": "web"}))
+    sleeps: list[float] = []
+
+    async def short_sleep(delay: float) -> None:
+        sleeps.append(delay)
+        await asyncio.sleep(0.05)
+
+    informer = Informer(client, PODS, "default", sleep=short_sleep)
+    running(informer)
+    await asyncio.wait_for(informer.synced.wait(), 5)
+    await call(api.go_away)
+    await eventually(lambda: len(sleeps) >= 3, what="backing off")
+    assert names(informer) == {"a"} and not informer.connected
+    assert sleeps[1] > sleeps[0] or sleeps[1] >= 0.1  # growing
+    await call(api.come_back)
+    await call(api.create, pod("b", labels={"app": "web"}))
+    await eventually(lambda: names(informer) == {"a", "b"} and informer.connected, timeout=10)
+
+
+class Applied:
+    def __init__(self) -> None:
+        self.states: list[DesiredState] = []
+
+    async def __call__(self, state: DesiredState) -> None:
+        self.states.append(state)
+
+
+def endpoints(state: DesiredState) -> list[str]:
+    return sorted(e.id + ("~" if e.terminating else "")
+                  for u in state.upstreams.values() for e in u.endpoints)
+
+
+async def test_a_burst_of_events_is_one_apply_and_duplicates_are_dropped(api: KubeApi,
+                                                                         client: KubeClient) -> None:
+    await call(api.create, load_balancer("web", port=18080, service="web"))
+    provider = KubeProvider(client, KubeOptions(debounce=0.2), start_leader=False)
+    provider.start()
+    applied = Applied()
+    watcher = asyncio.create_task(provider.watch(applied))
+    try:
+        await asyncio.wait_for(provider.wait_synced(), 5)
+        provider.current = provider.build()
+
+        def burst() -> None:
+            for i in range(5):
+                api.create(endpoint_slice("web", [slice_endpoint(pod=f"p{i}")], port=9000 + i,
+                                          name=f"web-{i}"))
+
+        await call(burst)
+        await eventually(lambda: applied.states, what="an apply")
+        await asyncio.sleep(0.4)  # the debounce window has passed: nothing else may come
+        assert len(applied.states) == 1
+        assert endpoints(applied.states[0]) == [f"127.0.0.1:{9000 + i}" for i in range(5)]
+        await call(api.patch, LB_API, "LoadBalancer", "web", {"metadata": {"labels": {"x": "y"}}})
+        await asyncio.sleep(0.4)
+        assert len(applied.states) == 1  # same state: dropped
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        await provider.close()
+
+
+async def test_the_leader_writes_status_and_events_and_followers_do_not(api: KubeApi) -> None:
+    await call(api.create, balancer_policy("p", "LeastConnections"))
+    await call(api.create, load_balancer("web", port=18081, selector={"app": "web"}, policy="p",
+                                         target_port="http"))
+    await call(api.create, load_balancer("orphan", port=18082, selector={"app": "x"}, policy="missing"))
+    await call(api.create, pod("a", labels={"app": "web"}, port=9001))
+    await call(api.patch, "v1", "Pod", "a", pod_ready_status(), "default", "status")
+    providers = []
+    watchers = []
+    for identity in ("one", "two"):
+        client = KubeClient.from_server(api.url)
+        provider = KubeProvider(client, KubeOptions(identity=identity, lease_duration=3))
+        provider.start()
+        providers.append(provider)
+    try:
+        for provider in providers:
+            await asyncio.wait_for(provider.wait_synced(), 5)
+            provider.build()
+            watchers.append(asyncio.create_task(provider.watch(Applied())))
+
+        def status(name: str) -> dict[str, Any]:
+            obj = api.get(LB_API, "LoadBalancer", name) or {}
+            return dict(obj.get("status") or {})
+
+        web = await eventually(lambda: status("web").get("strategy") and status("web"), what="web's status")
+        assert web["strategy"] == "LeastConnections" and web["endpoints"] == {"ready": 1, "terminating": 0,
+                                                                             "ejected": 0}
+        assert web["observedGeneration"] == 1
+        ready = {c["type"]: c for c in web["conditions"]}
+        assert ready["Ready"]["status"] == "True" and ready["Degraded"]["status"] == "False"
+        orphan = await eventually(lambda: status("orphan").get("conditions") and status("orphan"))
+        orphan_ready = next(c for c in orphan["conditions"] if c["type"] == "Ready")
+        assert (orphan_ready["status"], orphan_ready["reason"]) == ("False", "PolicyNotFound")
+        assert "missing" in orphan_ready["message"]
+        policy = (api.get(LB_API, "BalancerPolicy", "p") or {}).get("status") or {}
+        assert policy.get("loadBalancers") == ["default/web"]
+        events = await eventually(lambda: api.list("v1", "Event"), what="an Event")
+        assert any(e["reason"] == "PolicyNotFound" and e["involvedObject"]["name"] == "orphan"
+                   for e in events)
+        writers = {agent for method, path, agent in api.writes() if path.endswith("/status")}
+        leaders = [p for p in providers if p.leader is not None and p.leader.is_leader]
+        assert len(leaders) == 1 and leaders[0].status.writes >= 2
+        follower = next(p for p in providers if p is not leaders[0])
+        assert follower.status.writes == 0 and writers
+        # Fixing the reference: the next reason; a ready pod: Ready turns True and a recovery is recorded.
+        await call(api.create, balancer_policy("missing"))
+
+        def orphan_ready() -> tuple[str, str]:
+            cond = next((c for c in status("orphan").get("conditions") or () if c["type"] == "Ready"), {})
+            return cond.get("status", ""), cond.get("reason", "")
+
+        await eventually(lambda: orphan_ready() == ("False", "NoEndpoints"), what="NoEndpoints")
+        await call(api.create, pod("x", labels={"app": "x"}))
+        await call(api.patch, "v1", "Pod", "x", pod_ready_status(), "default", "status")
+        await eventually(lambda: orphan_ready() == ("True", "Serving"), what="Ready again")
+        events = await eventually(lambda: [e["reason"] for e in api.list("v1", "Event")
+                                           if e["involvedObject"]["name"] == "orphan"
+                                           and e["reason"] == "Recovered"] and api.list("v1", "Event"))
+        events.sort(key=lambda e: int(e["metadata"]["resourceVersion"]))  # in the order they were made
+        orphan_events = [e["reason"] for e in events if e["involvedObject"]["name"] == "orphan"]
+        assert orphan_events == ["PolicyNotFound", "NoEndpoints", "Recovered"]
+        assert {e["type"] for e in events if e["reason"] == "Recovered"} == {"Normal"}
+    finally:
+        for watcher in watchers:
+            watcher.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+        for provider in providers:
+            await provider.close()
