@@ -123,7 +123,11 @@ def _selector(values: list[str]) -> dict[str, str]:
 def _target_port(text: str | None) -> int | str | None:
     if text is None:
         return None
-    return int(text) if text.strip().isdigit() else text
+    if not text.strip().isdigit():
+        return text  # a container port name; the model checks the rest
+    if not 1 <= int(text) <= 65535:
+        raise InputError(f"--target-port {text} is not a port number from 1 to 65535")
+    return int(text)
 
 
 def service_resource(args: argparse.Namespace) -> dict[str, Any]:

@@ -129,7 +129,7 @@ def _policy_name(error: ConfigError) -> str:
 
 def _shown(error: ConfigError, flags: dict[str, str]) -> str:
     for field, flag in flags.items():
-        if error.field and (error.field == field or error.field.startswith(field + ".")):
+        if error.field and (error.field == field or error.field.startswith((field + ".", field + "["))):
             return f"{flag}: {error.message}"
     return f"{error.field}: {error.message}" if error.field else error.message
 
