@@ -122,10 +122,7 @@ def kubectl_load_all(text: str) -> list[Any]:
 
 
 # Documents that Steelyard's loader reads as meant but kubectl does not (not ours to edit here).
-KUBECTL_READS_DIFFERENTLY = {
-    "resilient.yaml#0": "examples/resilient.yaml writes the key `on:` unquoted; kubectl (YAML 1.1) reads it "
-                        "as the key 'true', which the CRD prunes or refuses; it should be quoted: 'on':",
-}
+KUBECTL_READS_DIFFERENTLY: dict[str, str] = {}  # example -> why kubectl would read it otherwise
 
 
 def _documents() -> list[Any]:
