@@ -3,7 +3,18 @@
 Importing this package imports every strategy module, which registers it.
 """
 
-from steelyard.strategies import round_robin  # noqa: F401
+from steelyard.strategies import (  # noqa: F401
+    least_connections,
+    maglev,
+    peak_ewma,
+    power_of_two_choices,
+    ring_hash,
+    round_robin,
+    source_ip_hash,
+    time_sliced_round_robin,
+    weighted_random,
+    weighted_round_robin,
+)
 from steelyard.strategies.base import (
     NO_CONTEXT,
     BalancingStrategy,

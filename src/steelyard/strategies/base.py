@@ -12,8 +12,10 @@ Clock and randomness are injected so tests script them instead of sleeping.
 
 from __future__ import annotations
 
+import copy
 import random
 import time
+import types
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,6 +49,9 @@ class BalancingStrategy(ABC):
     """Base class of all strategies. Subclasses set `name` to their `strategy.type` value."""
 
     name: ClassVar[str]
+    # Attributes holding immutable lookup tables (rings, Maglev tables): `explain` picks on a deep copy,
+    # which shares these instead of copying a million entries.
+    shared_on_copy: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, spec: StrategySpec, clock: Clock = time.monotonic, rng: random.Random | None = None):
         self.spec = spec
@@ -67,6 +72,22 @@ class BalancingStrategy(ABC):
     def describe(self) -> dict[str, object]:
         """Strategy state for `explain` and the admin API; override to show more."""
         return {"strategy": self.name}
+
+    def __deepcopy__(self, memo: dict[int, object]) -> BalancingStrategy:
+        cls = type(self)
+        clone = cls.__new__(cls)
+        memo[id(self)] = clone
+        shared = cls.shared_on_copy
+        bound = {}
+        for key, value in self.__dict__.items():
+            owner = getattr(value, "__self__", None)
+            if isinstance(value, types.BuiltinMethodType) and not isinstance(owner, types.ModuleType):
+                bound[key] = value  # a cached `rng.random`, say: rebind it to the copied rng below
+            else:
+                clone.__dict__[key] = value if key in shared else copy.deepcopy(value, memo)
+        for key, method in bound.items():
+            clone.__dict__[key] = getattr(copy.deepcopy(method.__self__, memo), method.__name__)
+        return clone
 
 
 _REGISTRY: dict[str, type[BalancingStrategy]] = {}

@@ -1,6 +1,7 @@
 """RoundRobin: each usable endpoint in turn, ignoring weights.
 
-Pick: O(1). Source: the classic; HAProxy `balance roundrobin` without weights.
+Pick: O(1). Source: the classic; HAProxy `balance roundrobin` without weights. Weight 0 (drain) is
+never picked; other weights are ignored.
 The cursor survives endpoint changes, so a reload does not send the next request back to the first one.
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from steelyard.strategies._common import usable
 from steelyard.strategies.base import NO_CONTEXT, BalancingStrategy, Endpoint, PickContext, register
 
 
@@ -19,7 +21,7 @@ class RoundRobin(BalancingStrategy):
     _next = 0
 
     def set_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
-        self._endpoints = tuple(endpoints)
+        self._endpoints = tuple(usable(endpoints))
 
     def pick(self, context: PickContext = NO_CONTEXT) -> Endpoint | None:
         endpoints = self._endpoints

@@ -1,0 +1,106 @@
+"""PowerOfTwoChoices: draw `spec.choices` endpoints at random, send to the one with the fewest in flight.
+
+Algorithm: Mitzenmacher, "The Power of Two Choices in Randomized Load Balancing" (2001): two random
+candidates and the less loaded one cut the maximum load from log n / log log n to log log n. Draws are
+weighted by endpoint weight and without replacement (the second draw is among the n - 1 others, stepping
+over the first's share of the wheel, so there is no retry loop). Fewest picks in flight wins, counted
+per unit of weight as (in flight + 1) / weight, the raw count when weights are equal (otherwise, under
+load, equalising raw counts would erase the weights); a tie goes to the heavier endpoint, then to the
+earlier draw. Envoy's least request (choice_count) and HAProxy's `balance random(2)` work this way.
+
+Cost: `choices` draws, each a bisect over running weight sums: O(choices x log n); no allocation for the
+default two choices. set_endpoints O(n).
+
+State that survives `set_endpoints`: in-flight counts by endpoint id (also for endpoints that left while
+picks were in flight).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from bisect import bisect_right
+from collections.abc import Sequence
+
+from steelyard.model import Strategy as StrategySpec
+from steelyard.strategies._common import Cells, cumulative, draw, draw_other, usable
+from steelyard.strategies.base import NO_CONTEXT, BalancingStrategy, Clock, Endpoint, PickContext, register
+
+
+def draw_excluding(cum: list[float], weights: list[float], total: float, taken: list[int], u: float) -> int:
+    """A weighted draw among indices not in `taken` (sorted ascending): O(len(taken) + log n)."""
+    r = u * (total - sum(weights[i] for i in taken))
+    for i in taken:  # ascending: stepping over one interval can only move r past later ones
+        if r >= cum[i] - weights[i]:
+            r += weights[i]
+    last = len(cum) - 1
+    i = min(bisect_right(cum, r), last)
+    while i in taken:  # float rounding at an edge: take the nearest free index
+        i = i + 1 if i < last else 0
+    return i
+
+
+@register
+class PowerOfTwoChoices(BalancingStrategy):
+    name = "PowerOfTwoChoices"
+
+    def __init__(self, spec: StrategySpec, clock: Clock = time.monotonic, rng: random.Random | None = None):
+        super().__init__(spec, clock, rng)
+        self._choices = max(2, spec.choices)
+        self._endpoints: list[Endpoint] = []
+        self._weights: list[float] = []
+        self._inverse: list[float] = []
+        self._cum: list[float] = []
+        self._total = 0.0
+        self._cells = Cells(lambda: [0])
+        self._in_flight: list[list[float]] = []
+        self._random = self.rng.random
+
+    def set_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
+        self._endpoints = usable(endpoints)
+        self._weights = [e.weight for e in self._endpoints]
+        self._inverse = [1.0 / w for w in self._weights]
+        self._cum = cumulative(self._weights)
+        self._total = self._cum[-1] if self._cum else 0.0
+        self._in_flight = self._cells.align(self._endpoints)
+
+    def pick(self, context: PickContext = NO_CONTEXT) -> Endpoint | None:
+        endpoints = self._endpoints
+        n = len(endpoints)
+        if n <= 1:
+            if not n:
+                return None
+            best = 0
+        elif self._choices == 2 or n == 2:
+            rand = self._random
+            first = draw(self._cum, self._total, rand())
+            second = draw_other(self._cum, self._weights, self._total, first, rand())
+            inverse = self._inverse
+            a = (self._in_flight[first][0] + 1) * inverse[first]
+            b = (self._in_flight[second][0] + 1) * inverse[second]
+            best = second if b < a or (b == a and inverse[second] < inverse[first]) else first
+        else:
+            best = self._pick_many(n)
+        self._in_flight[best][0] += 1
+        return endpoints[best]
+
+    def _pick_many(self, n: int) -> int:
+        cum, weights, total, rand = self._cum, self._weights, self._total, self._random
+        taken = [draw(cum, total, rand())]
+        for _ in range(min(self._choices, n) - 1):
+            taken.append(draw_excluding(cum, weights, total, sorted(taken), rand()))
+        in_flight, inverse = self._in_flight, self._inverse
+        return min(taken, key=lambda i: ((in_flight[i][0] + 1) * inverse[i], inverse[i]))  # earliest on a tie
+
+    def on_done(self, endpoint: Endpoint, latency: float, ok: bool) -> None:
+        cell = self._cells.by_id.get(endpoint.id)
+        if cell is not None and cell[0] > 0:
+            cell[0] -= 1
+
+    def describe(self) -> dict[str, object]:
+        state: dict[str, object] = {"strategy": self.name, "choices": self._choices}
+        if len(self._endpoints) <= 100:
+            state["in_flight"] = {e.id: int(self._in_flight[i][0]) for i, e in enumerate(self._endpoints)}
+        else:
+            state["in_flight_total"] = int(sum(c[0] for c in self._in_flight))
+        return state
