@@ -149,12 +149,18 @@ def test_shares_follow_weights_within_one_percent(kind: str) -> None:
         assert abs(counts[name] / n - w / total) < 0.01, (name, counts)
 
 
-@pytest.mark.parametrize("kind", ["LeastConnections", "PowerOfTwoChoices"])
-def test_in_flight_strategies_under_load_share_by_weight(kind: str) -> None:
+@pytest.mark.parametrize(("kind", "many_weights"), [
+    ("LeastConnections", False), ("LeastConnections", True), ("PowerOfTwoChoices", False)])
+def test_in_flight_strategies_under_load_share_by_weight(kind: str, many_weights: bool) -> None:
     """Equal service times, 64 requests always in flight, oldest finishes first: in-flight counts follow
-    weights, so the shares do (P2C only roughly: it compares two random candidates)."""
+    weights, so the shares do (P2C only roughly: it compares two random candidates). Twelve distinct
+    weights put LeastConnections in its heap mode."""
     weights = {"a": 4.0, "b": 2.0, "c": 1.0, "d": 1.0}
+    if many_weights:
+        weights = {f"e{i}": 1.0 + i / 4 for i in range(12)}
     s = make(kind, seed=3)
+    s.set_endpoints(endpoints(**weights))
+    assert not many_weights or s.describe()["mode"] == "heap"
     s.set_endpoints(endpoints(**weights))
     window: list[Endpoint] = []
     counts: Counter[str] = Counter()
@@ -176,6 +182,9 @@ def test_least_connections_breaks_ties_in_turn() -> None:
     s = make("LeastConnections")
     s.set_endpoints(endpoints(a=1, b=1, c=1))
     assert picks(s, 9) == list("abc" * 3)  # each done leaves all tied; the longest untouched wins
+    s.set_endpoints([Endpoint(f"e{i}", 1.0 + i / 100) for i in range(12)])  # heap mode: the same rule
+    held = [s.pick() for _ in range(24)]
+    assert Counter(e.id for e in held if e) == {f"e{i}": 2 for i in range(12)}
 
 
 def test_least_connections_weighted_score() -> None:

@@ -115,3 +115,36 @@ def id_hashes(endpoint_id: str, count: int, person: bytes) -> list[int]:
         block += 1
     del out[count:]
     return out
+
+
+class AliasTable:
+    """Walker's alias method (Vose's construction): a weighted draw in O(1) with one random number.
+
+    Slot i of n keeps endpoint i with probability `keep[i]` and otherwise gives `alias[i]`; a draw picks
+    a slot uniformly and then one of the two. Build O(n). (Walker 1977; Vose, IEEE TSE 1991.)
+    """
+
+    __slots__ = ("keep", "alias", "n")
+
+    def __init__(self, weights: Sequence[float]):
+        n = len(weights)
+        self.n = n
+        total = sum(weights)
+        scaled = [w * n / total for w in weights] if n else []
+        self.keep = [1.0] * n
+        self.alias = list(range(n))
+        small = [i for i, p in enumerate(scaled) if p < 1.0]
+        large = [i for i, p in enumerate(scaled) if p >= 1.0]
+        while small and large:
+            s, g = small.pop(), large.pop()
+            self.keep[s] = scaled[s]
+            self.alias[s] = g
+            scaled[g] -= 1.0 - scaled[s]
+            (small if scaled[g] < 1.0 else large).append(g)
+        # What is left has probability 1 up to rounding: keep[i] stays 1.0.
+
+    def draw(self, u: float) -> int:
+        """Index for u uniform in [0, 1) (callers on the hot path inline this)."""
+        x = u * self.n
+        i = int(x)
+        return i if x - i < self.keep[i] else self.alias[i]

@@ -13,7 +13,8 @@ Errors: a failed pick counts as a sample of max(its latency, 1 s, 4 x the endpoi
 backend that fails fast does not look fast. A pick released unused (`Attempt.cancel`: ok with latency 0)
 only lowers the in-flight count; it is not a latency sample.
 
-Cost: two draws (bisects, O(log n)), one clock read and two exp() per pick; `on_done` O(1).
+Cost: two draws from an alias table (O(1), as PowerOfTwoChoices), one clock read and two exp() per pick;
+`on_done` O(1).
 State that survives `set_endpoints`: estimate, its timestamp and in-flight count per endpoint id.
 """
 
@@ -23,9 +24,10 @@ import math
 import random
 import time
 from collections.abc import Sequence
+from math import exp
 
 from steelyard.model import Strategy as StrategySpec
-from steelyard.strategies._common import Cells, cumulative, draw, draw_other, usable
+from steelyard.strategies._common import AliasTable, Cells, cumulative, draw_other, usable
 from steelyard.strategies.base import NO_CONTEXT, BalancingStrategy, Clock, Endpoint, PickContext, register
 
 DECAY_SECONDS = 10.0  # tau, Finagle's default decay time
@@ -47,6 +49,8 @@ class PeakEWMA(BalancingStrategy):
         self._weights: list[float] = []
         self._cum: list[float] = []
         self._total = 0.0
+        self._keep: list[float] = []
+        self._alias: list[int] = []
         self._cells = Cells(lambda: [0, 0.0, self.clock()])
         self._state: list[list[float]] = []
         self._random = self.rng.random
@@ -56,17 +60,9 @@ class PeakEWMA(BalancingStrategy):
         self._weights = [e.weight for e in self._endpoints]
         self._cum = cumulative(self._weights)
         self._total = self._cum[-1] if self._cum else 0.0
+        table = AliasTable(self._weights)
+        self._keep, self._alias = table.keep, table.alias
         self._state = self._cells.align(self._endpoints)
-
-    @staticmethod
-    def _load(cell: list[float], now: float) -> float:
-        cost = cell[COST]
-        if cost > 0.0:
-            dt = now - cell[STAMP]
-            if dt > 0.0:
-                cost *= math.exp(-dt / DECAY_SECONDS)
-            return cost * (cell[PENDING] + 1)
-        return PENDING_PENALTY + cell[PENDING] if cell[PENDING] else 0.0
 
     @staticmethod
     def _estimate(cell: list[float], now: float) -> float:
@@ -81,14 +77,41 @@ class PeakEWMA(BalancingStrategy):
                 return None
             best = 0
         else:
-            rand = self._random
-            first = draw(self._cum, self._total, rand())
-            second = draw_other(self._cum, self._weights, self._total, first, rand())
+            rand, keep, alias = self._random, self._keep, self._alias
+            x = rand() * n
+            first = int(x)
+            if x - first >= keep[first]:
+                first = alias[first]
+            x = rand() * n
+            second = int(x)
+            if x - second >= keep[second]:
+                second = alias[second]
+            if second == first:
+                second = self._redraw(first)
             now = self.clock()
-            state = self._state
-            best = second if self._load(state[second], now) < self._load(state[first], now) else first
+            a, b = self._state[first], self._state[second]
+            # load = estimate decayed to now x (in flight + 1), or a penalty while in flight unmeasured
+            cost = a[COST]
+            load_a = (cost * exp((a[STAMP] - now) / DECAY_SECONDS) * (a[PENDING] + 1) if cost > 0.0
+                      else PENDING_PENALTY + a[PENDING] if a[PENDING] else 0.0)
+            cost = b[COST]
+            load_b = (cost * exp((b[STAMP] - now) / DECAY_SECONDS) * (b[PENDING] + 1) if cost > 0.0
+                      else PENDING_PENALTY + b[PENDING] if b[PENDING] else 0.0)
+            best = second if load_b < load_a else first
         self._state[best][PENDING] += 1
         return endpoints[best]
+
+    def _redraw(self, first: int) -> int:
+        """The second draw hit the first: draw again, up to 8 times, then step over the first's share."""
+        rand, keep, alias, n = self._random, self._keep, self._alias, len(self._endpoints)
+        for _ in range(8):
+            x = rand() * n
+            second = int(x)
+            if x - second >= keep[second]:
+                second = alias[second]
+            if second != first:
+                return second
+        return draw_other(self._cum, self._weights, self._total, first, rand())
 
     def on_done(self, endpoint: Endpoint, latency: float, ok: bool) -> None:
         cell = self._cells.by_id.get(endpoint.id)

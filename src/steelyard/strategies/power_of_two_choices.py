@@ -2,14 +2,17 @@
 
 Algorithm: Mitzenmacher, "The Power of Two Choices in Randomized Load Balancing" (2001): two random
 candidates and the less loaded one cut the maximum load from log n / log log n to log log n. Draws are
-weighted by endpoint weight and without replacement (the second draw is among the n - 1 others, stepping
-over the first's share of the wheel, so there is no retry loop). Fewest picks in flight wins, counted
-per unit of weight as (in flight + 1) / weight, the raw count when weights are equal (otherwise, under
-load, equalising raw counts would erase the weights); a tie goes to the heavier endpoint, then to the
-earlier draw. Envoy's least request (choice_count) and HAProxy's `balance random(2)` work this way.
+weighted by endpoint weight and without replacement (the second draw is among the n - 1 others: a
+weighted redraw while it hits the first, which is exactly the weighted draw among the others). Fewest
+picks in flight wins, counted per unit of weight as (in flight + 1) / weight, the raw count when
+weights are equal (otherwise, under load, equalising raw counts would erase the weights); a tie goes
+to the heavier endpoint, then to the earlier draw. Envoy's least request (choice_count) and HAProxy's
+`balance random(2)` work this way.
 
-Cost: `choices` draws, each a bisect over running weight sums: O(choices x log n); no allocation for the
-default two choices. set_endpoints O(n).
+Cost: draws from an alias table (`_common.AliasTable`), O(1) each; the second draw redraws while it hits
+the first (rarely more than once; after 8 tries it steps over the first's share of the running weight
+sums, a bisect); with more than 2 choices, draws without replacement by bisect, O(choices x log n).
+No allocation for the default two choices. set_endpoints O(n).
 
 State that survives `set_endpoints`: in-flight counts by endpoint id (also for endpoints that left while
 picks were in flight).
@@ -23,7 +26,7 @@ from bisect import bisect_right
 from collections.abc import Sequence
 
 from steelyard.model import Strategy as StrategySpec
-from steelyard.strategies._common import Cells, cumulative, draw, draw_other, usable
+from steelyard.strategies._common import AliasTable, Cells, cumulative, draw, draw_other, usable
 from steelyard.strategies.base import NO_CONTEXT, BalancingStrategy, Clock, Endpoint, PickContext, register
 
 
@@ -52,6 +55,8 @@ class PowerOfTwoChoices(BalancingStrategy):
         self._inverse: list[float] = []
         self._cum: list[float] = []
         self._total = 0.0
+        self._keep: list[float] = []
+        self._alias: list[int] = []
         self._cells = Cells(lambda: [0])
         self._in_flight: list[list[float]] = []
         self._random = self.rng.random
@@ -62,6 +67,8 @@ class PowerOfTwoChoices(BalancingStrategy):
         self._inverse = [1.0 / w for w in self._weights]
         self._cum = cumulative(self._weights)
         self._total = self._cum[-1] if self._cum else 0.0
+        table = AliasTable(self._weights)
+        self._keep, self._alias = table.keep, table.alias
         self._in_flight = self._cells.align(self._endpoints)
 
     def pick(self, context: PickContext = NO_CONTEXT) -> Endpoint | None:
@@ -72,17 +79,37 @@ class PowerOfTwoChoices(BalancingStrategy):
                 return None
             best = 0
         elif self._choices == 2 or n == 2:
-            rand = self._random
-            first = draw(self._cum, self._total, rand())
-            second = draw_other(self._cum, self._weights, self._total, first, rand())
-            inverse = self._inverse
-            a = (self._in_flight[first][0] + 1) * inverse[first]
-            b = (self._in_flight[second][0] + 1) * inverse[second]
+            rand, keep, alias = self._random, self._keep, self._alias
+            x = rand() * n
+            first = int(x)
+            if x - first >= keep[first]:
+                first = alias[first]
+            x = rand() * n
+            second = int(x)
+            if x - second >= keep[second]:
+                second = alias[second]
+            if second == first:
+                second = self._redraw(first)
+            inverse, in_flight = self._inverse, self._in_flight
+            a = (in_flight[first][0] + 1) * inverse[first]
+            b = (in_flight[second][0] + 1) * inverse[second]
             best = second if b < a or (b == a and inverse[second] < inverse[first]) else first
         else:
             best = self._pick_many(n)
         self._in_flight[best][0] += 1
         return endpoints[best]
+
+    def _redraw(self, first: int) -> int:
+        """The second draw hit the first: draw again, up to 8 times, then step over the first's share."""
+        rand, keep, alias, n = self._random, self._keep, self._alias, len(self._endpoints)
+        for _ in range(8):
+            x = rand() * n
+            second = int(x)
+            if x - second >= keep[second]:
+                second = alias[second]
+            if second != first:
+                return second
+        return draw_other(self._cum, self._weights, self._total, first, rand())
 
     def _pick_many(self, n: int) -> int:
         cum, weights, total, rand = self._cum, self._weights, self._total, self._random

@@ -12,8 +12,10 @@ the node number, so an endpoint's nodes do not depend on the other endpoints. Th
 `context.hash_key` (header or cookie, per `hashOn`), else the client address; with neither, picks go
 round robin. Key hash: CRC-32 spread to 64 bits (see `_common.key_hash`), stable across processes.
 
-Cost: one key hash and a bisect over the ring, O(log ring); set_endpoints O(R log R) for R nodes.
-The ring is immutable per endpoint set (`explain`'s copy shares it).
+Cost: one key hash and a bisect over the ring, O(log ring), for a key not seen since the last endpoint
+change; a key seen before is one dict lookup (a memo of up to 16,384 keys, emptied when full).
+set_endpoints O(R log R) for R nodes. Ring and memo are immutable facts of one endpoint set, so
+`explain`'s copy shares them.
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ from steelyard.strategies.base import NO_CONTEXT, BalancingStrategy, Clock, Endp
 NODES_PER_ENDPOINT = 160
 MIN_RING = 1024
 MAX_RING = 1 << 17
+MEMO_LIMIT = 1 << 14
 
 
 @register
 class RingHash(BalancingStrategy):
     name = "RingHash"
-    shared_on_copy = frozenset({"_ring"})
+    shared_on_copy = frozenset({"_ring", "_memo"})
 
     def __init__(self, spec: StrategySpec, clock: Clock = time.monotonic, rng: random.Random | None = None):
         super().__init__(spec, clock, rng)
@@ -45,10 +48,14 @@ class RingHash(BalancingStrategy):
         self._ring: list[int] = []
         self._mask = 0
         self._next = 0  # round robin when a pick has no key
+        # key -> endpoint for this ring: clients and sessions repeat, and a dict lookup costs a fraction
+        # of hashing and bisecting. A new dict per endpoint set; emptied when full (no LRU bookkeeping).
+        self._memo: dict[str, Endpoint] = {}
 
     def set_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
         new = usable(endpoints)
         self._endpoints = new
+        self._memo = {}
         if not new:
             self._ring = []
             return
@@ -76,9 +83,16 @@ class RingHash(BalancingStrategy):
             index = self._next % len(endpoints)
             self._next = index + 1
             return endpoints[index]
-        ring = self._ring
-        at = bisect_left(ring, key_hash(key))
-        return endpoints[ring[at if at < len(ring) else 0] & self._mask]
+        memo = self._memo
+        chosen = memo.get(key)
+        if chosen is None:
+            ring = self._ring
+            at = bisect_left(ring, key_hash(key))
+            chosen = endpoints[ring[at if at < len(ring) else 0] & self._mask]
+            if len(memo) >= MEMO_LIMIT:
+                memo.clear()
+            memo[key] = chosen
+        return chosen
 
     def describe(self) -> dict[str, object]:
         return {"strategy": self.name, "endpoints": len(self._endpoints), "ring_nodes": len(self._ring)}
