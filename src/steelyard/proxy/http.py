@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Iterable
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,37 @@ _HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te
 _REQUEST_SPECIAL = _HOP_BY_HOP | {b"host", b"content-length", b"x-forwarded-for", b"x-forwarded-proto",
                                   b"x-forwarded-host"}
 _RESPONSE_SPECIAL = _HOP_BY_HOP | {b"content-length"}
+
+# Field kinds. A field name is classified once per spelling, not lowercased per request: the caches below
+# map the exact bytes received (`Content-Length`, `content-length`...) to a kind. They are bounded, so
+# names an attacker invents cost at most today's `lower()` once the cache is full.
+_PLAIN, _DROP, _HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _UPGRADE, _XFF = range(8)
+_REQUEST_KINDS_LOWER = {
+    b"host": _HOST, b"content-length": _CONTENT_LENGTH, b"transfer-encoding": _TRANSFER_ENCODING,
+    b"connection": _CONNECTION, b"upgrade": _UPGRADE, b"x-forwarded-for": _XFF,
+    b"keep-alive": _DROP, b"proxy-connection": _DROP, b"te": _DROP, b"trailer": _DROP,
+    b"x-forwarded-proto": _DROP, b"x-forwarded-host": _DROP,
+}
+_RESPONSE_KINDS_LOWER = {
+    b"content-length": _CONTENT_LENGTH, b"transfer-encoding": _TRANSFER_ENCODING, b"connection": _CONNECTION,
+    b"upgrade": _UPGRADE, b"keep-alive": _DROP, b"proxy-connection": _DROP, b"te": _DROP, b"trailer": _DROP,
+}
+_KIND_CACHE_MAX = 1024
+# Spellings seen so far of end-to-end fields: a field whose name is in here is copied as it comes (the
+# one test per field on the hot path); any other name is classified by its lowercase form.
+_plain_request_names: set[bytes] = set()
+_plain_response_names: set[bytes] = set()
+_HOST_SPELLINGS = frozenset((b"Host", b"host", b"HOST"))
+_LENGTH_SPELLINGS = frozenset((b"Content-Length", b"content-length", b"Content-length", b"CONTENT-LENGTH"))
+_CONNECTION_SPELLINGS = frozenset((b"Connection", b"connection", b"CONNECTION"))
+
+
+def _field_kind(name: bytes, kinds_lower: dict[bytes, int], plain_names: set[bytes]) -> int:
+    kind = kinds_lower.get(name.lower(), _PLAIN)
+    if kind == _PLAIN and len(plain_names) < _KIND_CACHE_MAX:
+        plain_names.add(name)
+    return kind
+
 _IDEMPOTENT = frozenset((b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"))
 
 _BODY_NONE, _BODY_LENGTH, _BODY_CHUNKED = 0, 1, 2
@@ -134,11 +166,23 @@ class HttpRequest:
     tunnel_data = b""
     logged_at = 0.0  # set (monotonic start time) only for requests the access log samples
     bytes_out = 0  # response body bytes, counted only for those
-
-    def __init__(self) -> None:
-        self.pending: list[bytes] = []
-        self.tried: list[str] = []
-        self.headers: list[tuple[bytes, bytes]] = []
+    # Set per request only when used: body bytes waiting for the upstream connection (a list once
+    # set), the endpoints tried in order, and the fields as received (set by on_url).
+    pending: list[bytes] | tuple[()] = ()
+    tried: tuple[str, ...] = ()
+    # The head as read: end-to-end fields as regenerated lines (name, ": ", value, CRLF, set by on_url),
+    # and the fields the proxy interprets, set by on_header only when present (read once, by
+    # on_headers_complete, so trailer fields landing here later change nothing).
+    fields: list[bytes] = []
+    host_field: bytes | None = None
+    host_count = 0
+    length_field: bytes | None = None
+    coding_field: bytes | None = None
+    connection_field: bytes | None = None
+    upgrade_field: bytes | None = None
+    xff_field: bytes | None = None
+    other_fields = 0  # interpreted or hop-by-hop fields other than Host
+    other_bytes = 0
 
 
 class HttpProxyProtocol(asyncio.Protocol):
@@ -164,7 +208,7 @@ class HttpProxyProtocol(asyncio.Protocol):
         self.eof_in = False
         self.deadline = 0.0
         self.deadline_kind = _DEADLINE_NONE
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._fields: list[bytes] = []  # the parsing request's `fields`
         self._client_ip_bytes = b""
         self._forwarded = b""
         self._pre_head_bytes = 0
@@ -275,7 +319,7 @@ class HttpProxyProtocol(asyncio.Protocol):
         req = self.parsing
         if req is None:
             self.parsing = req = HttpRequest()
-            self._headers = req.headers
+            req.fields = self._fields = []
             self._pre_head_bytes = 0
             self.deadline = self.server.now + self._header_timeout
             self.deadline_kind = _DEADLINE_HEADER
@@ -289,21 +333,58 @@ class HttpProxyProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # Only collect: the limits are checked once per head (on_headers_complete), and what httptools
-        # may buffer meanwhile is bounded per read (data_received). After the head, this list is a sink
+        # may buffer meanwhile is bounded per read (data_received). After the head, `_fields` is a sink
         # that drops trailer fields (RFC 9110 §6.5.1 allows it).
-        self._headers.append((name, value))
+        if name in _plain_request_names:
+            self._fields += (name, b": ", value, _CRLF)
+        elif name in _HOST_SPELLINGS:
+            req = self.parsing
+            req.host_field = value  # type: ignore[union-attr]
+            req.host_count += 1  # type: ignore[union-attr]
+        else:
+            self._other_field(name, value)
+
+    def _other_field(self, name: bytes, value: bytes) -> None:
+        kind = _field_kind(name, _REQUEST_KINDS_LOWER, _plain_request_names)
+        if kind == _PLAIN:
+            self._fields += (name, b": ", value, _CRLF)
+            return
+        req = self.parsing
+        if req is None:
+            return
+        if kind == _HOST:
+            req.host_field = value
+            req.host_count += 1
+            return
+        req.other_fields += 1
+        req.other_bytes += len(name) + len(value) + 4
+        if kind == _CONTENT_LENGTH:
+            req.length_field = value  # llhttp rejects differing repeats
+        elif kind == _TRANSFER_ENCODING:
+            coding = req.coding_field
+            req.coding_field = value if coding is None else coding + b"," + value
+        elif kind == _CONNECTION:
+            connection = req.connection_field
+            req.connection_field = value if connection is None else connection + b"," + value
+        elif kind == _UPGRADE:
+            req.upgrade_field = value
+        elif kind == _XFF:
+            xff = req.xff_field
+            req.xff_field = value if xff is None else xff + b", " + value
 
     def on_headers_complete(self) -> None:
         req = self.parsing
         if req is None:  # llhttp found no target: cannot happen for a valid request line
             raise _Reject(400, "missing request target")
-        headers = self._headers
-        self._headers = _TRAILER_SINK
-        if len(headers) > self.config.max_headers:
+        kept = self._fields
+        self._fields = _TRAILER_SINK
+        host = req.host_field
+        host_count = req.host_count
+        if (len(kept) >> 2) + host_count + req.other_fields > self.config.max_headers:
             raise _Reject(431, "too many request header fields")
         # The exact size only when the bytes read could hold a head that large (rarely).
         if (self._read_len + self._pre_head_bytes > self._max_head
-                and sum(len(n) + len(v) + 4 for n, v in headers) > self._max_head):
+                and sum(map(len, kept)) + req.other_bytes + (len(host) + 6 if host else 0) > self._max_head):
             raise _Reject(431, "request header section too large")
         self.deadline_kind = _DEADLINE_NONE
         parser = self.parser
@@ -319,32 +400,14 @@ class HttpProxyProtocol(asyncio.Protocol):
             elif method not in _IDEMPOTENT:
                 req.idempotent = False
 
-        host: bytes | None = None
-        host_count = 0
-        content_length: bytes | None = None
-        transfer_encoding: bytes | None = None
-        connection: bytes | None = None
-        upgrade: bytes | None = None
-        xff: bytes | None = None
-        kept: list[bytes] = []
-        special = _REQUEST_SPECIAL
-        for name, value in headers:
-            lname = name.lower()
-            if lname not in special:
-                kept += (name, b": ", value, _CRLF)
-            elif lname == b"host":
-                host = value
-                host_count += 1
-            elif lname == b"content-length":
-                content_length = value
-            elif lname == b"transfer-encoding":
-                transfer_encoding = value if transfer_encoding is None else transfer_encoding + b"," + value
-            elif lname == b"connection":
-                connection = value if connection is None else connection + b"," + value
-            elif lname == b"upgrade":
-                upgrade = value
-            elif lname == b"x-forwarded-for":
-                xff = value if xff is None else xff + b", " + value
+        if req.other_fields:
+            content_length = req.length_field
+            transfer_encoding = req.coding_field
+            connection = req.connection_field
+            upgrade = req.upgrade_field
+            xff = req.xff_field
+        else:
+            content_length = transfer_encoding = connection = upgrade = xff = None
         # get_http_version() formats a string (~0.3 µs): skip it when the answer is implied. Without a
         # Connection field, only HTTP/1.1 is persistent by default (RFC 9112 §9.3).
         http11 = True
@@ -431,7 +494,10 @@ class HttpProxyProtocol(asyncio.Protocol):
             conn.transport.writelines(framed)
             req.body_sent = True
         elif not req.cancelled:
-            req.pending += framed
+            if req.pending:
+                req.pending += framed  # type: ignore[operator]
+            else:
+                req.pending = framed
             self._pause(_PAUSE_BUFFERING)
 
     def on_message_complete(self) -> None:
@@ -446,7 +512,7 @@ class HttpProxyProtocol(asyncio.Protocol):
             if conn is not None and req.head_sent and conn.transport is not None:
                 conn.transport.write(_LAST_CHUNK)
             elif not req.cancelled:
-                req.pending.append(_LAST_CHUNK)
+                req.pending = [*req.pending, _LAST_CHUNK]
 
     # -- request handling ----------------------------------------------------------------------------
 
@@ -499,24 +565,23 @@ class HttpProxyProtocol(asyncio.Protocol):
         if runtime.hash_source_ip:
             key = self.client_ip
         elif runtime.hash_header is not None:
-            for name, value in self.current.headers:  # type: ignore[union-attr]
-                if name.lower() == runtime.hash_header:
-                    key = value.decode("latin-1")
-                    break
+            values = _field_values(self.current, runtime.hash_header)  # type: ignore[arg-type]
+            key = values[0] if values else None
         elif runtime.hash_cookie is not None:
-            for name, value in self.current.headers:  # type: ignore[union-attr]
-                if name.lower() == b"cookie":
-                    for pair in value.decode("latin-1").split(";"):
-                        cname, _, cvalue = pair.strip().partition("=")
-                        if cname == runtime.hash_cookie:
-                            key = cvalue
-                            break
+            for cookies in _field_values(self.current, b"cookie"):  # type: ignore[arg-type]
+                for pair in cookies.split(";"):
+                    cname, _, cvalue = pair.strip().partition("=")
+                    if cname == runtime.hash_cookie:
+                        key = cvalue
+                        break
+                if key is not None:
+                    break
         return PickContext(client_ip=self.client_ip, hash_key=key)
 
     def _dispatch(self, req: HttpRequest, attempt: Attempt) -> None:
         req.attempt = attempt
         endpoint_id = attempt.endpoint_id
-        req.tried.append(endpoint_id)
+        req.tried += (endpoint_id,)
         server = self.server
         pool = server.pools.get(endpoint_id) or server.pool_for(attempt.endpoint)
         conn = pool.acquire()
@@ -562,7 +627,7 @@ class HttpProxyProtocol(asyncio.Protocol):
         assert transport is not None
         pending = req.pending
         if pending:
-            req.pending = []
+            req.pending = ()
             transport.writelines([req.head, *pending])
             req.body_sent = req.body_kind != _BODY_NONE
         else:
@@ -844,14 +909,23 @@ class HttpProxyProtocol(asyncio.Protocol):
         return self.current is None and self.parsing is None and self.tunnel is None
 
 
-class _Sink(list[tuple[bytes, bytes]]):
+class _Sink(list[bytes]):
     """Where trailer fields go: nowhere."""
 
-    def append(self, item: tuple[bytes, bytes]) -> None:
-        pass
+    def __iadd__(self, items: Iterable[bytes]) -> _Sink:  # type: ignore[override,misc]
+        return self
 
 
 _TRAILER_SINK = _Sink()
+
+
+def _field_values(req: HttpRequest, lname: bytes) -> list[str]:
+    """The values of the request fields named `lname` (lowercase), as text, in order."""
+    if lname == b"host" or lname == b"x-forwarded-for":
+        value = req.host_field if lname == b"host" else req.xff_field
+        return [] if value is None else [value.decode("latin-1")]
+    fields = req.fields
+    return [fields[i + 2].decode("latin-1") for i in range(0, len(fields), 4) if fields[i].lower() == lname]
 
 
 def _drop_next_attempt(req: HttpRequest) -> None:
@@ -896,11 +970,17 @@ class UpstreamConnection(asyncio.Protocol):
         self.keep_client = True
         self.upstream_keep_alive = False
         self.weight_hint: float | None = None
-        self._reset_response()
-
-    def _reset_response(self) -> None:
-        """Per-response state; the rarely set flags (discard, interim, close_delimited) reset where used."""
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers_out: list[bytes] = []
+        # The response head being read. Fields are classified as they arrive (on_header): end-to-end ones
+        # go straight into `fields` as regenerated lines (name, ": ", value, CRLF; index 0 is kept for the
+        # status line), framing and hop-by-hop ones into the attributes below. on_headers_complete takes
+        # them and leaves them fresh for the next response.
+        self.fields: list[bytes] = [b""]
+        self.field_count = 0  # fields not in `fields` (framing, hop-by-hop), for the count limit
+        self.content_length: bytes | None = None
+        self.chunked_in = False
+        self.connection: bytes | None = None
+        self.upgrade: bytes | None = None
         self.headers_done = False
         self.chunked_out = False
         self.message_done = False
@@ -1038,10 +1118,45 @@ class UpstreamConnection(asyncio.Protocol):
     # -- httptools callbacks (response) ----------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self.headers_done:  # else a trailer field: dropped
-            self.headers.append((name, value))
+        # After the head `fields` is a sink: trailer fields are dropped (RFC 9110 §6.5.1).
+        if name in _plain_response_names:
+            self.fields += (name, b": ", value, _CRLF)
+        elif name in _LENGTH_SPELLINGS:
+            self.content_length = value  # llhttp rejects differing repeats
+            self.field_count += 1
+        elif name in _CONNECTION_SPELLINGS:
+            connection = self.connection
+            self.connection = value if connection is None else connection + b"," + value
+            self.field_count += 1
+        else:
+            self._other_field(name, value)
+
+    def _other_field(self, name: bytes, value: bytes) -> None:
+        kind = _field_kind(name, _RESPONSE_KINDS_LOWER, _plain_response_names)
+        if kind == _PLAIN:
+            self.fields += (name, b": ", value, _CRLF)
+            return
+        self.field_count += 1
+        if kind == _CONTENT_LENGTH:
+            self.content_length = value  # llhttp rejects differing repeats
+        elif kind == _TRANSFER_ENCODING:
+            self.chunked_in = True  # llhttp accepts it in a response only with chunked last
+        elif kind == _CONNECTION:
+            connection = self.connection
+            self.connection = value if connection is None else connection + b"," + value
+        elif kind == _UPGRADE:
+            upgrade = self.upgrade
+            self.upgrade = value if upgrade is None else upgrade + b", " + value
 
     def on_headers_complete(self) -> None:
+        # The head read so far. Until the message ends, `fields` is a sink and the attributes that
+        # trailer fields could still set are ignored: _end_of_message() resets them for the next one.
+        parts = self.fields
+        self.fields = _TRAILER_SINK
+        count = self.field_count + (len(parts) - 1) // 4
+        content_length = self.content_length
+        chunked = self.chunked_in
+        connection = self.connection
         client, req = self.client, self.req
         if client is None or req is None:
             return
@@ -1050,11 +1165,11 @@ class UpstreamConnection(asyncio.Protocol):
         status = parser.get_status_code()
         self.status = status
         self.upstream_keep_alive = parser.should_keep_alive()
-        headers = self.headers
-        if len(headers) > self.config.max_headers:
+        if count > self.config.max_headers:
             raise _Reject(502, "too many response header fields")
+        parts[0] = _STATUS_LINES.get(status) or _status_line(status)
         if status < 200 and status != 101:
-            self._interim(client, req, status)
+            self._interim(client, req, parts)
             return
         runtime = req.runtime
         assert runtime is not None
@@ -1065,25 +1180,12 @@ class UpstreamConnection(asyncio.Protocol):
                 self.discard = True  # drop this response whole; retry once it is read
                 return
         req.response_started = True
-        content_length: bytes | None = None
-        chunked = False
-        connection: bytes | None = None
         weight_header = runtime.weight_header
-        special = _RESPONSE_SPECIAL
-        parts = [_STATUS_LINES.get(status) or _status_line(status)]
-        for name, value in headers:
-            lname = name.lower()
-            if lname not in special:
-                parts += (name, b": ", value, _CRLF)
-                if weight_header is not None and lname == weight_header:
+        if weight_header is not None:
+            for i in range(1, len(parts), 4):
+                if parts[i].lower() == weight_header:
                     with contextlib.suppress(ValueError):
-                        self.weight_hint = float(value)
-            elif lname == b"content-length":
-                content_length = value
-            elif lname == b"transfer-encoding":
-                chunked = True  # llhttp accepts it in a response only with chunked last
-            elif lname == b"connection":
-                connection = value if connection is None else connection + b"," + value
+                        self.weight_hint = float(parts[i + 2])
         if connection is not None:
             lowered = connection.lower()
             if lowered != b"keep-alive" and lowered != b"close":
@@ -1095,8 +1197,12 @@ class UpstreamConnection(asyncio.Protocol):
                             head += parts[i:i + 4]
                     parts = head
         if status == 101:
+            if connection is not None:
+                parts += (b"Connection: ", connection, _CRLF)
+            if self.upgrade is not None:
+                parts += (b"Upgrade: ", self.upgrade, _CRLF)
             self.headers_out = parts
-            return  # completed by _upgraded, with the Upgrade fields
+            return  # completed by _upgraded
         keep = req.keep_alive and req.request_complete and not client.closing
         self.close_delimited = False
         if req.is_head or status == 204 or status == 304:
@@ -1123,15 +1229,18 @@ class UpstreamConnection(asyncio.Protocol):
             parts.append(_CRLF)
         client.out.append(b"".join(parts))
 
-    def _interim(self, client: HttpProxyProtocol, req: HttpRequest, status: int) -> None:
+    def _end_of_message(self) -> None:
+        """Fresh state for the next response head."""
+        self.fields = [b""]
+        self.content_length = self.connection = self.upgrade = None
+        self.field_count = 0
+        self.chunked_in = False
+
+    def _interim(self, client: HttpProxyProtocol, req: HttpRequest, parts: list[bytes]) -> None:
         """A 1xx (RFC 9110 §15.2): forwarded to HTTP/1.1 clients; the final response follows."""
         self.interim = True
         if req.http11:
             req.response_started = True
-            parts = [_status_line(status)]
-            for name, value in self.headers:
-                if name.lower() not in _RESPONSE_SPECIAL:
-                    parts += (name, b": ", value, _CRLF)
             parts.append(_CRLF)
             client.out.append(b"".join(parts))
 
@@ -1150,8 +1259,8 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.interim:
             self.interim = False
-            self.headers = []
             self.headers_done = False
+            self._end_of_message()
             return
         self.message_done = True
         self.upstream_keep_alive = self.parser.should_keep_alive()  # llhttp forgets it after this call
@@ -1165,8 +1274,12 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.client = self.req = None
         chunked_out = self.chunked_out
-        self.headers = []  # _reset_response(), inlined
         self.headers_done = self.chunked_out = self.message_done = False
+        self.fields = [b""]  # _end_of_message(), inlined
+        self.content_length = self.connection = self.upgrade = None
+        self.field_count = 0
+        if self.chunked_in:
+            self.chunked_in = False
         reusable = (not self.closed and not self.close_delimited and req.request_complete
                     and self.upstream_keep_alive)
         if req.is_head:
@@ -1213,10 +1326,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._malformed("unexpected protocol switch")
             return
         parts = self.headers_out
-        for name, value in self.headers:
-            lname = name.lower()
-            if lname == b"upgrade" or lname == b"connection":
-                parts += (name, b": ", value, _CRLF)
+        self.headers_out = []
         parts.append(_CRLF)
         client.out.append(b"".join(parts))
         if rest:
