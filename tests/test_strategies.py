@@ -89,6 +89,18 @@ def test_weighted_round_robin_matches_nginx_for_small_weights(seed: int) -> None
     assert [int(x) for x in picks(s, steps)] == nginx_reference(weights, steps)
 
 
+def test_weighted_round_robin_period_uses_the_gcd_of_weights() -> None:
+    s = make("WeightedRoundRobin")
+    s.set_endpoints(endpoints(a=1000, b=1000, c=500))
+    assert s.describe()["period"] == 5
+    assert "".join(picks(s, 10)) == "abcab" * 2
+    weights = [1000.0, 1000.0, 500.0, 750.0]
+    s.set_endpoints([Endpoint(str(i), w) for i, w in enumerate(weights)])  # carried-over state, new gcd
+    twin = make("WeightedRoundRobin")
+    twin.set_endpoints([Endpoint(str(i), w) for i, w in enumerate(weights)])
+    assert [int(x) for x in picks(twin, 40)] == nginx_reference(weights, 40)
+
+
 def test_weighted_round_robin_float_blocks_continue_the_sequence(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(wrr_module, "FLOAT_BLOCK", 5)
     weights = [2.5, 1.0, 0.75]

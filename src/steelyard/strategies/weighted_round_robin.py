@@ -11,9 +11,9 @@ replays the block, O(1) (an index and a compare):
 
 - Endpoints of equal weight keep their relative order (they all gain the same amount each step), so a
   step only compares the best of each *weight class*, each class a heap: O(m + log n) per step for m
-  distinct weights. With integer weights and a total weight W <= 65,536 one block is a whole period
-  (W picks); if the state after the block equals the state before (it does from nginx's all-zero start)
-  the block is replayed forever with no further work.
+  distinct weights. With integer weights one block is a whole period, W / gcd(weights) picks for a
+  total weight W, when that is at most 65,536; if the state after the block equals the state before
+  (it does from nginx's all-zero start) the block is replayed forever with no further work.
 - With more than 8 distinct weights (many endpoints in slow start, say) the class scan would cost too
   much, so the strategy switches to earliest-deadline-first scheduling (Envoy's `EdfScheduler`, stride
   scheduling): each endpoint's next deadline advances by 1/weight per pick; a pick is one heap update,
@@ -26,6 +26,7 @@ that stay; a newcomer starts at nginx's 0 (or at half a stride from now). Weight
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections import Counter
@@ -143,16 +144,20 @@ class WeightedRoundRobin(BalancingStrategy):
 
     def _fill_block(self) -> None:
         weights = self._weights
-        total = sum(weights)
-        integral = all(w == int(w) for w in weights)
-        steps = int(total) if integral and total <= PERIOD_LIMIT else FLOAT_BLOCK
-        current = list(self._block_start)
-        indices = smooth_sequence(weights, current, steps)
+        # The sequence does not change when every weight (and current weight) is divided by the same
+        # number, so integer weights are divided by their gcd: 1000/1000/1000 has a period of 3, not 3000.
+        scale = math.gcd(*(int(w) for w in weights)) if all(w == int(w) for w in weights) else 0
+        period = int(sum(weights)) // scale if scale else 0
+        steps = period if 0 < period <= PERIOD_LIMIT else FLOAT_BLOCK
+        unit = float(scale or 1)
+        start = [c / unit for c in self._block_start]
+        current = list(start)
+        indices = smooth_sequence([w / unit for w in weights], current, steps)
         endpoints = self._endpoints
         self._block_indices = indices
         self._block = [endpoints[i] for i in indices]
-        self._block_repeats = current == self._block_start
-        self._block_end = current
+        self._block_repeats = current == start
+        self._block_end = [c * unit for c in current]
         self._pos = 0
 
     def pick(self, context: PickContext = NO_CONTEXT) -> Endpoint | None:
