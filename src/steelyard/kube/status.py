@@ -158,6 +158,9 @@ class StatusWriter:
             patch.setdefault(old_field, None)
         await self.client.patch_status(kind, meta["name"], meta.get("namespace") or "default", patch)
         self.writes += 1
+        ready = _ready(status)
+        log.info("status of %s %s/%s written: Ready=%s (%s)", kind, meta.get("namespace") or "default",
+                 meta["name"], *(ready or ("?", "?")))
 
     async def _event_on_change(self, obj: Mapping[str, Any], current: Mapping[str, Any] | None,
                                desired: Mapping[str, Any], message: str) -> None:
