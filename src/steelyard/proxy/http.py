@@ -43,6 +43,7 @@ from steelyard.strategies import NO_CONTEXT, PickContext
 
 if TYPE_CHECKING:
     from steelyard.proxy.pool import EndpointPool
+    from steelyard.proxy.routing import Snapshot
     from steelyard.proxy.server import ProxyServer
 
 __all__ = ["HttpProxyProtocol", "UpstreamConnection"]
@@ -94,6 +95,7 @@ _PAUSE_CLOSING = 4  # no further request will be read
 
 _DEADLINE_NONE, _DEADLINE_HEADER, _DEADLINE_IDLE = 0, 1, 2
 _LAST_CHUNK = b"0\r\n\r\n"
+_JOIN_MAX = 64 * 1024  # output up to this size is joined into one buffer before writing
 _CRLF = b"\r\n"
 
 _REASONS = {
@@ -160,7 +162,6 @@ class HttpRequest:
     response_started = False
     upstream_deadline = 0.0
     reject: _Reject | None = None
-    host = ""
     cancelled = False
     next_attempt: Attempt | None = None
     tunnel_data = b""
@@ -183,6 +184,11 @@ class HttpRequest:
     xff_field: bytes | None = None
     other_fields = 0  # interpreted or hop-by-hop fields other than Host
     other_bytes = 0
+
+    @property
+    def host(self) -> str:
+        """The Host field (or the authority of an absolute-form target) as text; "" when absent."""
+        return "" if self.host_field is None else self.host_field.decode("latin-1")
 
 
 class HttpProxyProtocol(asyncio.Protocol):
@@ -217,7 +223,16 @@ class HttpProxyProtocol(asyncio.Protocol):
         config = self.config
         self._header_timeout = config.header_timeout
         self._max_uri = config.max_uri_bytes
-        self._max_head = config.max_header_bytes  # requests parsed whole so far
+        self._max_head = config.max_header_bytes
+        self._max_headers = config.max_headers
+        self._keepalive_timeout = config.keepalive_timeout
+        # Head pieces that depend only on this connection and the Host it sends (see on_headers_complete).
+        self._host_seen: bytes | None = None
+        self._host_line = b""
+        self._forward_tail = b""
+        # The routing snapshot last used and its catch-all route for this listener (see _start).
+        self._routes: Snapshot | None = None
+        self._only_route: UpstreamRuntime | None = None
 
     # -- asyncio callbacks -------------------------------------------------------------------------
 
@@ -380,7 +395,7 @@ class HttpProxyProtocol(asyncio.Protocol):
         self._fields = _TRAILER_SINK
         host = req.host_field
         host_count = req.host_count
-        if (len(kept) >> 2) + host_count + req.other_fields > self.config.max_headers:
+        if (len(kept) >> 2) + host_count + req.other_fields > self._max_headers:
             raise _Reject(431, "too many request header fields")
         # The exact size only when the bytes read could hold a head that large (rarely).
         if (self._read_len + self._pre_head_bytes > self._max_head
@@ -389,9 +404,6 @@ class HttpProxyProtocol(asyncio.Protocol):
         self.deadline_kind = _DEADLINE_NONE
         parser = self.parser
         req.method = method = parser.get_method()
-        keep_alive = parser.should_keep_alive()
-        if not keep_alive:
-            req.keep_alive = False
         if method != b"GET":
             if method == b"HEAD":
                 req.is_head = True
@@ -399,20 +411,49 @@ class HttpProxyProtocol(asyncio.Protocol):
                 raise _Reject(405, "CONNECT is not supported by a reverse proxy")
             elif method not in _IDEMPOTENT:
                 req.idempotent = False
-
-        if req.other_fields:
-            content_length = req.length_field
-            transfer_encoding = req.coding_field
-            connection = req.connection_field
-            upgrade = req.upgrade_field
-            xff = req.xff_field
+        url = req.url
+        if (not req.other_fields and host_count == 1 and url[:1] == b"/"
+                and parser.should_keep_alive()):
+            # The common request: persistent without a Connection field, hence HTTP/1.1 (RFC 9112 §9.3),
+            # one Host, origin-form, no body, nothing hop-by-hop. The head is the request line, Host, the
+            # client's fields and the forwarding fields; the pieces that depend only on this connection
+            # and its Host are joined once per connection.
+            if host != self._host_seen:
+                self._host_seen = host
+                self._host_line = b" HTTP/1.1\r\nHost: " + host + _CRLF  # type: ignore[operator]
+                self._forward_tail = self._forwarded + b"X-Forwarded-Host: " + host + b"\r\n\r\n"  # type: ignore[operator]
+            if kept:
+                req.head = b"".join([method, b" ", url, self._host_line, *kept, self._forward_tail])
+            else:
+                req.head = b"".join((method, b" ", url, self._host_line, self._forward_tail))
         else:
-            content_length = transfer_encoding = connection = upgrade = xff = None
+            self._regenerate_head(req, method, url, kept, parser.should_keep_alive())
+        self.server.stats.requests += 1
+
+        if self.current is None:
+            self._start(req)
+        else:
+            self.queue.append(req)
+            self._pause(_PAUSE_BUFFERING)
+
+    def _regenerate_head(self, req: HttpRequest, method: bytes, url: bytes, kept: list[bytes],
+                         keep_alive: bool) -> None:
+        """The head sent upstream for any request: versions, absolute form, bodies, Connection, Upgrade,
+        X-Forwarded-For from the client."""
+        if not keep_alive:
+            req.keep_alive = False
+        host = req.host_field
+        host_count = req.host_count
+        content_length = req.length_field
+        transfer_encoding = req.coding_field
+        connection = req.connection_field
+        upgrade = req.upgrade_field
+        xff = req.xff_field
         # get_http_version() formats a string (~0.3 µs): skip it when the answer is implied. Without a
         # Connection field, only HTTP/1.1 is persistent by default (RFC 9112 §9.3).
         http11 = True
         if connection is not None or not keep_alive:
-            version = parser.get_http_version()
+            version = self.parser.get_http_version()
             if version != "1.1":
                 if version != "1.0":
                     raise _Reject(400, "unsupported HTTP version")
@@ -420,10 +461,10 @@ class HttpProxyProtocol(asyncio.Protocol):
 
         if host_count != 1 and (http11 or host_count > 1):
             raise _Reject(400, "missing Host header" if host_count == 0 else "more than one Host header")
-        url = req.url
         if url[:1] != b"/":
             url, host = self._absolute_form(url, host)
             req.url = url
+            req.host_field = host
         if transfer_encoding is not None:
             if transfer_encoding.strip().lower() != b"chunked":
                 raise _Reject(501, "unsupported transfer-coding (only chunked is accepted)")
@@ -449,7 +490,6 @@ class HttpProxyProtocol(asyncio.Protocol):
         # The head sent upstream: request line, Host, the client's end-to-end fields, forwarding fields,
         # then our own framing.
         if host is not None:
-            req.host = host.decode("latin-1")
             parts = [method, b" ", url, b" HTTP/1.1\r\nHost: ", host, _CRLF, *kept]
             if xff is None:
                 parts += (self._forwarded, b"X-Forwarded-Host: ", host, _CRLF)
@@ -472,13 +512,6 @@ class HttpProxyProtocol(asyncio.Protocol):
         else:
             parts.append(_CRLF)
         req.head = b"".join(parts)
-        self.server.stats.requests += 1
-
-        if self.current is None:
-            self._start(req)
-        else:
-            self.queue.append(req)
-            self._pause(_PAUSE_BUFFERING)
 
     def on_body(self, body: bytes) -> None:
         req = self.parsing
@@ -535,15 +568,22 @@ class HttpProxyProtocol(asyncio.Protocol):
     def _start(self, req: HttpRequest) -> None:
         """Make `req` the current request and send it on its way (or answer it locally)."""
         self.current = req
-        access_log = self.server.access_log
+        server = self.server
+        access_log = server.access_log
         if access_log is not None and access_log.sampled():
             req.logged_at = time.monotonic()
         reject = req.reject
         if reject is not None:
             self._respond_local(req, reject.status, f"steelyard: {reject.reason}")
             return
-        snapshot = self.server.snapshot
-        runtime = snapshot.only_route(self.listener_key)  # one catch-all route: nothing to match
+        # One catch-all route needs no matching; it is looked up once per snapshot (snapshots are
+        # immutable and swapped by reference on reload).
+        snapshot = server._snapshot
+        if snapshot is self._routes:
+            runtime = self._only_route
+        else:
+            self._routes = snapshot
+            runtime = self._only_route = snapshot.only_route(self.listener_key)
         if runtime is None:
             url = req.url
             path = url.partition(b"?")[0].decode("latin-1") if url[:1] == b"/" else "*"
@@ -636,7 +676,7 @@ class HttpProxyProtocol(asyncio.Protocol):
         runtime = req.runtime
         assert runtime is not None
         req.upstream_deadline = self.server.now + runtime.request_timeout
-        if not self.queue:
+        if self.paused & _PAUSE_BUFFERING and not self.queue:
             self._resume(_PAUSE_BUFFERING)
         if self.write_paused:
             conn.pause_reading()
@@ -691,8 +731,11 @@ class HttpProxyProtocol(asyncio.Protocol):
         req.conn = None
         if not keep_alive or self.closing or not req.request_complete:
             self._close()
-            return
-        self._next()
+        elif self.paused or self.queue:
+            self._next()
+        elif self.parsing is None:  # _next() when nothing waits: the connection is idle
+            self.deadline = self.server.now + self._keepalive_timeout
+            self.deadline_kind = _DEADLINE_IDLE
 
     def _next(self) -> None:
         # The exchange is over: a full-buffer pause from its upstream connection no longer applies
@@ -816,8 +859,10 @@ class HttpProxyProtocol(asyncio.Protocol):
         if out and self.transport is not None:
             if len(out) == 1:
                 self.transport.write(out[0])
+            elif sum(map(len, out)) <= _JOIN_MAX:
+                self.transport.write(b"".join(out))  # one buffer: uvloop's plain write() path
             else:
-                self.transport.writelines(out)
+                self.transport.writelines(out)  # large bodies: no copy
             out.clear()
 
     def _close(self) -> None:
@@ -1297,18 +1342,27 @@ class UpstreamConnection(asyncio.Protocol):
                 client.upstream_failed(req, 502, f"endpoint {req.tried[-1]} answered {status}",
                                        retriable=False)
             return
+        out = client.out
         if chunked_out:
-            client.out.append(_LAST_CHUNK)
-        client.flush()
+            out.append(_LAST_CHUNK)
+        if len(out) == 2 and client.transport is not None:  # head and body: flush(), inlined
+            client.transport.write(out[0] + out[1])
+            out.clear()
+        else:
+            client.flush()
         if attempt is not None:
             hint = self.weight_hint
             if hint is not None:
                 self.weight_hint = None
             attempt.done(ok=status < 500, status=status, weight_hint=hint)
-        self.server.stats.responses_by_class[status // 100 if 100 <= status < 600 else 0] += 1
+        server = self.server
+        server.stats.responses_by_class[status // 100 if 100 <= status < 600 else 0] += 1
         if req.logged_at:
             client.log_access(req, status)
-        self._release(reusable)
+        if self.read_paused:
+            self._release(reusable)
+        else:
+            self.pool.release(self, reusable, server.now)
         client.response_done(req, self.keep_client)
 
     def _release(self, reusable: bool) -> None:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import random
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 from steelyard.config.desired import BackendEndpoint, Upstream
 from steelyard.model import DynamicWeightMode
-from steelyard.runtime.access_log import LatencyHistogram
+from steelyard.runtime.access_log import LATENCY_BUCKETS, LatencyHistogram
 from steelyard.strategies import NO_CONTEXT, BalancingStrategy, Endpoint, PickContext, create
 
 if TYPE_CHECKING:
@@ -76,7 +77,9 @@ class Attempt:
         latency = now - self._started
         stats = self._stats
         stats.in_flight -= 1
-        stats.latency.observe(latency)
+        histogram = stats.latency  # LatencyHistogram.observe(), inlined: this runs once per request
+        histogram.counts[bisect_left(LATENCY_BUCKETS, latency)] += 1
+        histogram.total += latency
         if not ok:
             stats.failures += 1
         stats.by_class[status // 100 if status is not None and 100 <= status < 600 else 0] += 1
@@ -84,7 +87,8 @@ class Attempt:
             on_done = runtime.strategy_on_done
             if on_done is not None:
                 on_done(self._picked, latency, ok)
-        if runtime.tracker.on_outcome(self.endpoint_id, now, ok=ok, latency=latency, weight_hint=weight_hint):
+        if runtime.tracker_listens and runtime.tracker.on_outcome(
+                self.endpoint_id, now, ok=ok, latency=latency, weight_hint=weight_hint):
             runtime.refresh()
 
     def cancel(self) -> None:
@@ -152,6 +156,9 @@ class UpstreamRuntime:
                 self.hash_source_ip = True
         self.name = upstream.load_balancer
         self.needs_context = hash_on is not None
+        # Whether outcomes can change anything in the tracker (outlier detection, dynamic weights); when
+        # not, done() skips the call. Read after the tracker took the policy; unknown means yes.
+        self.tracker_listens: bool = getattr(self.tracker, "_listens", True)
         self._endpoints = {e.id: e for e in upstream.endpoints}
 
     @property
