@@ -29,7 +29,8 @@ __all__ = ["KubeOptions", "KubeProvider", "start_provider"]
 
 log = logging.getLogger("steelyard.provider")
 
-STATUS_RESYNC = 5.0  # the leader re-checks status this often even without events (ejections change alone)
+STATUS_RESYNC = 2.0  # the leader re-checks status this often without events (ejections change alone);
+# a check that finds nothing to change costs no API call
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +173,24 @@ class KubeProvider:
             except Exception:
                 log.exception("applying the state from kubernetes failed; the previous one keeps serving")
                 self.current = None
+
+    def attach_registry(self, registry: Any) -> None:
+        """Count ejected endpoints from the running upstreams (duck-typed: `registry.runtimes`, each with
+        `upstream.load_balancer`, `clock()` and `tracker.describe(now)`); the status reports them."""
+
+        def ejected(lb_key: str) -> int:
+            out = set()
+            for rt in list(getattr(registry, "runtimes", {}).values()):
+                try:
+                    if rt.upstream.load_balancer != lb_key:
+                        continue
+                    rows = rt.tracker.describe(rt.clock())
+                except Exception:  # the runtime's shape changed: report none rather than fail status
+                    continue
+                out.update(row["id"] for row in rows if row.get("state") in ("ejected", "unhealthy"))
+            return len(out)
+
+        self.ejected = ejected
 
     def request_reload(self) -> None:
         """SIGHUP: translate again (level-triggered; the informers are always current)."""

@@ -9,7 +9,8 @@ difference is written (merge patch of the status subresource). A condition keeps
 
     observedGeneration: 3            # metadata.generation this status describes
     strategy: WeightedRoundRobin     # the strategy in effect; absent while the load balancer is not served
-    endpoints: {ready: 2, terminating: 1, ejected: 0}
+    endpoints: {ready: 2, terminating: 1, ejected: 0}   # ejected: out of rotation (outlier detection or
+                                                       # failing health checks), counted among ready
     conditions:
       - type: Ready                  # True: served with at least one ready endpoint
         status: "False"
