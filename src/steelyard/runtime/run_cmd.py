@@ -221,6 +221,8 @@ async def serve(options: RunOptions) -> int:
     proxy = ProxyServer(ProxyConfig())
     health = _health_checker(registry)
     runtime = Runtime(proxy, registry, health=health)
+    if hasattr(provider, "attach_registry"):
+        provider.attach_registry(registry)  # Kubernetes: ejected endpoints go into LoadBalancer.status
     from steelyard.admin.server import AdminSetupError
     from steelyard.admin.wiring import start_admin
 
