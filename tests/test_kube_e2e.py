@@ -319,3 +319,28 @@ def test_rolling_replacement_of_every_backend_under_load_fails_no_request(api: K
             proxy.stop()
             for new in news:
                 new.stop()
+
+
+def test_an_endpoint_out_of_rotation_is_counted_and_degraded(api: KubeApi) -> None:
+    require(health=True)
+    with backends("a", "b") as bs:
+        port = free_port()
+        add_pod(api, "a", bs["a"])
+        add_pod(api, "b", bs["b"])
+        api.create(balancer_policy("checked", healthCheck={
+            "type": "HTTP", "path": "/healthz", "interval": "100ms", "timeout": "500ms",
+            "healthyThreshold": 1, "unhealthyThreshold": 1}))
+        api.create(load_balancer("web", port=port, selector={"app": "web"}, policy="checked",
+                                 target_port="http"))
+        proxy = KubeSteelyard(api).ready()
+        try:
+            wait_serving(port, {"a", "b"})
+            bs["b"].control(healthy=False)
+            wait_serving(port, {"a"})
+            status = wait_until(lambda: lb_status(api).get("endpoints", {}).get("ejected") == 1
+                                and lb_status(api), timeout=10, what="ejected: 1")
+            degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+            assert (degraded["status"], degraded["reason"]) == ("True", "EndpointsEjected")
+            assert ready_condition(status) == ("True", "Serving")
+        finally:
+            proxy.stop()
