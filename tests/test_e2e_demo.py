@@ -15,6 +15,8 @@ DEMO_PORTS = (8080, 9001, 9002, 9003)
 
 def _busy(port: int) -> bool:
     with socket.socket() as sock:
+        # as a server binds: connections left in TIME_WAIT by a finished run do not count as in use
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

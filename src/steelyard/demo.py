@@ -53,6 +53,8 @@ class DemoError(Exception):
 
 def _port_free(address: tuple[str, int]) -> bool:
     with socket.socket() as sock:
+        # as a server binds: connections left in TIME_WAIT by a finished run do not count as in use
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(address)
         except OSError:
