@@ -270,3 +270,66 @@ async def test_the_leader_writes_status_and_events_and_followers_do_not(api: Kub
         await asyncio.gather(*watchers, return_exceptions=True)
         for provider in providers:
             await provider.close()
+
+
+class ScriptedClient:
+    """A client whose list/watch answers are scripted, recording every call (the informer's contract as
+    an exact sequence)."""
+
+    def __init__(self, script: list[Any]) -> None:
+        self.script = script
+        self.calls: list[tuple[str, str | None]] = []
+
+    async def list(self, kind: Any, namespace: str | None,
+                   labels: Any = None) -> tuple[list[dict[str, Any]], str]:
+        self.calls.append(("list", None))
+        answer = self.script.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def watch(self, kind: Any, namespace: str | None, resource_version: str, labels: Any = None) -> Any:
+        self.calls.append(("watch", resource_version))
+        answer = self.script.pop(0) if self.script else asyncio.Event()
+
+        async def stream() -> Any:
+            if isinstance(answer, asyncio.Event):
+                await answer.wait()  # the end of the script: block
+            if isinstance(answer, BaseException):
+                raise answer
+            for event in answer if isinstance(answer, list) else ():
+                yield event
+
+        return stream()
+
+
+def obj(name: str, version: int) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": "default", "resourceVersion": str(version)}}
+
+
+async def test_the_informer_contract_as_an_exact_sequence_of_calls() -> None:
+    from steelyard.kube.client import Gone, KubeUnavailable
+
+    client = ScriptedClient([
+        ([obj("a", 3)], "5"),                                   # list at 5
+        [("ADDED", obj("b", 6)), ("MODIFIED", obj("a", 7))],    # watch from 5; the stream ends
+        KubeUnavailable("connection refused"),                  # resume from 7: refused
+        KubeUnavailable("connection refused"),                  # again, after backing off
+        [("DELETED", obj("b", 8))],                             # resumed from 7 at last
+        Gone(410, "Expired", "too old"),                        # resume from 8: compacted
+        ([obj("c", 20)], "21"),                                 # relist at once, no backoff
+    ])
+    sleeps: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        sleeps.append(delay)
+
+    informer = Informer(client, "Thing", "default", sleep=sleep, backoff=Backoff(rand=lambda: 0.0))
+    task = asyncio.create_task(informer.run())
+    expected = [("list", None), ("watch", "5"), ("watch", "7"), ("watch", "7"), ("watch", "7"),
+                ("watch", "8"), ("list", None), ("watch", "21")]
+    await eventually(lambda: client.calls == expected)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert sleeps == [0.1, 0.2]  # backed off twice, growing; none before the relist
+    assert names(informer) == {"c"} and informer.lists == 2 and informer.connected
