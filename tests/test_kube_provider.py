@@ -333,3 +333,19 @@ async def test_the_informer_contract_as_an_exact_sequence_of_calls() -> None:
     await asyncio.gather(task, return_exceptions=True)
     assert sleeps == [0.1, 0.2]  # backed off twice, growing; none before the relist
     assert names(informer) == {"c"} and informer.lists == 2 and informer.connected
+
+
+async def test_a_quiet_watch_is_resumed_without_an_error(api: KubeApi, client: KubeClient,
+                                                        running: Callable[[Informer], None]) -> None:
+    sleeps: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        sleeps.append(delay)
+
+    informer = Informer(client, BALANCER_POLICIES, "default", sleep=sleep, idle_timeout=0.2)
+    running(informer)
+    await asyncio.wait_for(informer.synced.wait(), 5)
+    await asyncio.sleep(0.7)  # several idle timeouts
+    await call(api.create, balancer_policy("late"))
+    await eventually(lambda: names(informer) == {"late"})
+    assert sleeps == [] and informer.errors == 0 and informer.lists == 1 and informer.connected

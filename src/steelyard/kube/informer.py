@@ -147,6 +147,9 @@ class Informer:
                     event_type, obj = await asyncio.wait_for(stream.__anext__(), self.idle_timeout)
                 except StopAsyncIteration:
                     return
+                except TimeoutError:  # quiet, or a half-open connection: resume from the version, no alarm
+                    log.debug("%s: no event for %.0fs; resuming the watch", self.kind, self.idle_timeout)
+                    return
                 if not self.connected:
                     log.info("%s: the API server answers again; watching from resourceVersion %s",
                              self.kind, self.resource_version)
