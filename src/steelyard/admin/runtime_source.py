@@ -206,6 +206,8 @@ class RuntimeSource:
     def readiness(self) -> tuple[bool, str]:
         if self.proxy.closing:
             return False, "draining: shutting down"
+        if self.runtime is not None and getattr(self.runtime, "stopping", False):
+            return False, "shutting down: still accepting during --shutdown-delay, then draining"
         if not self.loaded:
             return False, "no configuration applied yet"
         if self.runtime is not None:

@@ -89,6 +89,7 @@ class Runtime:
         self.backlog = backlog
         self.clock = clock
         self.state: DesiredState | None = None
+        self.stopping = False  # SIGTERM arrived: not ready, listeners still open (--shutdown-delay)
         self.listeners: dict[ListenerKey, tuple[Listener, asyncio.AbstractServer]] = {}
         self.after_apply: list[Callable[[DesiredState, ApplyReport], None]] = []  # admin API hooks
         self._health_policies: dict[str, Any] = {}

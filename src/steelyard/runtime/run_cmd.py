@@ -40,6 +40,7 @@ class RunOptions:
     workers: int = 1
     admin: str | None = None
     drain_timeout: float = 30.0
+    shutdown_delay: float = 0.0  # after SIGTERM: not ready, but still accepting, for this long
     log_format: str = "text"
     log_level: str = "INFO"
     poll_interval: float = 1.0
@@ -61,6 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     admin_arguments(parser)
     parser.add_argument("--drain-timeout", default="30s", metavar="DURATION",
                         help="on SIGTERM, how long in-flight requests may take to finish (default 30s)")
+    parser.add_argument("--shutdown-delay", default="0s", metavar="DURATION",
+                        help="on SIGTERM, first report not ready but keep accepting for this long, so load "
+                             "balancers and endpoint lists stop sending here before the listeners close "
+                             "(Kubernetes: a few seconds instead of a preStop sleep; default 0s)")
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument("--log-level", default="info",
                         choices=("debug", "info", "warning", "error"), type=str.lower)
@@ -98,6 +103,7 @@ def options_from(args: argparse.Namespace) -> RunOptions:
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, not {args.workers}")
     drain = parse_duration(args.drain_timeout)
+    shutdown_delay = parse_duration(args.shutdown_delay)
     poll = parse_duration(args.poll_interval)
     if poll <= 0:
         raise ValueError("--poll-interval must be more than 0")
@@ -111,7 +117,7 @@ def options_from(args: argparse.Namespace) -> RunOptions:
     admin_token = check_admin_options(args.admin, args.admin_token)
     return RunOptions(configs=configs, workers=args.workers, admin=args.admin, admin_token=admin_token,
                       kubernetes=kubernetes,
-                      access_log=args.access_log, drain_timeout=drain,
+                      access_log=args.access_log, drain_timeout=drain, shutdown_delay=shutdown_delay,
                       log_format=args.log_format, log_level=args.log_level.upper(), poll_interval=poll,
                       worker_id=args.worker_id, ready_fd=args.ready_fd)
 
@@ -250,11 +256,13 @@ async def serve(options: RunOptions) -> int:
 
     tasks = TaskGroup()
     stop = asyncio.Event()
+    hurry = asyncio.Event()  # a second signal cuts the shutdown delay short
     loop = asyncio.get_running_loop()
 
     def on_stop(signame: str) -> None:
         if stop.is_set():
             log.info("%s again: already draining", signame)
+            hurry.set()
         else:
             log.info("%s: stopping", signame)
         stop.set()
@@ -282,6 +290,12 @@ async def serve(options: RunOptions) -> int:
             os.close(options.ready_fd)
 
     await stop.wait()
+    if options.shutdown_delay > 0 and not hurry.is_set():
+        runtime.stopping = True  # /readyz says so; new connections are still served
+        log.info("not ready; still accepting for %.1fs (--shutdown-delay) before draining",
+                 options.shutdown_delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hurry.wait(), options.shutdown_delay)
     runtime.stop_accepting()
     in_flight = proxy.in_flight()
     log.info("draining: %d in-flight request(s)/tunnel(s), up to %.1fs", in_flight, options.drain_timeout)

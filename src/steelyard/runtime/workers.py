@@ -72,7 +72,8 @@ class WorkerSlot:
 
 def worker_command(options: RunOptions, index: int, ready_fd: int) -> list[str]:
     cmd = [sys.executable, "-m", "steelyard", "run", "--worker-id", str(index), "--ready-fd", str(ready_fd),
-           "--drain-timeout", f"{options.drain_timeout}s", "--log-format", options.log_format,
+           "--drain-timeout", f"{options.drain_timeout}s",
+           "--shutdown-delay", f"{options.shutdown_delay}s", "--log-format", options.log_format,
            "--log-level", options.log_level.lower(), "--poll-interval", f"{options.poll_interval}s",
            "--admin", WORKER_ADMIN,  # private, aggregated by the supervisor's admin API
            "--access-log", str(options.access_log)]
@@ -192,7 +193,7 @@ class Supervisor:
 
     async def wait_all(self) -> list[int | None]:
         """Wait for every worker to exit: drain time plus a margin, then SIGKILL."""
-        deadline = self.options.drain_timeout + 10.0
+        deadline = self.options.shutdown_delay + self.options.drain_timeout + 10.0
         codes: list[int | None] = []
         for slot in self.slots:
             proc = slot.process
