@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, HttpResponseParser, parse_url
 
-from steelyard.runtime.upstream import Attempt, UpstreamRuntime
+from steelyard.runtime.upstream import STATUS_CLASS, Attempt, UpstreamRuntime
 from steelyard.strategies import NO_CONTEXT, PickContext
 
 if TYPE_CHECKING:
@@ -96,6 +96,8 @@ _PAUSE_CLOSING = 4  # no further request will be read
 _DEADLINE_NONE, _DEADLINE_HEADER, _DEADLINE_IDLE = 0, 1, 2
 _LAST_CHUNK = b"0\r\n\r\n"
 _JOIN_MAX = 64 * 1024  # output up to this size is joined into one buffer before writing
+# Connection field values (all of them, joined) that name no other field: nothing to remove.
+_PLAIN_CONNECTION = frozenset((None, b"keep-alive", b"Keep-Alive", b"close", b"Close"))
 _CRLF = b"\r\n"
 
 _REASONS = {
@@ -598,7 +600,29 @@ class HttpProxyProtocol(asyncio.Protocol):
             self._respond_local(req, 503, f"steelyard: load balancer {runtime.name}: "
                                           f"{runtime.unavailable_reason()}")
             return
-        self._dispatch(req, attempt)
+        # _dispatch() and _send(), inlined for the common case: a pooled connection, nothing pending.
+        req.attempt = attempt
+        endpoint_id = attempt.endpoint_id
+        req.tried = (endpoint_id,)
+        pool = server.pools.get(endpoint_id) or server.pool_for(attempt.endpoint)
+        conn: UpstreamConnection | None = pool.acquire()  # type: ignore[assignment]
+        if conn is None:
+            server.open_upstream(pool, runtime.connect_timeout, req, self)
+            return
+        if req.pending:
+            self._send(req, conn)
+            return
+        req.conn = conn
+        conn.client = self
+        conn.req = req
+        conn.head_bytes = 0
+        conn.transport.write(req.head)  # type: ignore[union-attr]
+        req.head_sent = True
+        req.upstream_deadline = server.now + runtime.request_timeout
+        if self.paused & _PAUSE_BUFFERING and not self.queue:
+            self._resume(_PAUSE_BUFFERING)
+        if self.write_paused:
+            conn.pause_reading()
 
     def _pick_context(self, runtime: UpstreamRuntime) -> PickContext:
         key: str | None = None
@@ -1021,6 +1045,7 @@ class UpstreamConnection(asyncio.Protocol):
         # status line), framing and hop-by-hop ones into the attributes below. on_headers_complete takes
         # them and leaves them fresh for the next response.
         self.fields: list[bytes] = [b""]
+        self._max_headers = server.config.max_headers
         self.field_count = 0  # fields not in `fields` (framing, hop-by-hop), for the count limit
         self.content_length: bytes | None = None
         self.chunked_in = False
@@ -1198,26 +1223,38 @@ class UpstreamConnection(asyncio.Protocol):
         # trailer fields could still set are ignored: _end_of_message() resets them for the next one.
         parts = self.fields
         self.fields = _TRAILER_SINK
-        count = self.field_count + (len(parts) - 1) // 4
-        content_length = self.content_length
-        chunked = self.chunked_in
-        connection = self.connection
         client, req = self.client, self.req
         if client is None or req is None:
             return
         self.headers_done = True
         parser = self.parser
-        status = parser.get_status_code()
-        self.status = status
+        self.status = status = parser.get_status_code()
         self.upstream_keep_alive = parser.should_keep_alive()
-        if count > self.config.max_headers:
+        if self.field_count + (len(parts) >> 2) > self._max_headers:
             raise _Reject(502, "too many response header fields")
         parts[0] = _STATUS_LINES.get(status) or _status_line(status)
+        content_length = self.content_length
+        connection = self.connection
+        runtime = req.runtime
+        assert runtime is not None
+        if (content_length is not None and status >= 200 and status != 204 and status != 304
+                and connection in _PLAIN_CONNECTION and not req.is_head
+                and status not in runtime.retry_statuses and runtime.weight_header is None):
+            # The common response: a final one with a Content-Length body, to be forwarded as it comes.
+            req.upstream_deadline = 0.0
+            req.response_started = True
+            self.keep_client = keep = req.keep_alive and req.request_complete and not client.closing
+            if keep and req.http11:
+                parts += (b"Content-Length: ", content_length, b"\r\n\r\n")
+            else:
+                parts += (b"Content-Length: ", content_length, _CRLF,
+                          b"Connection: keep-alive\r\n\r\n" if keep else b"Connection: close\r\n\r\n")
+            client.out.append(b"".join(parts))
+            return
+        chunked = self.chunked_in
         if status < 200 and status != 101:
             self._interim(client, req, parts)
             return
-        runtime = req.runtime
-        assert runtime is not None
         req.upstream_deadline = 0.0
         if status in runtime.retry_statuses and not req.response_started:
             req.next_attempt = client.retry_attempt(req)
@@ -1354,9 +1391,9 @@ class UpstreamConnection(asyncio.Protocol):
             hint = self.weight_hint
             if hint is not None:
                 self.weight_hint = None
-            attempt.done(ok=status < 500, status=status, weight_hint=hint)
+            attempt.done(status < 500, status, hint)
         server = self.server
-        server.stats.responses_by_class[status // 100 if 100 <= status < 600 else 0] += 1
+        server.stats.responses_by_class[STATUS_CLASS.get(status, 0)] += 1
         if req.logged_at:
             client.log_access(req, status)
         if self.read_paused:

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 Clock = Callable[[], float]
 
+# status -> index in EndpointStats.by_class; anything else (no status, 600-999) is 0
+STATUS_CLASS: dict[int | None, int] = {status: status // 100 for status in range(100, 600)}
+
 __all__ = ["Attempt", "EndpointStats", "UpstreamRuntime"]
 
 
@@ -68,7 +71,7 @@ class Attempt:
         self._stats = stats
         self.finished = False
 
-    def done(self, *, ok: bool, status: int | None = None, weight_hint: float | None = None) -> None:
+    def done(self, ok: bool, status: int | None = None, weight_hint: float | None = None) -> None:
         if self.finished:
             return
         self.finished = True
@@ -82,7 +85,7 @@ class Attempt:
         histogram.total += latency
         if not ok:
             stats.failures += 1
-        stats.by_class[status // 100 if status is not None and 100 <= status < 600 else 0] += 1
+        stats.by_class[STATUS_CLASS.get(status, 0)] += 1
         if self._picked is not None:
             on_done = runtime.strategy_on_done
             if on_done is not None:
