@@ -173,7 +173,7 @@ class KubeClient:
         except Exception as exc:
             raise _error(exc) from exc
         finally:
-            await stream.aclose()
+            await stream.aclose()  # type: ignore[attr-defined]  # an async generator
 
     async def get(self, kind: ResourceKind, name: str, namespace: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
@@ -191,8 +191,7 @@ class KubeClient:
     async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         cls = _CLASSES[str(obj["kind"])]
         try:
-            created = await self._client.create(cls.from_dict(dict(obj)),
-                                                namespace=obj["metadata"].get("namespace"))
+            created = await self._client.create(cls.from_dict(dict(obj)))  # namespace: the object's
             return _plain(created)
         except Exception as exc:
             raise _error(exc) from exc

@@ -51,7 +51,7 @@ class Backoff:
     def next_delay(self) -> float:
         self.attempt += 1
         ceiling = min(self.cap, self.base * 2 ** (self.attempt - 1))
-        return ceiling / 2 + self.rand() * ceiling / 2
+        return float(ceiling / 2 + self.rand() * ceiling / 2)
 
     def reset(self) -> None:
         self.attempt = 0

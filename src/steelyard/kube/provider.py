@@ -179,7 +179,7 @@ class KubeProvider:
         `upstream.load_balancer`, `clock()` and `tracker.describe(now)`); the status reports them."""
 
         def ejected(lb_key: str) -> int:
-            out = set()
+            out: set[object] = set()
             for rt in list(getattr(registry, "runtimes", {}).values()):
                 try:
                     if rt.upstream.load_balancer != lb_key:

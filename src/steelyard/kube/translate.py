@@ -159,7 +159,7 @@ def _weight(pod: Mapping[str, Any] | None, warnings: list[str]) -> int:
 def _pod_condition(pod: Mapping[str, Any], kind: str) -> bool:
     for cond in (pod.get("status") or {}).get("conditions") or ():
         if cond.get("type") == kind:
-            return cond.get("status") == "True"
+            return bool(cond.get("status") == "True")
     return False
 
 
