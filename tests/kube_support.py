@@ -26,7 +26,8 @@ lightkube does not recognise. `ApiServer` keeps kmock's HTTP front end, request 
 - deletion: an object with finalizers gets a `deletionTimestamp` and stays until they are removed; a Pod
   deleted with a grace period stays, terminating, until a delete with `gracePeriodSeconds=0` (the kubelet's
   final delete) — tests play the kubelet with `finish_pod_deletion`;
-- error bodies as `Status` objects with `Content-Type: application/json` exactly.
+- error bodies as `Status` objects with `Content-Type: application/json` exactly (kmock's own errors too);
+- the cluster-scoped `/api/v1/namespaces[/NAME]` paths, which kmock's path parser cannot read.
 
 Not modelled (see docs/ARCHITECTURE.md, "Kubernetes provider"): controllers (no EndpointSlice controller,
 no kubelet, no garbage collection by ownerReferences), admission and schema validation of custom
@@ -280,6 +281,36 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
             watch.queue.put_nowait(None)
 
     # -- HTTP ------------------------------------------------------------------------------------------
+
+    async def __call__(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        """kmock's path parser reads `/api/v1/namespaces[/NAME]` as a namespace prefix and fails: parse the
+        Namespace resource's own paths here, everything else as kmock does."""
+        parts = raw.path.strip("/").split("/")
+        if parts[:3] != ["api", "v1", "namespaces"] or len(parts) > 5 or \
+                len(parts) == 5 and parts[4] != "status":
+            return await super().__call__(raw)
+        body = await raw.read()
+        try:
+            data = json.loads(body) if body else None
+        except ValueError:
+            data = None
+        request = rendering.Request(
+            raw_request=raw, url=raw.url, method=raw.method, params=dict(raw.query),
+            headers=dict(raw.headers), data=data, body=body, text=body.decode(errors="replace"),
+            resource=kmock.resource("", "v1", "namespaces"), namespace=None,
+            name=parts[3] if len(parts) > 3 else None, subresource=parts[4] if len(parts) > 4 else None)
+        try:
+            return await self._handle(request)
+        except ApiStatus as exc:
+            return _json(exc.body(), exc.code)
+
+    async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
+        """kmock's own errors (unknown discovery paths, parse failures) with lightkube's Content-Type too."""
+        if isinstance(exc, kmock.KubernetesError):
+            status = ApiStatus(exc.status, exc.reason or type(exc).__name__, exc.message or repr(exc))
+        else:
+            status = ApiStatus(500, type(exc).__name__, repr(exc))
+        return _json(status.body(), status.code)
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         res = request.resource

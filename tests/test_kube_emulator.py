@@ -247,3 +247,25 @@ def test_the_server_goes_away_and_comes_back_on_the_same_port_with_its_objects(a
     api.come_back()
     assert api.port == port
     assert api.get(LB_API, "BalancerPolicy", "p") is not None
+
+
+def test_cluster_scoped_namespaces_and_crds(api: KubeApi) -> None:
+    namespace = api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}})
+    assert "namespace" not in namespace["metadata"]
+    status, listed = api.request("GET", "/api/v1/namespaces")
+    assert status == 200 and [n["metadata"]["name"] for n in listed["items"]] == ["shop"]
+    crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+           "metadata": {"name": "loadbalancers.steelyard.dev"}, "spec": {"group": "steelyard.dev"}}
+    status, created = api.request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+    assert status == 201 and created["metadata"]["generation"] == 1
+    status, fetched = api.request(
+        "GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/loadbalancers.steelyard.dev")
+    assert status == 200 and fetched["spec"] == {"group": "steelyard.dev"}
+
+
+def test_kmocks_own_errors_carry_exactly_application_json(api: KubeApi) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=5)
+    conn.request("GET", "/apis/nosuch.group/v1")
+    response = conn.getresponse()
+    assert response.status == 404 and response.getheader("Content-Type") == "application/json"
+    assert json.loads(response.read())["kind"] == "Status"
