@@ -124,12 +124,10 @@ def options_from(args: argparse.Namespace) -> RunOptions:
 
 def _kube_options(args: argparse.Namespace) -> Any:
     """Identity from POD_NAME (the Deployment sets it from the downward API), else host name and pid."""
-    import importlib
     import socket
 
+    from steelyard.kube.provider import KubeOptions
     from steelyard.model.durations import parse_duration
-
-    KubeOptions = importlib.import_module("steelyard.kube.provider").KubeOptions  # see serve()
 
     identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
     lease_namespace = os.environ.get("POD_NAMESPACE") or args.namespace or "default"
@@ -205,12 +203,9 @@ async def serve(options: RunOptions) -> int:
         die_with_parent()
     provider: Any
     if options.kubernetes is not None:
-        # Loaded by name: the import-linter contract forbids steelyard.runtime -> lightkube even through
-        # steelyard.kube (it checks indirect imports); this one deliberate edge is the provider's wiring.
-        import importlib
+        from steelyard.kube.provider import start_provider  # the one runtime -> kube edge (pyproject)
 
-        kube_provider = importlib.import_module("steelyard.kube.provider")
-        provider = await kube_provider.start_provider(options.kubernetes)  # waits for the first full list
+        provider = await start_provider(options.kubernetes)  # waits for the first full list
         loaded = Loaded(provider.current, ())
     else:
         provider = FileProvider(options.configs, poll_interval=options.poll_interval)
