@@ -749,18 +749,6 @@ class HttpProxyProtocol(asyncio.Protocol):
             self.flush()
             self.transport.abort()
 
-    def response_done(self, req: HttpRequest, keep_alive: bool) -> None:
-        """The response to `req` was written in full (flushed by the caller)."""
-        self.current = None
-        req.conn = None
-        if not keep_alive or self.closing or not req.request_complete:
-            self._close()
-        elif self.paused or self.queue:
-            self._next()
-        elif self.parsing is None:  # _next() when nothing waits: the connection is idle
-            self.deadline = self.server.now + self._keepalive_timeout
-            self.deadline_kind = _DEADLINE_IDLE
-
     def _next(self) -> None:
         # The exchange is over: a full-buffer pause from its upstream connection no longer applies
         # (that connection may be back in the pool and never call resume_writing for us).
@@ -1400,7 +1388,16 @@ class UpstreamConnection(asyncio.Protocol):
             self._release(reusable)
         else:
             self.pool.release(self, reusable, server.now)
-        client.response_done(req, self.keep_client)
+        # client.response_done(), inlined: the response was written in full.
+        client.current = None
+        req.conn = None
+        if not self.keep_client or client.closing or not req.request_complete:
+            client._close()
+        elif client.paused or client.queue:
+            client._next()
+        elif client.parsing is None:  # _next() when nothing waits: the connection is idle
+            client.deadline = server.now + client._keepalive_timeout
+            client.deadline_kind = _DEADLINE_IDLE
 
     def _release(self, reusable: bool) -> None:
         if self.read_paused and self.transport is not None and not self.closed:

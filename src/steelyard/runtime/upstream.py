@@ -163,6 +163,8 @@ class UpstreamRuntime:
         # not, done() skips the call. Read after the tracker took the policy; unknown means yes.
         self.tracker_listens: bool = getattr(self.tracker, "_listens", True)
         self._endpoints = {e.id: e for e in upstream.endpoints}
+        # endpoint id -> (endpoint, stats) for endpoints picked before: pick()'s one lookup
+        self._known: dict[str, tuple[BackendEndpoint, EndpointStats]] = {}
 
     @property
     def strategy(self) -> BalancingStrategy:
@@ -232,10 +234,10 @@ class UpstreamRuntime:
             return None
         # _attempt(), inlined for the common case: this runs once per request.
         endpoint_id = picked.id
-        endpoint = self._endpoints.get(endpoint_id)
-        stats = self.stats.get(endpoint_id)
-        if endpoint is None or stats is None:
+        known = self._known.get(endpoint_id)
+        if known is None:
             return self._attempt(picked, picked, now)
+        endpoint, stats = known
         stats.requests += 1
         stats.in_flight += 1
         self.requests += 1
@@ -252,6 +254,7 @@ class UpstreamRuntime:
         stats = self.stats.get(endpoint_id)
         if stats is None:
             stats = self.stats[endpoint_id] = EndpointStats()
+        self._known[endpoint_id] = (endpoint, stats)
         stats.requests += 1
         stats.in_flight += 1
         self.requests += 1
