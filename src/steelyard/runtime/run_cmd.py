@@ -17,8 +17,9 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from steelyard.admin.wiring import add_arguments as admin_arguments
 from steelyard.admin.wiring import check_options as check_admin_options
@@ -194,6 +195,26 @@ def _who(options: RunOptions) -> str:
     """`steelyard` for a single process; a worker's lines already carry `[worker N]`."""
     return "steelyard" if options.worker_id is None else "worker"
 
+T = TypeVar("T")
+
+
+async def _until_stopped(start: Coroutine[Any, Any, T]) -> T | None:
+    """Await a start-up step (the Kubernetes provider waits for a reachable API) that SIGTERM/SIGINT
+    may cut short: then None, and the process exits cleanly instead of dying by the signal."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(start)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if task.cancelled() and not asyncio.current_task().cancelling():  # type: ignore[union-attr]
+            return None
+        raise
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
 
 async def serve(options: RunOptions) -> int:
     """Run one process until SIGTERM/SIGINT; 0 after a clean drain, 1 when start-up fails."""
@@ -205,7 +226,10 @@ async def serve(options: RunOptions) -> int:
     if options.kubernetes is not None:
         from steelyard.kube.provider import start_provider  # the one runtime -> kube edge (pyproject)
 
-        provider = await start_provider(options.kubernetes)  # waits for the first full list
+        provider = await _until_stopped(start_provider(options.kubernetes))  # the first full list
+        if provider is None:
+            log.info("stopped before the first configuration arrived (pid %d)", os.getpid())
+            return 0
         loaded = Loaded(provider.current, ())
     else:
         provider = FileProvider(options.configs, poll_interval=options.poll_interval)
