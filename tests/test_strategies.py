@@ -501,3 +501,20 @@ def test_weight_zero_and_empty_sets_pick_nothing(kind: str) -> None:
     s.set_endpoints(endpoints(a=0, b=1))
     assert {x for x in picks(s, 10, PickContext(client_ip="10.0.0.1"))} == {"b"}
     assert json.dumps(s.describe())
+
+
+def test_maglev_keeps_its_table_while_weights_move_a_little() -> None:
+    """Slow start and dynamic weights move effective weights in small steps: no 65,537-slot rebuild for
+    each, but a real change (10 % or more, or another endpoint) rebuilds."""
+    m = make("Maglev", hashOn={"header": "X-User"})
+    m.set_endpoints(endpoints(a=10, b=10, c=10))
+    table = m._table  # type: ignore[attr-defined]
+    m.set_endpoints(endpoints(a=10.5, b=9.5, c=10))
+    assert m._table is table  # type: ignore[attr-defined]
+    assert [e.weight for e in m._endpoints] == [10.5, 9.5, 10]  # type: ignore[attr-defined]
+    m.set_endpoints(endpoints(a=10.5, b=10, c=12))  # c moved 20 % from what the table was built for
+    assert m._table is not table  # type: ignore[attr-defined]
+    table = m._table  # type: ignore[attr-defined]
+    m.set_endpoints(endpoints(a=10.5, b=10))
+    assert m._table is not table  # type: ignore[attr-defined]
+    assert {m.pick(PickContext(hash_key=f"user{i}")).id for i in range(200)} == {"a", "b"}  # type: ignore[union-attr]

@@ -9,7 +9,8 @@ removing one of n endpoints moves its own 1/n of the keys plus a little more (th
 figures; tested here at <= 2/n).
 
 Weights: as in Envoy's weighted Maglev, turns are proportional to weight: each round every endpoint earns
-weight / max weight of a turn and claims a slot for each whole turn earned.
+weight / max weight of a turn and claims a slot for each whole turn earned. A weight that moved less than
+10 % since the table was built keeps the table (slow start and dynamic weights move in small steps).
 
 Table size: the smallest prime >= max(65,537, 100 x endpoints) (the paper keeps M >= 100 N so slot counts
 stay within about 1 % of each other). 10,000 endpoints need M >= 1,000,000 (1,000,003).
@@ -170,7 +171,7 @@ class Maglev(BalancingStrategy):
         key = tuple((e.id, e.weight) for e in new)
         self._endpoints = new
         self._memo = {}
-        if key == self._built_for and self._table:
+        if self._table and _close_enough(key, self._built_for):
             return
         self._built_for = key
         if not new:
@@ -199,3 +200,21 @@ class Maglev(BalancingStrategy):
 
     def describe(self) -> dict[str, object]:
         return {"strategy": self.name, "endpoints": len(self._endpoints), "table_size": self._size}
+
+
+WEIGHT_TOLERANCE = 0.1
+
+
+def _close_enough(wanted: tuple[tuple[str, float], ...], built: tuple[tuple[str, float], ...]) -> bool:
+    """The same endpoints in the same order, each weight within 10 % of the one the table was built for.
+
+    Effective weights move in small steps (slow start ramps, dynamic weights every 0.5 s); rebuilding a
+    65,537-slot table for each step would block the event loop tens of ms each time for a share change
+    the table cannot even show at that precision. A 10 % move or more, or any change of endpoints, rebuilds.
+    """
+    if len(wanted) != len(built):
+        return False
+    for (wanted_id, wanted_weight), (built_id, built_weight) in zip(wanted, built, strict=True):
+        if wanted_id != built_id or abs(wanted_weight - built_weight) > WEIGHT_TOLERANCE * built_weight:
+            return False
+    return True
