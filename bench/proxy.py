@@ -56,7 +56,6 @@ SECTION_BEGIN = "<!-- proxy:begin -->"
 SECTION_END = "<!-- proxy:end -->"
 NOTES_BEGIN = "<!-- proxy-notes:begin -->"
 NOTES_END = "<!-- proxy-notes:end -->"
-STRATEGIES_MARKERS = "<!-- strategies:begin -->\n<!-- strategies:end -->\n"
 
 
 class NotAvailable(Exception):
@@ -1350,7 +1349,8 @@ def report(
 def write_docs(section: str) -> None:
     """Replace only the proxy section of docs/benchmarks.md, keeping its hand-written notes block."""
     DOCS.parent.mkdir(parents=True, exist_ok=True)
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\n" + STRATEGIES_MARKERS + "\n"
+    # A new file gets a title and this section only: other sections belong to their own benchmarks.
+    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
     notes = f"{NOTES_BEGIN}\n{NOTES_END}"
     if SECTION_BEGIN in text and SECTION_END in text:
         head, rest = text.split(SECTION_BEGIN, 1)
