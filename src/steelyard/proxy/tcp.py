@@ -26,6 +26,8 @@ __all__ = ["TcpProxyProtocol", "TcpTunnel"]
 class _Side(asyncio.Protocol):
     """One end of a tunnel; `peer` is the other end."""
 
+    __slots__ = ("tunnel", "peer", "transport", "eof_in", "lost", "early", "peer_transport", "active")
+
     def __init__(self, tunnel: TcpTunnel):
         self.tunnel = tunnel
         self.peer: _Side | None = None
@@ -34,7 +36,7 @@ class _Side(asyncio.Protocol):
         self.lost = False
         self.early: list[bytes] = []  # bytes read before the peer was connected
         self.peer_transport: asyncio.Transport | None = None  # set once both ends are connected
-        self.reads = 0  # the idle sweep compares it between ticks: no clock read per chunk
+        self.active = False  # set per read, cleared by the idle sweep: no clock read per chunk
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -43,13 +45,13 @@ class _Side(asyncio.Protocol):
         peer_transport = self.peer_transport
         if peer_transport is not None:
             peer_transport.write(data)
-            self.reads += 1
+            self.active = True
             return
         peer = self.peer
         if peer is not None and peer.transport is not None:
             self.peer_transport = peer.transport
             peer.transport.write(data)
-            self.reads += 1
+            self.active = True
         elif self.transport is not None:
             # uvloop starts reading after connection_made() whatever it asked, so hold and pause here.
             self.early.append(data)
@@ -97,7 +99,6 @@ class TcpTunnel:
         self.tried: list[str] = []
         self.retries_left = 0
         self.last_activity = server.now
-        self._reads_seen = 0
         self.closed = False
         self.failed = False
 
@@ -194,9 +195,9 @@ class TcpTunnel:
         runtime = self.runtime
         if runtime is None or self.upstream is None:
             return
-        reads = self.client.reads + self.upstream.reads
-        if reads != self._reads_seen:
-            self._reads_seen = reads
+        client, upstream = self.client, self.upstream
+        if client.active or upstream.active:
+            client.active = upstream.active = False
             self.last_activity = now
         elif now - self.last_activity > runtime.idle_timeout:
             self.server.stats.timeouts += 1
@@ -205,6 +206,8 @@ class TcpTunnel:
 
 class TcpProxyProtocol(_Side):
     """The client side of a TCP listener's connection; builds its tunnel on accept."""
+
+    __slots__ = ()
 
     def __init__(self, server: ProxyServer, listener_key: tuple[str, int]):
         super().__init__(TcpTunnel(server, listener_key))
