@@ -148,3 +148,37 @@ class AliasTable:
         x = u * self.n
         i = int(x)
         return i if x - i < self.keep[i] else self.alias[i]
+
+
+class TwoDraws:
+    """Two weighted draws of distinct endpoints, shared by PowerOfTwoChoices and PeakEWMA.
+
+    `set_weights` builds the alias table and running sums once per endpoint set; strategies inline the
+    first two alias draws in `pick` (a call per draw costs as much as the draw) and call `redraw` only
+    when the second hit the first: up to 8 more alias draws, then an exact step over the first's share.
+    The random source stays the strategy's (its deep copy for `explain` rebinds it).
+    """
+
+    __slots__ = ("n", "weights", "cum", "total", "keep", "alias")
+
+    def __init__(self) -> None:
+        self.set_weights([])
+
+    def set_weights(self, weights: list[float]) -> None:
+        self.n = len(weights)
+        self.weights = weights
+        self.cum = cumulative(weights)
+        self.total = self.cum[-1] if self.cum else 0.0
+        table = AliasTable(weights)
+        self.keep, self.alias = table.keep, table.alias
+
+    def redraw(self, first: int, rand: Callable[[], float]) -> int:
+        keep, alias, n = self.keep, self.alias, self.n
+        for _ in range(8):
+            x = rand() * n
+            second = int(x)
+            if x - second >= keep[second]:
+                second = alias[second]
+            if second != first:
+                return second
+        return draw_other(self.cum, self.weights, self.total, first, rand())

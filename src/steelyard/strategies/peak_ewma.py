@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from math import exp
 
 from steelyard.model import Strategy as StrategySpec
-from steelyard.strategies._common import AliasTable, Cells, cumulative, draw_other, usable
+from steelyard.strategies._common import Cells, TwoDraws, usable
 from steelyard.strategies.base import NO_CONTEXT, BalancingStrategy, Clock, Endpoint, PickContext, register
 
 DECAY_SECONDS = 10.0  # tau, Finagle's default decay time
@@ -46,22 +46,14 @@ class PeakEWMA(BalancingStrategy):
     def __init__(self, spec: StrategySpec, clock: Clock = time.monotonic, rng: random.Random | None = None):
         super().__init__(spec, clock, rng)
         self._endpoints: list[Endpoint] = []
-        self._weights: list[float] = []
-        self._cum: list[float] = []
-        self._total = 0.0
-        self._keep: list[float] = []
-        self._alias: list[int] = []
+        self._draws = TwoDraws()
+        self._random = self.rng.random
         self._cells = Cells(lambda: [0, 0.0, self.clock()])
         self._state: list[list[float]] = []
-        self._random = self.rng.random
 
     def set_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
         self._endpoints = usable(endpoints)
-        self._weights = [e.weight for e in self._endpoints]
-        self._cum = cumulative(self._weights)
-        self._total = self._cum[-1] if self._cum else 0.0
-        table = AliasTable(self._weights)
-        self._keep, self._alias = table.keep, table.alias
+        self._draws.set_weights([e.weight for e in self._endpoints])
         self._state = self._cells.align(self._endpoints)
 
     @staticmethod
@@ -77,7 +69,8 @@ class PeakEWMA(BalancingStrategy):
                 return None
             best = 0
         else:
-            rand, keep, alias = self._random, self._keep, self._alias
+            draws = self._draws
+            rand, keep, alias = self._random, draws.keep, draws.alias
             x = rand() * n
             first = int(x)
             if x - first >= keep[first]:
@@ -87,7 +80,7 @@ class PeakEWMA(BalancingStrategy):
             if x - second >= keep[second]:
                 second = alias[second]
             if second == first:
-                second = self._redraw(first)
+                second = draws.redraw(first, rand)
             now = self.clock()
             a, b = self._state[first], self._state[second]
             # load = estimate decayed to now x (in flight + 1), or a penalty while in flight unmeasured
@@ -100,18 +93,6 @@ class PeakEWMA(BalancingStrategy):
             best = second if load_b < load_a else first
         self._state[best][PENDING] += 1
         return endpoints[best]
-
-    def _redraw(self, first: int) -> int:
-        """The second draw hit the first: draw again, up to 8 times, then step over the first's share."""
-        rand, keep, alias, n = self._random, self._keep, self._alias, len(self._endpoints)
-        for _ in range(8):
-            x = rand() * n
-            second = int(x)
-            if x - second >= keep[second]:
-                second = alias[second]
-            if second != first:
-                return second
-        return draw_other(self._cum, self._weights, self._total, first, rand())
 
     def on_done(self, endpoint: Endpoint, latency: float, ok: bool) -> None:
         cell = self._cells.by_id.get(endpoint.id)

@@ -26,7 +26,7 @@ from bisect import bisect_right
 from collections.abc import Sequence
 
 from steelyard.model import Strategy as StrategySpec
-from steelyard.strategies._common import AliasTable, Cells, cumulative, draw, draw_other, usable
+from steelyard.strategies._common import Cells, TwoDraws, draw, usable
 from steelyard.strategies.base import NO_CONTEXT, BalancingStrategy, Clock, Endpoint, PickContext, register
 
 
@@ -51,24 +51,17 @@ class PowerOfTwoChoices(BalancingStrategy):
         super().__init__(spec, clock, rng)
         self._choices = max(2, spec.choices)
         self._endpoints: list[Endpoint] = []
-        self._weights: list[float] = []
         self._inverse: list[float] = []
-        self._cum: list[float] = []
-        self._total = 0.0
-        self._keep: list[float] = []
-        self._alias: list[int] = []
+        self._draws = TwoDraws()
+        self._random = self.rng.random
         self._cells = Cells(lambda: [0])
         self._in_flight: list[list[float]] = []
-        self._random = self.rng.random
 
     def set_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
         self._endpoints = usable(endpoints)
-        self._weights = [e.weight for e in self._endpoints]
-        self._inverse = [1.0 / w for w in self._weights]
-        self._cum = cumulative(self._weights)
-        self._total = self._cum[-1] if self._cum else 0.0
-        table = AliasTable(self._weights)
-        self._keep, self._alias = table.keep, table.alias
+        weights = [e.weight for e in self._endpoints]
+        self._inverse = [1.0 / w for w in weights]
+        self._draws.set_weights(weights)
         self._in_flight = self._cells.align(self._endpoints)
 
     def pick(self, context: PickContext = NO_CONTEXT) -> Endpoint | None:
@@ -79,7 +72,8 @@ class PowerOfTwoChoices(BalancingStrategy):
                 return None
             best = 0
         elif self._choices == 2 or n == 2:
-            rand, keep, alias = self._random, self._keep, self._alias
+            draws = self._draws
+            rand, keep, alias = self._random, draws.keep, draws.alias
             x = rand() * n
             first = int(x)
             if x - first >= keep[first]:
@@ -89,7 +83,7 @@ class PowerOfTwoChoices(BalancingStrategy):
             if x - second >= keep[second]:
                 second = alias[second]
             if second == first:
-                second = self._redraw(first)
+                second = draws.redraw(first, rand)
             inverse, in_flight = self._inverse, self._in_flight
             a = (in_flight[first][0] + 1) * inverse[first]
             b = (in_flight[second][0] + 1) * inverse[second]
@@ -99,20 +93,9 @@ class PowerOfTwoChoices(BalancingStrategy):
         self._in_flight[best][0] += 1
         return endpoints[best]
 
-    def _redraw(self, first: int) -> int:
-        """The second draw hit the first: draw again, up to 8 times, then step over the first's share."""
-        rand, keep, alias, n = self._random, self._keep, self._alias, len(self._endpoints)
-        for _ in range(8):
-            x = rand() * n
-            second = int(x)
-            if x - second >= keep[second]:
-                second = alias[second]
-            if second != first:
-                return second
-        return draw_other(self._cum, self._weights, self._total, first, rand())
-
     def _pick_many(self, n: int) -> int:
-        cum, weights, total, rand = self._cum, self._weights, self._total, self._random
+        draws = self._draws
+        cum, weights, total, rand = draws.cum, draws.weights, draws.total, self._random
         taken = [draw(cum, total, rand())]
         for _ in range(min(self._choices, n) - 1):
             taken.append(draw_excluding(cum, weights, total, sorted(taken), rand()))
