@@ -27,12 +27,17 @@ lightkube does not recognise. `ApiServer` keeps kmock's HTTP front end, request 
   deleted with a grace period stays, terminating, until a delete with `gracePeriodSeconds=0` (the kubelet's
   final delete) — tests play the kubelet with `finish_pod_deletion`;
 - error bodies as `Status` objects with `Content-Type: application/json` exactly (kmock's own errors too);
-- the cluster-scoped `/api/v1/namespaces[/NAME]` paths, which kmock's path parser cannot read.
+- the cluster-scoped `/api/v1/namespaces[/NAME]` paths, which kmock's path parser cannot read;
+- custom resources checked against their installed CRD's `openAPIV3Schema` on every write (the committed
+  deploy/crds/ are installed by default): unknown fields pruned (a `Warning` header each; 400 with
+  `fieldValidation=Strict`) unless `x-kubernetes-preserve-unknown-fields`, `default`s applied (a null in a
+  non-nullable field is defaulted or dropped), then validated: 422 `Invalid` with `details.causes` naming
+  each field (type, nullable, int-or-string, enum, pattern, bounds, lengths, item counts, required, and
+  `metadata.name` as a DNS subdomain).
 
 Not modelled (see docs/ARCHITECTURE.md, "Kubernetes provider"): controllers (no EndpointSlice controller,
-no kubelet, no garbage collection by ownerReferences), admission and schema validation of custom
-resources, bookmarks, list pagination (`limit`/`continue`), `resourceVersion` semantics on list (always
-the latest), server-side apply, JSON patch, RBAC and authentication.
+no kubelet, no garbage collection by ownerReferences), CEL rules and formats in CRD schemas, admission
+webhooks, server-side apply, JSON patch, RBAC and authentication.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import datetime
 import itertools
 import json
 import random
+import re
 import string
 import threading
 import time
@@ -53,10 +59,12 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp.web
 import kmock
+import yaml
 from kmock._internal import rendering
 
 LOCALHOST = "127.0.0.1"
@@ -86,6 +94,8 @@ KINDS: dict[tuple[str, str, str], Kind] = {
     ("steelyard.dev", "v1alpha1", "balancerpolicies"): Kind("BalancerPolicy", status=True, custom=True),
 }
 
+CRDS = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+
 PLURALS = {"LoadBalancer": "loadbalancers", "BalancerPolicy": "balancerpolicies", "Pod": "pods",
            "Service": "services", "EndpointSlice": "endpointslices", "Lease": "leases", "Event": "events",
            "Namespace": "namespaces"}
@@ -107,19 +117,29 @@ def api_path(api_version: str, kind: str, namespace: str | None = None, name: st
 class ApiStatus(Exception):
     """An error answer: a `Status` object with this code, reason and message."""
 
-    def __init__(self, code: int, reason: str, message: str) -> None:
+    def __init__(self, code: int, reason: str, message: str, details: dict[str, Any] | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
         super().__init__(f"{code} {reason}: {message}")
         self.code, self.reason, self.message = code, reason, message
+        self.details = details
+        self.headers = dict(headers or {})
 
     def body(self) -> dict[str, Any]:
-        return {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
-                "code": self.code, "reason": self.reason, "message": self.message}
+        out = {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+               "code": self.code, "reason": self.reason, "message": self.message}
+        if self.details is not None:
+            out["details"] = self.details
+        return out
 
 
-def _json(data: Any, status: int = 200) -> aiohttp.web.Response:
+def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> aiohttp.web.Response:
     # Exactly `application/json`: lightkube raises ApiError only for that Content-Type.
     return aiohttp.web.Response(body=json.dumps(data).encode(), status=status,
-                                headers={"Content-Type": "application/json"})
+                                headers={"Content-Type": "application/json", **(headers or {})})
+
+
+def _error(exc: ApiStatus) -> aiohttp.web.Response:
+    return _json(exc.body(), exc.code, exc.headers)
 
 
 # -- label and field selectors ------------------------------------------------------------------------------
@@ -200,6 +220,211 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
+# -- custom resources: structural schema pruning, defaulting and validation ------------------------------
+#
+# What apiextensions-apiserver does to a custom resource on every write, in its order: prune the fields the
+# schema does not know (unless `x-kubernetes-preserve-unknown-fields`), apply `default`s (a null in a field
+# that is not `nullable` is replaced by its default, or dropped when it has none), then validate. Written
+# here from the Kubernetes documentation ("Specifying a structural schema", "Defaulting", "Validation"),
+# not from the product's renderer, so a renderer bug shows as a disagreement.
+
+
+@dataclass(frozen=True)
+class Cause:
+    """One `details.causes` entry of a 422 Invalid answer."""
+
+    reason: str  # FieldValueRequired | FieldValueInvalid | FieldValueNotSupported | FieldValueTypeInvalid...
+    field: str  # spec.ports[0].port
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"reason": self.reason, "message": self.message, "field": self.field}
+
+
+def _child(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _preserves(schema: Mapping[str, Any]) -> bool:
+    return bool(schema.get("x-kubernetes-preserve-unknown-fields")
+                or schema.get("x-kubernetes-int-or-string"))
+
+
+def prune(schema: Mapping[str, Any], value: Any, path: str = "", pruned: list[str] | None = None) -> Any:
+    """Drop what the structural schema does not specify; `pruned` collects the dropped fields' paths."""
+    pruned = pruned if pruned is not None else []
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if props is not None and key in props:
+                out[key] = prune(props[key], item, _child(path, key), pruned)
+            elif isinstance(extra, Mapping):
+                out[key] = prune(extra, item, f"{path}[{key}]", pruned)
+            elif _preserves(schema) or extra is True:
+                out[key] = item
+            else:
+                pruned.append(_child(path, key))
+        return out
+    if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        return [prune(schema["items"], item, f"{path}[{i}]", pruned) for i, item in enumerate(value)]
+    return value
+
+
+def default(schema: Mapping[str, Any], value: Any) -> Any:
+    """Apply `default`s top-down (a defaulted object gets its own properties' defaults too)."""
+    if isinstance(value, dict):
+        out = dict(value)
+        for key, prop in (schema.get("properties") or {}).items():
+            if out.get(key, _MISSING) is None and not prop.get("nullable"):
+                del out[key]  # a null in a non-nullable field: defaulted, or pruned without a default
+            if key not in out and "default" in prop:
+                out[key] = copy.deepcopy(prop["default"])
+            if key in out:
+                out[key] = default(prop, out[key])
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, Mapping):
+            out = {k: default(extra, v) for k, v in out.items()}
+        return out
+    if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        return [default(schema["items"], item) for item in value]
+    return value
+
+
+_MISSING = object()
+
+_TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "string": lambda v: isinstance(v, str),
+    "boolean": lambda v: isinstance(v, bool),
+    "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool))
+    or (isinstance(v, float) and v.is_integer()),
+    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+}
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value)
+
+
+def validate(schema: Mapping[str, Any], value: Any, path: str = "") -> list[Cause]:
+    """The causes a real API server would list for `value` under a structural schema (OpenAPI v3 subset
+    the CRDs use: type, nullable, int-or-string, enum, pattern, bounds, lengths, item counts, required)."""
+    where = path or "<root>"
+    if value is None:
+        if schema.get("nullable") or _preserves(schema) and "type" not in schema:
+            return []
+        return [Cause("FieldValueTypeInvalid", where, f'Invalid value: "null": {where} in body must be '
+                      f'of type {schema.get("type", "object")}: "null"')]
+    if schema.get("x-kubernetes-int-or-string"):
+        if not (isinstance(value, str) or _TYPE_CHECKS["integer"](value)):
+            return [Cause("FieldValueTypeInvalid", where, f"Invalid value: {_show(value)}: {where} in body "
+                          "must be of type integer-or-string")]
+    elif "type" in schema and not _TYPE_CHECKS[schema["type"]](value):
+        return [Cause("FieldValueTypeInvalid", where, f"Invalid value: {_show(value)}: {where} in body "
+                      f"must be of type {schema['type']}: {_show(type(value).__name__)}")]
+    causes: list[Cause] = []
+    if "enum" in schema and value not in schema["enum"]:
+        supported = ", ".join(_show(v) for v in schema["enum"])
+        causes.append(Cause("FieldValueNotSupported", where,
+                            f"Unsupported value: {_show(value)}: supported values: {supported}"))
+    if isinstance(value, str):
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            causes.append(Cause("FieldValueInvalid", where, f"Invalid value: {_show(value)}: {where} in body "
+                                f"should match '{schema['pattern']}'"))
+        if "minLength" in schema and len(value) < schema["minLength"]:
+            causes.append(Cause("FieldValueInvalid", where, f"Invalid value: {_show(value)}: {where} in body "
+                                f"should be at least {schema['minLength']} chars long"))
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            causes.append(Cause("FieldValueTooLong", where,
+                                f"Too long: may not be more than {schema['maxLength']} bytes"))
+    if _TYPE_CHECKS["number"](value):
+        low, high = schema.get("minimum"), schema.get("maximum")
+        if low is not None and (value <= low if schema.get("exclusiveMinimum") else value < low):
+            than = "greater than" if schema.get("exclusiveMinimum") else "greater than or equal to"
+            causes.append(Cause("FieldValueInvalid", where, f"Invalid value: {_show(value)}: {where} in body "
+                                f"should be {than} {low}"))
+        if high is not None and (value >= high if schema.get("exclusiveMaximum") else value > high):
+            than = "less than" if schema.get("exclusiveMaximum") else "less than or equal to"
+            causes.append(Cause("FieldValueInvalid", where, f"Invalid value: {_show(value)}: {where} in body "
+                                f"should be {than} {high}"))
+    if isinstance(value, list):
+        if "minItems" in schema and len(value) < schema["minItems"]:
+            causes.append(Cause("FieldValueInvalid", where, f"Invalid value: {len(value)}: {where} in body "
+                                f"should have at least {schema['minItems']} items"))
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            causes.append(Cause("FieldValueTooMany", where,
+                                f"Too many: {len(value)}: must have at most {schema['maxItems']} items"))
+        if isinstance(schema.get("items"), Mapping):
+            for i, item in enumerate(value):
+                causes += validate(schema["items"], item, f"{path}[{i}]")
+    if isinstance(value, dict):
+        for name in schema.get("required") or ():
+            if name not in value:
+                causes.append(Cause("FieldValueRequired", _child(path, name), "Required value"))
+        props = schema.get("properties") or {}
+        extra = schema.get("additionalProperties")
+        for key, item in value.items():
+            if key in props:
+                causes += validate(props[key], item, _child(path, key))
+            elif isinstance(extra, Mapping):
+                causes += validate(extra, item, f"{path}[{key}]")
+    return causes
+
+
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def invalid(kind: str, group: str, name: str, causes: list[Cause]) -> ApiStatus:
+    """The API server's 422: `<Kind>.<group> "<name>" is invalid: <field>: <message>[, ...]`."""
+    texts = [f"{c.field}: {c.message}" for c in causes]
+    summary = texts[0] if len(texts) == 1 else "[" + ", ".join(texts) + "]"
+    qualified = f"{kind}.{group}" if group else kind
+    return ApiStatus(422, "Invalid", f'{qualified} "{name}" is invalid: {summary}',
+                     details={"name": name, "group": group, "kind": kind,
+                              "causes": [c.as_dict() for c in causes]})
+
+
+def admit_custom_resource(schema: Mapping[str, Any], obj: dict[str, Any], *, kind: str, group: str,
+                          strict: bool = False) -> tuple[dict[str, Any], list[str]]:
+    """Prune, default and validate one custom resource as the API server does on a write.
+    Returns the object to store and the pruned fields (the server's "unknown field" warnings); raises the
+    422 Invalid `ApiStatus` (or, with `fieldValidation=Strict`, 400 for unknown fields)."""
+    meta = obj.get("metadata") or {}
+    pruned: list[str] = []
+    body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
+    root = {k: v for k, v in schema.items() if k != "properties"}
+    root["properties"] = {k: v for k, v in (schema.get("properties") or {}).items()
+                          if k not in ("apiVersion", "kind", "metadata")}
+    body = prune(root, body, "", pruned)
+    if strict and pruned:
+        raise ApiStatus(400, "BadRequest", "strict decoding error: " +
+                        ", ".join(f'unknown field "{p}"' for p in pruned))
+    body = default(root, body)
+    causes = validate(root, body)
+    name = str(meta.get("name") or "")
+    if name and (len(name) > 253 or not _DNS_SUBDOMAIN.match(name)):
+        causes.insert(0, Cause("FieldValueInvalid", "metadata.name", f"Invalid value: {_show(name)}: a "
+                               "lowercase RFC 1123 subdomain must consist of lower case alphanumeric "
+                               "characters, '-' or '.', and must start and end with an alphanumeric "
+                               "character"))
+    if causes:
+        raise invalid(kind, group, name, causes)
+    out = {k: obj[k] for k in ("apiVersion", "kind", "metadata") if k in obj}
+    out.update(body)
+    return out, pruned
+
+
+CRD_DIR = Path(__file__).resolve().parent.parent / "deploy" / "crds"
+
+
+def committed_crds() -> list[dict[str, Any]]:
+    """The CRDs `make install` applies: the committed files under deploy/crds/."""
+    return [yaml.safe_load(p.read_text()) for p in sorted(CRD_DIR.glob("*.yaml"))]
+
+
 # -- the store -------------------------------------------------------------------------------------------
 
 
@@ -258,6 +483,8 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
                                   dict[str, Any]]] = deque(maxlen=2000)
         self.compacted_rv = 0  # a watch from a version older than this is answered with 410 Gone
         self.watches: set[_Watch] = set()
+        self._warnings: list[str] = []
+        self._strict = False
         self.write_log: list[tuple[str, str, str]] = []  # (method, path, user agent) of every write
         for (group, version, plural), info in KINDS.items():
             self.resources[kmock.resource(group, version, plural)] = kmock.ResourceInfo(
@@ -302,7 +529,7 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
         try:
             return await self._handle(request)
         except ApiStatus as exc:
-            return _json(exc.body(), exc.code)
+            return _error(exc)
 
     async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
         """kmock's own errors (unknown discovery paths, parse failures) with lightkube's Content-Type too."""
@@ -323,12 +550,21 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
         try:
             return await self._serve(request, key, KINDS[key])
         except ApiStatus as exc:
-            return _json(exc.body(), exc.code)
+            return _error(exc)
 
     async def _serve(self, request: rendering.Request, key: tuple[str, str, str],
                      info: Kind) -> aiohttp.web.StreamResponse:
         method = str(request.method.value).upper()
         params = dict(request.params or {})
+        self._warnings = []
+        self._strict = params.get("fieldValidation") == "Strict"
+        response = await self._serve_one(request, key, info, method, params)
+        for warning in self._warnings:  # the API server's "unknown field" warnings (RFC 7234 299)
+            response.headers.add("Warning", f'299 - "{warning}"')
+        return response
+
+    async def _serve_one(self, request: rendering.Request, key: tuple[str, str, str], info: Kind,
+                         method: str, params: Mapping[str, str]) -> aiohttp.web.StreamResponse:
         if method != "GET":
             agent = (request.headers or {}).get("User-Agent", "")
             self.write_log.append((method, request.url.path, agent))
@@ -458,6 +694,28 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
                 watch.queue.put_nowait((kind, old, new))
         return new
 
+    def schema(self, key: tuple[str, str, str]) -> dict[str, Any] | None:
+        """The openAPIV3Schema of the stored CRD serving `key`'s group, version and plural (None: none)."""
+        group, version, plural = key
+        crd = self.store.get((CRDS, None, f"{plural}.{group}"))
+        for served in ((crd or {}).get("spec") or {}).get("versions") or ():
+            if served.get("name") == version:
+                found = (served.get("schema") or {}).get("openAPIV3Schema")
+                return dict(found) if found else None
+        return None
+
+    def _admit(self, key: tuple[str, str, str], info: Kind, obj: dict[str, Any]) -> dict[str, Any]:
+        """A custom resource whose CRD is installed is pruned, defaulted and validated against its schema."""
+        if not info.custom:
+            return obj
+        schema = self.schema(key)
+        if schema is None:
+            return obj
+        admitted, pruned = admit_custom_resource(schema, obj, kind=info.kind, group=key[0],
+                                                 strict=getattr(self, "_strict", False))
+        self._warnings.extend(f'unknown field "{p}"' for p in pruned)
+        return admitted
+
     def _create(self, key: tuple[str, str, str], info: Kind, namespace: str | None,
                 data: Any) -> dict[str, Any]:
         if not isinstance(data, dict):
@@ -485,7 +743,7 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
         meta["generation"] = 1
         for transient in ("deletionTimestamp", "resourceVersion"):
             meta.pop(transient, None)
-        return self._commit(key, "ADDED", None, obj)
+        return self._commit(key, "ADDED", None, self._admit(key, info, obj))
 
     def _content_type(self, request: rendering.Request) -> str:
         headers = {k.lower(): v for k, v in (request.headers or {}).items()}
@@ -507,6 +765,7 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
                 result["status"] = new["status"]
             else:
                 result.pop("status", None)
+            result = self._admit(key, info, result)
         else:
             result = new
             if info.status:
@@ -521,6 +780,7 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
                     result["metadata"][field_name] = old["metadata"][field_name]
                 else:
                     result["metadata"].pop(field_name, None)
+            result = self._admit(key, info, result)
             if _spec_part(result) != _spec_part(old):
                 result["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
         if result == old:
@@ -579,9 +839,11 @@ class KubeApi:
 
     Tests talk to it over plain HTTP (`create`, `patch`, `get`, ...), as any client would.
     `go_away()`/`come_back()` close and reopen the listening socket on the same port, keeping the objects.
+    With `crds=True` (the default) the committed CRDs (deploy/crds/) are installed first, as `make install`
+    does, so LoadBalancers and BalancerPolicies are pruned, defaulted and validated against their schema.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, crds: bool = True) -> None:
         self.loop = asyncio.new_event_loop()
         self.server: ApiServer | None = None
         self._web: aiohttp.web.Server | None = None
@@ -592,6 +854,10 @@ class KubeApi:
         self._thread.start()
         ready.wait(10)
         self.call(self._open)
+        if crds:
+            for definition in committed_crds():
+                self.call(lambda d=definition: self.server._create(  # type: ignore[union-attr]
+                    CRDS, KINDS[CRDS], None, d))
 
     def _run(self, ready: threading.Event) -> None:
         asyncio.set_event_loop(self.loop)
@@ -719,8 +985,8 @@ class KubeApi:
 
 
 @contextlib.contextmanager
-def kube_api() -> Iterator[KubeApi]:
-    api = KubeApi()
+def kube_api(crds: bool = True) -> Iterator[KubeApi]:
+    api = KubeApi(crds)
     try:
         yield api
     finally:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from kube_support import KubeApi, api_path, balancer_policy, kube_api, pod
+from kube_support import KubeApi, api_path, balancer_policy, kube_api, load_balancer, pod
 
 LB_API = "steelyard.dev/v1alpha1"
 POLICIES = api_path(LB_API, "BalancerPolicy", "default")
@@ -74,23 +74,27 @@ def test_generation_moves_on_spec_changes_only(api: KubeApi) -> None:
 def test_status_subresource_is_split_from_the_main_resource(api: KubeApi) -> None:
     created = api.create({**balancer_policy("p"), "status": {"ignored": True}})
     assert "status" not in created
-    with_status = api.patch(LB_API, "BalancerPolicy", "p", {"status": {"ready": 1}, "spec": {"x": 1}},
+    with_status = api.patch(LB_API, "BalancerPolicy", "p",
+                            {"status": {"ready": 1}, "spec": {"strategy": {"type": "Random"}}},
                             subresource="status")
-    assert with_status["status"] == {"ready": 1} and "x" not in with_status["spec"]
+    assert with_status["status"] == {"ready": 1}
+    assert with_status["spec"]["strategy"]["type"] == "RoundRobin"
     assert with_status["metadata"]["generation"] == 1
-    main = api.patch(LB_API, "BalancerPolicy", "p", {"status": {"ready": 99}, "spec": {"x": 2}})
-    assert main["status"] == {"ready": 1} and main["spec"]["x"] == 2
+    main = api.patch(LB_API, "BalancerPolicy", "p",
+                     {"status": {"ready": 99}, "spec": {"strategy": {"type": "Maglev"}}})
+    assert main["status"] == {"ready": 1} and main["spec"]["strategy"]["type"] == "Maglev"
     replaced = api.replace({**main, "status": {"ready": 5}})
     assert replaced["status"] == {"ready": 1}
     status, answer = api.request("PUT", api_path(LB_API, "BalancerPolicy", "default", "p", "status"),
                                  {**replaced, "status": {"ready": 7}})
-    assert status == 200 and answer["status"] == {"ready": 7} and answer["spec"]["x"] == 2
+    assert status == 200 and answer["status"] == {"ready": 7}
+    assert answer["spec"]["strategy"]["type"] == "Maglev"
 
 
 def test_put_replaces_and_a_stale_resource_version_conflicts(api: KubeApi) -> None:
     created = api.create(balancer_policy("p"))
     first = api.replace({**created, "spec": {"strategy": {"type": "Maglev"}}})
-    assert first["spec"] == {"strategy": {"type": "Maglev"}} and first["metadata"]["generation"] == 2
+    assert first["spec"]["strategy"]["type"] == "Maglev" and first["metadata"]["generation"] == 2
     assert first["metadata"]["uid"] == created["metadata"]["uid"]
     status, answer = api.request("PUT", api_path(LB_API, "BalancerPolicy", "default", "p"),
                                  {**created, "spec": {}})
@@ -105,7 +109,7 @@ def test_merge_patch_removes_with_null_and_strategic_patch_is_refused_for_crs(ap
     ring = {"strategy": {"type": "RingHash", "hashOn": {"header": "h"}}}
     api.create({**balancer_policy("p"), "spec": ring})
     patched = api.patch(LB_API, "BalancerPolicy", "p", {"spec": {"strategy": {"hashOn": None}}})
-    assert patched["spec"] == {"strategy": {"type": "RingHash"}}
+    assert patched["spec"]["strategy"]["type"] == "RingHash" and "hashOn" not in patched["spec"]["strategy"]
     status, answer = api.request("PATCH", api_path(LB_API, "BalancerPolicy", "default", "p"), {"spec": {}},
                                  content_type="application/strategic-merge-patch+json")
     assert status == 415 and answer["kind"] == "Status"
@@ -255,12 +259,12 @@ def test_cluster_scoped_namespaces_and_crds(api: KubeApi) -> None:
     status, listed = api.request("GET", "/api/v1/namespaces")
     assert status == 200 and [n["metadata"]["name"] for n in listed["items"]] == ["shop"]
     crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-           "metadata": {"name": "loadbalancers.steelyard.dev"}, "spec": {"group": "steelyard.dev"}}
+           "metadata": {"name": "widgets.example.dev"}, "spec": {"group": "example.dev"}}
     status, created = api.request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
     assert status == 201 and created["metadata"]["generation"] == 1
     status, fetched = api.request(
-        "GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/loadbalancers.steelyard.dev")
-    assert status == 200 and fetched["spec"] == {"group": "steelyard.dev"}
+        "GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.example.dev")
+    assert status == 200 and fetched["spec"] == {"group": "example.dev"}
 
 
 def test_kmocks_own_errors_carry_exactly_application_json(api: KubeApi) -> None:
@@ -269,3 +273,141 @@ def test_kmocks_own_errors_carry_exactly_application_json(api: KubeApi) -> None:
     response = conn.getresponse()
     assert response.status == 404 and response.getheader("Content-Type") == "application/json"
     assert json.loads(response.read())["kind"] == "Status"
+
+
+# -- custom resources: schema validation, defaulting and pruning (the committed CRDs are installed) ----------
+
+LBS = api_path(LB_API, "LoadBalancer", "default")
+
+
+def test_an_invalid_custom_resource_is_422_invalid_with_causes_naming_the_fields(api: KubeApi) -> None:
+    bad = load_balancer("web", port=70000, selector={"app": "web"})
+    bad["spec"]["ports"].append({"name": "tcp", "protocol": "UDP"})  # no port, unsupported protocol
+    status, answer = api.request("POST", LBS, bad)
+    assert (status, answer["kind"], answer["reason"], answer["code"]) == (422, "Status", "Invalid", 422)
+    details = answer["details"]
+    assert (details["kind"], details["group"], details["name"]) == ("LoadBalancer", "steelyard.dev", "web")
+    causes = {c["field"]: c for c in details["causes"]}
+    assert causes.keys() == {"spec.ports[0].port", "spec.ports[1].protocol", "spec.ports[1].port"}
+    assert causes["spec.ports[0].port"]["reason"] == "FieldValueInvalid"
+    assert "less than or equal to 65535" in causes["spec.ports[0].port"]["message"]
+    assert causes["spec.ports[1].protocol"]["reason"] == "FieldValueNotSupported"
+    assert causes["spec.ports[1].port"]["reason"] == "FieldValueRequired"
+    assert answer["message"].startswith('LoadBalancer.steelyard.dev "web" is invalid: [')
+    assert api.get(LB_API, "LoadBalancer", "web") is None  # nothing stored
+    status, answer = api.request("POST", POLICIES, balancer_policy("p", "Fastest"))
+    assert status == 422 and answer["details"]["causes"][0]["field"] == "spec.strategy.type"
+    assert '"RoundRobin"' in answer["details"]["causes"][0]["message"]  # lists the supported values
+    status, answer = api.request("POST", LBS, {**load_balancer("x", port=80), "spec": {"ports": []}})
+    assert status == 422 and "at least 1 items" in answer["message"]
+    status, answer = api.request("POST", LBS, {"apiVersion": LB_API, "kind": "LoadBalancer",
+                                               "metadata": {"name": "Not_A_Name"}, "spec": {}})
+    fields = [c["field"] for c in answer["details"]["causes"]]
+    assert status == 422 and fields == ["metadata.name", "spec.ports"]
+
+
+def test_types_int_or_string_and_patterns(api: KubeApi) -> None:
+    for i, (target, ok) in enumerate((("http", True), (8080, True), (1.5, False), ([80], False))):
+        lb = load_balancer(f"t{i}", port=80, target_port=target)  # type: ignore[arg-type]
+        status, answer = api.request("POST", LBS, lb)
+        assert (status == 201) is ok, (target, answer)
+        if not ok:
+            assert answer["details"]["causes"][0]["reason"] == "FieldValueTypeInvalid"
+    status, _ = api.request("POST", POLICIES, balancer_policy("r", retries={"on": [502, "503", "reset"]}))
+    assert status == 201
+    status, answer = api.request("POST", POLICIES, balancer_policy("s", retries={"on": [500]}))
+    assert status == 422 and answer["details"]["causes"][0]["field"] == "spec.retries.on[0]"
+    status, answer = api.request("POST", POLICIES, balancer_policy("t", timeouts={"connect": "soon"}))
+    assert status == 422 and "should match" in answer["details"]["causes"][0]["message"]
+    status, answer = api.request("POST", POLICIES, balancer_policy("u", strategy={"type": 3}))
+    assert status == 422
+
+
+def test_an_invalid_update_is_refused_and_changes_nothing(api: KubeApi) -> None:
+    created = api.create(balancer_policy("p"))
+    status, answer = api.request("PATCH", api_path(LB_API, "BalancerPolicy", "default", "p"),
+                                 {"spec": {"healthCheck": {"interval": "often"}}},
+                                 content_type="application/merge-patch+json")
+    assert status == 422 and answer["details"]["causes"][0]["field"] == "spec.healthCheck.interval"
+    status, answer = api.request("PUT", api_path(LB_API, "BalancerPolicy", "default", "p"),
+                                 {**created, "spec": {"strategy": {"type": "Nope"}}})
+    assert status == 422
+    assert api.get(LB_API, "BalancerPolicy", "p") == created
+
+
+def test_schema_defaults_are_applied_as_the_products_renderer_expects(api: KubeApi) -> None:
+    from steelyard.kube.crds import apply_defaults, crd
+
+    lb = api.create(load_balancer("web", port=80, selector={"app": "web"}))
+    assert lb["spec"]["ports"] == [{"name": "http", "port": 80, "address": "127.0.0.1", "protocol": "HTTP"}]
+    assert (lb["spec"]["hosts"], lb["spec"]["pathPrefix"], lb["spec"]["endpoints"]) == ([], "/", [])
+    assert lb["spec"]["selector"] == {"matchLabels": {"app": "web"}, "matchExpressions": []}
+    policy = api.create(balancer_policy("p", "RingHash"))
+    assert policy["spec"]["strategy"]["timeSlice"] == "1s"
+    assert policy["spec"]["healthCheck"] == {"type": "None", "path": "/healthz", "interval": "5s",
+                                             "timeout": "1s", "healthyThreshold": 2, "unhealthyThreshold": 3}
+    assert policy["spec"]["retries"] == {"attempts": 2, "on": ["connect-failure", "reset"]}
+    assert "outlierDetection" not in policy["spec"]  # nullable, no default
+    # The product's own model of defaulting (it decides when a default renders as `{}`) agrees with the
+    # server's on objects; it does not descend into arrays (harmless there: it only renders fuller defaults).
+    schema = crd("BalancerPolicy")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert apply_defaults(schema, balancer_policy("p", "RingHash")["spec"]) == policy["spec"]
+    # A null in a non-nullable field is defaulted; a null in a nullable one is kept.
+    nulls = api.create({**balancer_policy("n"), "spec": {"strategy": None, "slowStart": None}})
+    assert nulls["spec"]["strategy"]["type"] == "RoundRobin" and nulls["spec"]["slowStart"] is None
+
+
+def test_unknown_fields_are_pruned_with_a_warning_or_refused_when_strict(api: KubeApi) -> None:
+    lb = load_balancer("web", port=80, selector={"app": "web"})
+    lb["spec"]["ports"][0]["bogus"] = 1
+    lb["spec"]["weight"] = 3
+    lb["unknownTop"] = True
+    conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=5)
+    conn.request("POST", LBS, json.dumps(lb), {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    stored = json.loads(response.read())
+    assert response.status == 201
+    assert "bogus" not in stored["spec"]["ports"][0] and "weight" not in stored["spec"]
+    assert "unknownTop" not in stored
+    warnings = response.headers.get_all("Warning") or []
+    assert sorted(warnings) == ['299 - "unknown field "spec.ports[0].bogus""',
+                                '299 - "unknown field "spec.weight""', '299 - "unknown field "unknownTop""']
+    status, answer = api.request("POST", LBS, {**lb, "metadata": {"name": "strict"}},
+                                 params={"fieldValidation": "Strict"})
+    assert status == 400 and 'unknown field "spec.weight"' in answer["message"]
+    # Status is `x-kubernetes-preserve-unknown-fields`: whatever the leader writes is kept.
+    written = api.patch(LB_API, "LoadBalancer", "web", {"status": {"anything": {"goes": 1}}},
+                        subresource="status")
+    assert written["status"] == {"anything": {"goes": 1}}
+    # Selector labels are a map (additionalProperties): every key is kept, values must be strings.
+    labelled = api.patch(LB_API, "LoadBalancer", "web",
+                         {"spec": {"selector": {"matchLabels": {"tier": "1"}}}})
+    assert labelled["spec"]["selector"]["matchLabels"] == {"app": "web", "tier": "1"}
+    status, answer = api.request("PATCH", api_path(LB_API, "LoadBalancer", "default", "web"),
+                                 {"spec": {"selector": {"matchLabels": {"n": 1}}}},
+                                 content_type="application/merge-patch+json")
+    assert status == 422 and answer["details"]["causes"][0]["field"] == "spec.selector.matchLabels[n]"
+
+
+def test_every_example_is_accepted_unchanged_but_for_defaults() -> None:
+    import pathlib
+
+    import yaml
+
+    with kube_api() as server:
+        examples = sorted((pathlib.Path(__file__).parent.parent / "examples").glob("*.yaml"))
+        assert examples
+        for path in examples:
+            for doc in yaml.safe_load_all(path.read_text()):
+                if not doc or doc.get("kind") not in ("LoadBalancer", "BalancerPolicy"):
+                    continue
+                doc.setdefault("metadata", {}).setdefault("namespace", "default")
+                status, answer = server.request("POST", api_path(LB_API, doc["kind"], "default"), doc)
+                assert status == 201, (path.name, answer)
+                assert not server.call(lambda: server.server._warnings), path.name  # type: ignore
+
+
+def test_without_the_crd_installed_nothing_is_checked() -> None:
+    with kube_api(crds=False) as server:
+        status, answer = server.request("POST", POLICIES, {**balancer_policy("p"), "spec": {"x": 1}})
+        assert status == 201 and answer["spec"] == {"x": 1}

@@ -93,8 +93,8 @@ async def test_lists_then_watches_from_the_lists_version(api: KubeApi, client: K
     assert names(informer) == {"a"} and informer.lists == 1
     await call(api.create, balancer_policy("b"))
     await call(api.patch, LB_API, "BalancerPolicy", "a", {"spec": {"strategy": {"type": "Random"}}})
-    await eventually(lambda: informer.objects.get(("default", "a"), {}).get("spec", {}).get("strategy")
-                     == {"type": "Random"} and names(informer) == {"a", "b"})
+    await eventually(lambda: informer.objects.get(("default", "a"), {}).get("spec", {}).get("strategy", {})
+                     .get("type") == "Random" and names(informer) == {"a", "b"})
     await call(api.delete, LB_API, "BalancerPolicy", "b")
     await eventually(lambda: names(informer) == {"a"})
     assert informer.lists == 1  # no relist: one list, then the watch
