@@ -28,6 +28,8 @@ lightkube does not recognise. `ApiServer` keeps kmock's HTTP front end, request 
   final delete) — tests play the kubelet with `finish_pod_deletion`;
 - error bodies as `Status` objects with `Content-Type: application/json` exactly (kmock's own errors too);
 - the cluster-scoped `/api/v1/namespaces[/NAME]` paths, which kmock's path parser cannot read;
+- 429 Too Many Requests with `Retry-After` (and `details.retryAfterSeconds`) for the next N requests a test
+  selects (`throttle`), as API priority and fairness answers when its queues are full;
 - custom resources checked against their installed CRD's `openAPIV3Schema` on every write (the committed
   deploy/crds/ are installed by default): unknown fields pruned (a `Warning` header each; 400 with
   `fieldValidation=Strict`) unless `x-kubernetes-preserve-unknown-fields`, `default`s applied (a null in a
@@ -485,6 +487,9 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
         self.watches: set[_Watch] = set()
         self._warnings: list[str] = []
         self._strict = False
+        # 429 Too Many Requests: (requests left to refuse, Retry-After seconds, which requests)
+        self._throttle: tuple[int, int, Callable[[str, str, Mapping[str, str]], bool]] | None = None
+        self.throttled: list[tuple[float, str, str]] = []  # (monotonic time, method, path) of every 429
         self.write_log: list[tuple[str, str, str]] = []  # (method, path, user agent) of every write
         for (group, version, plural), info in KINDS.items():
             self.resources[kmock.resource(group, version, plural)] = kmock.ResourceInfo(
@@ -506,6 +511,26 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
         """End every open watch stream cleanly (as an API server restart or a load balancer timeout does)."""
         for watch in list(self.watches):
             watch.queue.put_nowait(None)
+
+    def throttle(self, count: int, retry_after: int = 1,
+                 only: Callable[[str, str, Mapping[str, str]], bool] = lambda method, path, params: True,
+                 ) -> None:
+        """Answer the next `count` resource requests that `only(method, path, params)` selects with 429
+        Too Many Requests and `Retry-After: retry_after`, as API priority and fairness does when a
+        priority level's queues are full."""
+        self._throttle = (count, retry_after, only)
+
+    def _throttled(self, method: str, path: str, params: Mapping[str, str]) -> None:
+        if self._throttle is None:
+            return
+        count, retry_after, only = self._throttle
+        if not only(method, path, params):
+            return
+        self._throttle = (count - 1, retry_after, only) if count > 1 else None
+        self.throttled.append((time.monotonic(), method, path))
+        raise ApiStatus(429, "TooManyRequests", "Too many requests, please try again later.",
+                        details={"retryAfterSeconds": retry_after},
+                        headers={"Retry-After": str(retry_after)})
 
     # -- HTTP ------------------------------------------------------------------------------------------
 
@@ -556,6 +581,7 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
                      info: Kind) -> aiohttp.web.StreamResponse:
         method = str(request.method.value).upper()
         params = dict(request.params or {})
+        self._throttled(method, request.url.path, params)
         self._warnings = []
         self._strict = params.get("fieldValidation") == "Strict"
         response = await self._serve_one(request, key, info, method, params)
@@ -908,6 +934,14 @@ class KubeApi:
 
     def drop_watches(self) -> None:
         self.call(lambda: self.server.drop_watches())  # type: ignore[union-attr]
+
+    def throttle(self, count: int, retry_after: int = 1,
+                 only: Callable[[str, str, Mapping[str, str]], bool] = lambda method, path, params: True,
+                 ) -> None:
+        self.call(lambda: self.server.throttle(count, retry_after, only))  # type: ignore[union-attr]
+
+    def throttled(self) -> list[tuple[float, str, str]]:
+        return list(self.call(lambda: list(self.server.throttled)))  # type: ignore[union-attr]
 
     def watch_count(self) -> int:
         return int(self.call(lambda: len(self.server.watches)))  # type: ignore[union-attr]

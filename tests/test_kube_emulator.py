@@ -411,3 +411,18 @@ def test_without_the_crd_installed_nothing_is_checked() -> None:
     with kube_api(crds=False) as server:
         status, answer = server.request("POST", POLICIES, {**balancer_policy("p"), "spec": {"x": 1}})
         assert status == 201 and answer["spec"] == {"x": 1}
+
+
+def test_throttle_answers_the_next_requests_429_with_retry_after(api: KubeApi) -> None:
+    api.create(balancer_policy("p"))
+    api.throttle(2, retry_after=3, only=lambda method, path, params: method == "GET")
+    conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=5)
+    for _ in range(2):
+        conn.request("GET", POLICIES)
+        response = conn.getresponse()
+        body = json.loads(response.read())
+        assert (response.status, response.getheader("Retry-After")) == (429, "3")
+        assert (body["reason"], body["details"]["retryAfterSeconds"]) == ("TooManyRequests", 3)
+    assert api.create(balancer_policy("q"))  # a POST is not selected
+    assert len(api.list(LB_API, "BalancerPolicy")) == 2  # the third GET is served
+    assert [(method, path) for _, method, path in api.throttled()] == [("GET", POLICIES)] * 2

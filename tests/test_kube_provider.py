@@ -22,7 +22,7 @@ from kube_support import (
     slice_endpoint,
 )
 from steelyard.config.desired import DesiredState
-from steelyard.kube.client import BALANCER_POLICIES, PODS, KubeClient
+from steelyard.kube.client import BALANCER_POLICIES, PODS, KubeClient, KubeError
 from steelyard.kube.informer import Backoff, Informer
 from steelyard.kube.provider import KubeOptions, KubeProvider
 
@@ -349,3 +349,125 @@ async def test_a_quiet_watch_is_resumed_without_an_error(api: KubeApi, client: K
     await call(api.create, balancer_policy("late"))
     await eventually(lambda: names(informer) == {"late"})
     assert sleeps == [] and informer.errors == 0 and informer.lists == 1 and informer.connected
+
+
+# -- 429 Too Many Requests ----------------------------------------------------------------------------------
+
+
+def only_watches(method: str, path: str, params: Any) -> bool:
+    return bool(params.get("watch") == "true")
+
+
+async def test_the_informer_honours_retry_after_keeps_its_cache_and_recovers(
+        api: KubeApi, client: KubeClient, running: Callable[[Informer], None]) -> None:
+    await call(api.create, balancer_policy("a"))
+    await call(api.throttle, 1, 45)  # the first list: told to wait 45 s, waits the cap (5 s)
+    sleeps: list[float] = []
+    gate = asyncio.Event()
+    gate.set()
+
+    async def sleep(delay: float) -> None:
+        sleeps.append(delay)
+        await gate.wait()
+
+    informer = Informer(client, BALANCER_POLICIES, "default", sleep=sleep, max_retry_after=5,
+                        backoff=Backoff(rand=lambda: 0.0))
+    running(informer)
+    await asyncio.wait_for(informer.synced.wait(), 5)
+    assert sleeps == [5] and names(informer) == {"a"}
+    await eventually(lambda: api.watch_count() == 1, what="a watch")
+    gate.clear()
+    await call(api.throttle, 2, 2, only_watches)  # the resumed watch: twice 429, Retry-After 2
+    await call(api.drop_watches)
+    await eventually(lambda: len(sleeps) == 2, what="a throttled resume")
+    await call(api.create, balancer_policy("b"))
+    assert names(informer) == {"a"} and informer.synced.is_set()  # the last known state keeps serving
+    gate.set()
+    await eventually(lambda: names(informer) == {"a", "b"}, what="the recovery")
+    assert sleeps == [5, 2, 2]  # Retry-After, not the exponential backoff (0.1, 0.2, ...)
+    assert informer.throttled == 3 and informer.errors == 0 and informer.lists == 1  # no relist
+    assert informer.connected
+
+
+async def test_a_429_carries_its_retry_after_to_the_caller(api: KubeApi, client: KubeClient) -> None:
+    from steelyard.kube.client import LOAD_BALANCERS, TooManyRequests
+
+    await call(api.throttle, 1, 3)
+    with pytest.raises(TooManyRequests) as caught:
+        await client.get(LOAD_BALANCERS, "web", "default")
+    assert (caught.value.code, caught.value.retry_after) == (429, 3.0)
+    assert await client.get(LOAD_BALANCERS, "web", "default") is None
+
+
+async def test_the_status_writer_waits_out_retry_after(api: KubeApi, client: KubeClient) -> None:
+    from steelyard.kube.status import StatusWriter
+    from steelyard.kube.translate import ClusterObjects, translate
+
+    await call(api.create, load_balancer("web", port=18090, selector={"app": "web"}))
+    lb = await call(api.get, LB_API, "LoadBalancer", "web")
+    translation = translate(ClusterObjects(load_balancers=[lb]))
+    clock = [100.0]
+    writer = StatusWriter(client, "me", monotonic=lambda: clock[0], max_retry_after=10)
+
+    def status_writes() -> int:
+        return sum(1 for method, path, _ in api.writes() if path.endswith("/status"))
+
+    await call(api.throttle, 1, 7, lambda method, path, params: path.endswith("/status"))
+    await writer.sync(translation, {"default/web": lb}, {})
+    assert (writer.writes, writer.throttled, writer.retry_at) == (0, 1, 107.0)
+    clock[0] = 106.9
+    await writer.sync(translation, {"default/web": lb}, {})  # still waiting: not even a request
+    assert writer.writes == 0 and len(await call(api.throttled)) == 1 and status_writes() == 0
+    clock[0] = 107.0
+    await writer.sync(translation, {"default/web": lb}, {})
+    assert writer.writes == 1 and status_writes() == 1
+    written = await call(api.get, LB_API, "LoadBalancer", "web")
+    assert next(c for c in written["status"]["conditions"] if c["type"] == "Ready")["reason"] == "NoEndpoints"
+    # A 429 on the Event is a courtesy lost, never an error; no write before its Retry-After either.
+    await call(api.throttle, 1, 30, lambda method, path, params: method == "POST")
+    await writer.event(written, "Warning", "Test", "throttled")
+    assert writer.throttled == 2 and writer.retry_at == 117.0  # capped at max_retry_after
+
+
+async def test_the_lease_loop_waits_retry_after_but_never_past_the_renew_deadline(
+        api: KubeApi, client: KubeClient) -> None:
+    from steelyard.kube.client import TooManyRequests
+    from steelyard.kube.leader import LeaderElector
+
+    clock = [1000.0]
+    elector = LeaderElector(client, name="steelyard", namespace="default", identity="a", lease_duration=15,
+                            renew_deadline=10, retry_period=2, monotonic=lambda: clock[0])
+    busy = TooManyRequests(429, "TooManyRequests", "slow down", 5)
+    assert elector.wait_after(busy) == 5  # a follower: the server's Retry-After
+    assert elector.wait_after(TooManyRequests(429, "", "", 1)) == 2  # never below retry_period
+    assert elector.wait_after(TooManyRequests(429, "", "", 3600)) == 30  # capped
+    assert elector.wait_after(TooManyRequests(429, "", "", None)) == 2
+    assert elector.wait_after(KubeError(500, "", "")) == 2
+    assert await elector.try_acquire_or_renew() is True
+    elector._set_leader(True)
+    elector._renewed_at = clock[0]
+    clock[0] += 8  # renewed 8 s ago, deadline 10 s: try again at the deadline, not 5 s later
+    assert elector.wait_after(busy) == pytest.approx(2.01)
+
+
+async def test_a_throttled_leader_keeps_its_lease_when_retry_after_fits_the_deadline(
+        api: KubeApi, client: KubeClient) -> None:
+    from steelyard.kube.leader import LeaderElector
+
+    changes: list[bool] = []
+    elector = LeaderElector(client, name="steelyard", namespace="default", identity="a", lease_duration=15,
+                            renew_deadline=5, retry_period=0.1, on_change=changes.append)
+    task = asyncio.create_task(elector.run())
+    try:
+        await eventually(lambda: elector.is_leader, what="leadership")
+        before = (await call(api.get, "coordination.k8s.io/v1", "Lease", "steelyard"))["spec"]["renewTime"]
+        await call(api.throttle, 2, 1, lambda method, path, params: "/leases" in path)
+        await eventually(lambda: elector.throttled == 2, what="two 429s")
+        await eventually(lambda: (api.get("coordination.k8s.io/v1", "Lease", "steelyard") or {})
+                         .get("spec", {}).get("renewTime") != before, timeout=5, what="a renewal")
+        stamps = [t for t, _, _ in await call(api.throttled)]
+        assert stamps[1] - stamps[0] >= 0.9  # waited the Retry-After, not the 0.1 s retry period
+        assert changes == [True] and elector.is_leader  # never stepped down
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -9,10 +9,19 @@ knows to relist; anything that is not an answer from the server (refused, reset,
 
 Custom resources are patched with `PatchType.MERGE` (RFC 7386): real API servers refuse the strategic
 merge patch lightkube uses by default for custom resources.
+
+429 Too Many Requests (API priority and fairness) is `TooManyRequests`, with the server's `Retry-After`
+in seconds, so callers wait as long as they are told. Lists are paginated (`limit`/`continue`,
+`page_size` objects a page), so a big cluster is not one giant response. Watches are read here rather
+than by lightkube's watch loop: they ask for bookmarks (`allowWatchBookmarks`), which carry only a
+resourceVersion (lightkube would try to decode them as whole objects and fail on kinds with required
+fields, such as EndpointSlice), a stream the server ends cleanly simply ends (the informer resumes it),
+and an error answer's body is read before it is reported.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -22,6 +31,7 @@ from typing import Any
 import httpx2
 from lightkube import AsyncClient, KubeConfig, operators
 from lightkube.core.exceptions import ApiError
+from lightkube.core.selector import build_selector
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import Event, Pod, Service
@@ -30,7 +40,7 @@ from lightkube.types import PatchType
 
 from steelyard.model import API_GROUP
 
-__all__ = ["Gone", "KubeClient", "KubeError", "KubeUnavailable", "ResourceKind"]
+__all__ = ["Gone", "KubeClient", "KubeError", "KubeUnavailable", "ResourceKind", "TooManyRequests"]
 
 ALL_NAMESPACES = "*"
 
@@ -84,23 +94,62 @@ class Gone(KubeError):
     """410 Gone: the resourceVersion is too old (compacted); relist."""
 
 
+class TooManyRequests(KubeError):
+    """429: the server sheds load; wait `retry_after` seconds (None: it did not say) before asking again."""
+
+    def __init__(self, code: int, reason: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(code, reason, message)
+        self.retry_after = retry_after
+
+
 class KubeUnavailable(Exception):
     """No answer from the API server (refused, reset, timed out, stream broken)."""
+
+
+def _retry_after(header: str | None, details: Any) -> float | None:
+    """Seconds from a `Retry-After` header (delta-seconds), else from the Status' `retryAfterSeconds`."""
+    for value in (header, (details or {}).get("retryAfterSeconds") if isinstance(details, dict) else None):
+        try:
+            if value is not None and float(value) >= 0:
+                return float(value)
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def _status_error(code: int, reason: str, message: str, retry_after: float | None = None) -> KubeError:
+    if code == 410:
+        return Gone(code, reason, message)
+    if code == 429:
+        return TooManyRequests(code, reason, message, retry_after)
+    return KubeError(code, reason, message)
 
 
 def _error(exc: BaseException) -> BaseException:
     if isinstance(exc, ApiError):
         status = exc.status
-        code = int(status.code or 0)
-        cls = Gone if code == 410 else KubeError
-        return cls(code, str(status.reason or ""), str(status.message or ""))
+        header = exc.response.headers.get("Retry-After") if exc.response is not None else None
+        details = status.details.to_dict() if status.details is not None else None
+        return _status_error(int(status.code or 0), str(status.reason or ""), str(status.message or ""),
+                             _retry_after(header, details))
     if isinstance(exc, httpx2.HTTPStatusError):
-        code = exc.response.status_code
-        cls = Gone if code == 410 else KubeError
-        return cls(code, exc.response.reason_phrase, exc.response.text[:200])
+        response = exc.response
+        try:
+            text = response.text[:200]
+        except httpx2.ResponseNotRead:  # a streamed answer nobody read
+            text = ""
+        return _status_error(response.status_code, response.reason_phrase, text,
+                             _retry_after(response.headers.get("Retry-After"), None))
     if isinstance(exc, (httpx2.HTTPError, OSError)):
         return KubeUnavailable(f"{type(exc).__name__}: {exc}")
     return exc
+
+
+def _event_error(status: Mapping[str, Any]) -> KubeError:
+    """A watch stream's ERROR event (a Status object) as an exception."""
+    details = status.get("details")
+    return _status_error(int(status.get("code") or 0), str(status.get("reason") or ""),
+                         str(status.get("message") or ""), _retry_after(None, details))
 
 
 def _plain(obj: Any) -> dict[str, Any]:
@@ -121,9 +170,10 @@ def _labels(selector: Mapping[str, str | None] | None) -> dict[str, Any] | None:
 class KubeClient:
     """An async lightkube client; `namespace=None` in calls means all namespaces."""
 
-    def __init__(self, config: Any, field_manager: str = "steelyard") -> None:
+    def __init__(self, config: Any, field_manager: str = "steelyard", page_size: int = 500) -> None:
         self._client = AsyncClient(config, timeout=httpx2.Timeout(10.0), field_manager=field_manager,
                                    trust_env=False)
+        self.page_size = page_size  # objects per list page (`limit`); the rest follows by `continue`
 
     @classmethod
     def from_server(cls, url: str, token: str | None = None) -> KubeClient:
@@ -151,29 +201,61 @@ class KubeClient:
 
     async def list(self, kind: ResourceKind, namespace: str | None,
                    labels: Mapping[str, str | None] | None = None) -> tuple[list[dict[str, Any]], str]:
-        """Every object (of `namespace`, or all); with the list's resourceVersion to watch from."""
+        """Every object (of `namespace`, or all); with the list's resourceVersion to watch from. Read in
+        pages of `page_size`: every page is from the first page's snapshot (an expired `continue` is 410
+        `Gone`: list again)."""
         try:
             found = self._client.list(_CLASSES[kind.name], namespace=_namespace(namespace),
-                                      labels=_labels(labels))
+                                      labels=_labels(labels), chunk_size=self.page_size or None)
             items = [_plain(obj) async for obj in found]
             return items, str(found.resourceVersion)
         except Exception as exc:
             raise _error(exc) from exc
 
     async def watch(self, kind: ResourceKind, namespace: str | None, resource_version: str,
-                    labels: Mapping[str, str | None] | None = None,
+                    labels: Mapping[str, str | None] | None = None, *, bookmarks: bool = True,
                     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """Events after `resource_version` as (ADDED|MODIFIED|DELETED, object). A stream the server ends
-        is resumed from the last version seen; errors are raised (`Gone` means relist)."""
-        stream = self._client.watch(_CLASSES[kind.name], namespace=_namespace(namespace),
-                                    labels=_labels(labels), resource_version=resource_version)
+        """Events after `resource_version` as (ADDED|MODIFIED|DELETED, object), and with `bookmarks`
+        (BOOKMARK, {"metadata": {"resourceVersion": ...}}). The iteration ends when the server ends the
+        stream (resume from the last version seen); errors are raised (`Gone` means relist)."""
+        cls = _CLASSES[kind.name]
+        generic = self._client._client  # lightkube's request builder; its watch loop is not used
+        selector = _labels(labels)
+        request = generic.prepare_request("list", res=cls, namespace=_namespace(namespace), watch=True,
+                                          params={
+            "resourceVersion": resource_version,
+            "labelSelector": build_selector(selector) if selector else None,
+            "allowWatchBookmarks": "true" if bookmarks else None,
+        })
+        http: Any = generic
         try:
-            async for event_type, obj in stream:
-                yield str(event_type), _plain(obj)
+            response = await http.send(generic._client.build_request(
+                request.method, request.url, params=request.params, timeout=generic._watch_timeout),
+                stream=True)
+        except Exception as exc:
+            raise _error(exc) from exc
+        try:
+            if response.status_code >= 400:
+                await response.aread()
+                http.raise_for_status(response)
+            async for line in response.aiter_lines():
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                event_type, raw = str(event.get("type")), event.get("object") or {}
+                if event_type == "ERROR":
+                    raise _event_error(raw)
+                if event_type == "BOOKMARK":
+                    version = (raw.get("metadata") or {}).get("resourceVersion")
+                    yield event_type, {"metadata": {"resourceVersion": str(version)}}
+                    continue
+                yield event_type, _plain(cls.from_dict(raw))
+        except KubeError:
+            raise
         except Exception as exc:
             raise _error(exc) from exc
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]  # an async generator
+            await response.aclose()
 
     async def get(self, kind: ResourceKind, name: str, namespace: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""

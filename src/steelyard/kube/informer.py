@@ -7,8 +7,12 @@ The client-go reflector's contract, done with one task per kind:
    version of every event;
 3. a stream that ends or breaks is **resumed from the last version seen** (no relist, no missed event);
 4. **410 Gone** (the version was compacted away) means events were lost: relist at once;
-5. any other error: **back off** (capped exponential with jitter, reset by the next success) and resume.
-   While the API is unreachable the cache keeps the last known objects, so the proxy keeps serving them.
+5. **429 Too Many Requests**: wait the `Retry-After` the server asked for (capped at `max_retry_after`;
+   the backoff when it named none) and try again; the cache keeps serving meanwhile;
+6. any other error: **back off** (capped exponential with jitter, reset by the next success) and resume.
+   While the API is unreachable the cache keeps the last known objects, so the proxy keeps serving them;
+7. **bookmarks** only move the version, so a quiet watch resumed after the server compacted its history
+   starts from a recent version instead of a compacted one (no 410, no relist).
 
 `on_change()` is called after every change to the cache (the provider debounces). The sleep and the
 random source are injected so tests can script them.
@@ -69,7 +73,7 @@ class Informer:
                  labels: Mapping[str, str | None] | None = None, on_change: Callable[[], None] = lambda: None,
                  backoff: Backoff | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 idle_timeout: float = 300.0) -> None:
+                 idle_timeout: float = 300.0, max_retry_after: float = 30.0) -> None:
         self.client = client
         self.kind = kind
         self.namespace = namespace
@@ -78,12 +82,14 @@ class Informer:
         self.backoff = backoff or Backoff()
         self.sleep = sleep
         self.idle_timeout = idle_timeout  # a silent stream this long is assumed dead and resumed
+        self.max_retry_after = max_retry_after  # a 429's Retry-After is honoured up to this many seconds
         self.objects: dict[ObjectKey, dict[str, Any]] = {}
         self.resource_version: str | None = None  # None: the next round lists
         self.synced = asyncio.Event()  # set after the first successful list
         self.connected = False  # the last request reached the API server
         self.lists = 0  # how many times the whole set was listed (the first one included)
         self.errors = 0
+        self.throttled = 0  # 429 answers
 
     def __repr__(self) -> str:
         return (f"<Informer {self.kind} ns={self.namespace or '*'} objects={len(self.objects)} "
@@ -94,7 +100,7 @@ class Informer:
 
     async def run(self) -> None:
         """Forever: list, watch, resume, relist on 410, back off on errors. Runs as a named task."""
-        from steelyard.kube.client import Gone, KubeError, KubeUnavailable
+        from steelyard.kube.client import Gone, KubeError, KubeUnavailable, TooManyRequests
 
         while True:
             try:
@@ -105,6 +111,8 @@ class Informer:
                 log.info("%s: watch from resourceVersion %s: %s; relisting", self.kind, self.resource_version,
                          exc.message or "410 Gone")
                 self.resource_version = None
+            except TooManyRequests as exc:
+                await self.sleep(self._throttled(exc.retry_after))
             except (KubeError, KubeUnavailable, TimeoutError) as exc:
                 self._failed(exc)
                 await self.sleep(self.backoff.next_delay())
@@ -114,6 +122,16 @@ class Informer:
                 log.exception("%s informer: unexpected error", self.kind)
                 self._failed(exc)
                 await self.sleep(self.backoff.next_delay())
+
+    def _throttled(self, retry_after: float | None) -> float:
+        """The wait after a 429: what the server asked for (capped), else the backoff's next delay."""
+        self.throttled += 1
+        self.connected = True  # it answered: not unreachable, just busy
+        delay = self.backoff.next_delay() if retry_after is None else \
+            max(0.1, min(retry_after, self.max_retry_after))  # never a tight loop on `Retry-After: 0`
+        log.info("%s: the API server is throttling (429); retrying in %.1fs, serving the last known state",
+                 self.kind, delay)
+        return float(delay)
 
     def _failed(self, exc: BaseException) -> None:
         self.errors += 1

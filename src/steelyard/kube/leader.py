@@ -11,6 +11,9 @@ The protocol is client-go's `leaderelection` with a Lease lock:
   `renew_deadline` it stops acting as leader before its Lease can expire and be taken over.
 - **release** (SIGTERM): the holder empties `holderIdentity`, so another replica takes over at its next
   try instead of waiting for expiry.
+- **429 Too Many Requests**: the next try waits the server's `Retry-After` (at least `retry_period`, at
+  most `max_retry_after`); a leader never waits past its renew deadline, so it still steps down in time
+  when the throttling outlasts it.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ class LeaderElector:
     def __init__(self, client: _Client, *, name: str, namespace: str, identity: str,
                  lease_duration: float = 15.0, renew_deadline: float = 10.0, retry_period: float = 2.0,
                  monotonic: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                 on_change: Callable[[bool], None] = lambda leader: None) -> None:
+                 on_change: Callable[[bool], None] = lambda leader: None,
+                 max_retry_after: float = 30.0) -> None:
         self.client = client
         self.name = name
         self.namespace = namespace
@@ -55,6 +59,8 @@ class LeaderElector:
         self.monotonic = monotonic
         self.wall = wall
         self.on_change = on_change
+        self.max_retry_after = max_retry_after
+        self.throttled = 0  # 429 answers
         self.is_leader = False
         self.holder: str | None = None  # who holds the Lease, as last seen
         self._observed: tuple[str, float] | None = None  # (resourceVersion, when we first saw it)
@@ -124,6 +130,7 @@ class LeaderElector:
     async def run(self) -> None:
         """Forever: try every `retry_period`; step down when renewing fails for `renew_deadline`."""
         while True:
+            wait = self.retry_period
             try:
                 held = await self.try_acquire_or_renew()
             except asyncio.CancelledError:
@@ -132,13 +139,28 @@ class LeaderElector:
                 log.warning("Lease %s/%s: %s", self.namespace, self.name, exc)
                 if self.is_leader and self.monotonic() - self._renewed_at > self.renew_deadline:
                     self._set_leader(False)
+                wait = self.wait_after(exc)
             else:
                 if held:
                     self._renewed_at = self.monotonic()
                 self._set_leader(held)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.retry_period)
+                await asyncio.wait_for(self._wake.wait(), wait)
+
+    def wait_after(self, exc: BaseException) -> float:
+        """How long to wait before the next try after a failed one: `retry_period`, or a 429's Retry-After
+        (capped); a leader's wait ends by its renew deadline (it tries once more, then steps down)."""
+        from steelyard.kube.client import TooManyRequests
+
+        if not isinstance(exc, TooManyRequests) or exc.retry_after is None:
+            return self.retry_period
+        self.throttled += 1
+        wait = max(self.retry_period, min(exc.retry_after, self.max_retry_after))
+        if self.is_leader:
+            left = self.renew_deadline - (self.monotonic() - self._renewed_at)
+            wait = min(wait, max(left, 0.0) + 0.01)
+        return float(wait)
 
     async def release(self) -> None:
         """Give the Lease up at once (SIGTERM), so another replica need not wait for it to expire."""

@@ -29,12 +29,16 @@ whose `policyRef` names it) and a `Ready` condition (`Valid` or `InvalidSpec` wi
 
 Events (`v1` Events on the object, from component `steelyard`): a Warning when Ready turns False or its
 reason changes, a Normal `Recovered` when it turns True again; the same for a policy becoming invalid.
+
+A 429 Too Many Requests ends the round, and no write is tried again before its `Retry-After` (capped at
+`max_retry_after`) has passed: level-triggered, the next round after that writes whatever still differs.
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -119,15 +123,42 @@ def _same(desired: Mapping[str, Any], current: Mapping[str, Any] | None) -> bool
 class StatusWriter:
     """Writes status and Events for the objects in the informers' caches; call `sync` as the leader."""
 
-    def __init__(self, client: _Client, identity: str) -> None:
+    def __init__(self, client: _Client, identity: str, *, max_retry_after: float = 30.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.client = client
         self.identity = identity
+        self.max_retry_after = max_retry_after
+        self.monotonic = monotonic
         self.writes = 0
         self.events = 0
+        self.throttled = 0  # 429 answers
+        self.retry_at = 0.0  # after a 429: no write before this (monotonic)
+
+    def _throttled_by(self, exc: BaseException) -> bool:
+        """After a 429: remember when to try again (the server's Retry-After, capped; 1 s if unnamed)."""
+        from steelyard.kube.client import TooManyRequests
+
+        if not isinstance(exc, TooManyRequests):
+            return False
+        wait = min(self.max_retry_after, exc.retry_after if exc.retry_after is not None else 1.0)
+        self.retry_at = self.monotonic() + wait
+        self.throttled += 1
+        log.info("the API server is throttling status writes (429); next try in %.1fs", wait)
+        return True
 
     async def sync(self, translation: Translation, load_balancers: Mapping[str, Mapping[str, Any]],
                    policies: Mapping[str, Mapping[str, Any]],
                    ejected: Callable[[str], int] = lambda key: 0) -> None:
+        if self.monotonic() < self.retry_at:
+            return  # throttled: the status loop comes back; level-triggered, nothing is lost
+        try:
+            await self._sync(translation, load_balancers, policies, ejected)
+        except Exception as exc:
+            if not self._throttled_by(exc):
+                raise
+
+    async def _sync(self, translation: Translation, load_balancers: Mapping[str, Mapping[str, Any]],
+                    policies: Mapping[str, Mapping[str, Any]], ejected: Callable[[str], int]) -> None:
         from steelyard.kube.client import BALANCER_POLICIES, LOAD_BALANCERS
 
         for key, report in translation.load_balancers.items():
@@ -189,8 +220,14 @@ class StatusWriter:
             "source": {"component": "steelyard"}, "reportingComponent": "steelyard",
             "reportingInstance": self.identity, "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         }
+        if self.monotonic() < self.retry_at:
+            log.info("Event %s on %s/%s not recorded: the API server is throttling", reason, namespace,
+                     meta["name"])
+            return
         try:
             await self.client.create(event)
             self.events += 1
         except Exception as exc:  # an Event is a courtesy: never let it stop status writing
+            if self._throttled_by(exc):
+                return
             log.warning("could not record Event %s on %s/%s: %s", reason, namespace, meta["name"], exc)
