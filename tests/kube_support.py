@@ -28,6 +28,8 @@ lightkube does not recognise. `ApiServer` keeps kmock's HTTP front end, request 
   final delete) — tests play the kubelet with `finish_pod_deletion`;
 - error bodies as `Status` objects with `Content-Type: application/json` exactly (kmock's own errors too);
 - the cluster-scoped `/api/v1/namespaces[/NAME]` paths, which kmock's path parser cannot read;
+- paginated lists: `limit` and `continue` (every page from the first page's snapshot and version,
+  `remainingItemCount`; a token from before a compaction, or one of the 64 oldest, is 410 `Expired`);
 - 429 Too Many Requests with `Retry-After` (and `details.retryAfterSeconds`) for the next N requests a test
   selects (`throttle`), as API priority and fairness answers when its queues are full;
 - custom resources checked against their installed CRD's `openAPIV3Schema` on every write (the committed
@@ -45,6 +47,7 @@ webhooks, server-side apply, JSON patch, RBAC and authentication.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import copy
 import datetime
@@ -490,6 +493,11 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
         # 429 Too Many Requests: (requests left to refuse, Retry-After seconds, which requests)
         self._throttle: tuple[int, int, Callable[[str, str, Mapping[str, str]], bool]] | None = None
         self.throttled: list[tuple[float, str, str]] = []  # (monotonic time, method, path) of every 429
+        # Paginated lists: the snapshot each continue token reads from (bounded: old tokens expire).
+        self._pages: dict[int, tuple[int, list[dict[str, Any]]]] = {}
+        self._page_ids = itertools.count(1)
+        self.lists: list[dict[str, str]] = []  # the query parameters of every list request
+        self.before: Callable[[str, str, Mapping[str, str]], None] | None = None  # a test's hook
         self.write_log: list[tuple[str, str, str]] = []  # (method, path, user agent) of every write
         for (group, version, plural), info in KINDS.items():
             self.resources[kmock.resource(group, version, plural)] = kmock.ResourceInfo(
@@ -581,6 +589,8 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
                      info: Kind) -> aiohttp.web.StreamResponse:
         method = str(request.method.value).upper()
         params = dict(request.params or {})
+        if self.before is not None:
+            self.before(method, request.url.path, params)
         self._throttled(method, request.url.path, params)
         self._warnings = []
         self._strict = params.get("fieldValidation") == "Strict"
@@ -633,12 +643,45 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
 
     def _list(self, request: rendering.Request, key: tuple[str, str, str], info: Kind,
               params: Mapping[str, str]) -> dict[str, Any]:
-        selection = self._selection(request, key, params)
-        ordered = sorted(self.store.items(), key=lambda kv: (kv[0][1] or "", kv[0][2]))
-        items = [obj for (k, _, _), obj in ordered if k == key and selection.matches(obj)]
+        """A list, whole or in pages: with `limit`, a `continue` token reads the rest of the same snapshot
+        (the first page's resourceVersion); a token older than the compacted history is 410 Expired."""
+        self.lists.append(dict(params))
+        try:
+            limit = int(params.get("limit") or 0)
+        except ValueError as exc:
+            raise ApiStatus(400, "BadRequest", f"invalid limit {params.get('limit')!r}") from exc
+        token = params.get("continue")
+        if token:
+            try:
+                decoded = json.loads(base64.urlsafe_b64decode(token.encode()))
+                page_id, rv, offset = int(decoded["id"]), int(decoded["rv"]), int(decoded["start"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ApiStatus(400, "BadRequest", "continue key is not valid") from exc
+            if rv < self.compacted_rv or page_id not in self._pages:
+                raise ApiStatus(410, "Expired", "The provided continue parameter is too old to display a "
+                                "consistent list result. You can start a new list without the continue "
+                                "parameter.")
+            version, items = self._pages[page_id]
+        else:
+            selection = self._selection(request, key, params)
+            ordered = sorted(self.store.items(), key=lambda kv: (kv[0][1] or "", kv[0][2]))
+            items = [obj for (k, _, _), obj in ordered if k == key and selection.matches(obj)]
+            version, page_id, offset = self.rv, 0, 0
+        meta: dict[str, Any] = {"resourceVersion": str(version)}
+        page = items[offset:]
+        if limit > 0 and len(page) > limit:
+            if not page_id:
+                page_id = next(self._page_ids)
+                self._pages[page_id] = (version, items)
+                for old in sorted(self._pages)[:-64]:  # the server keeps few snapshots: old tokens expire
+                    del self._pages[old]
+            end = offset + limit
+            meta["continue"] = base64.urlsafe_b64encode(json.dumps(
+                {"id": page_id, "rv": version, "start": end}).encode()).decode()
+            meta["remainingItemCount"] = len(items) - end
+            page = items[offset:end]
         api_version = f"{key[0]}/{key[1]}" if key[0] else key[1]
-        return {"apiVersion": api_version, "kind": f"{info.kind}List",
-                "metadata": {"resourceVersion": str(self.rv)}, "items": items}
+        return {"apiVersion": api_version, "kind": f"{info.kind}List", "metadata": meta, "items": page}
 
     async def _watch(self, request: rendering.Request, key: tuple[str, str, str],
                      params: Mapping[str, str]) -> aiohttp.web.StreamResponse:
@@ -939,6 +982,10 @@ class KubeApi:
                  only: Callable[[str, str, Mapping[str, str]], bool] = lambda method, path, params: True,
                  ) -> None:
         self.call(lambda: self.server.throttle(count, retry_after, only))  # type: ignore[union-attr]
+
+    def list_requests(self) -> list[dict[str, str]]:
+        """The query parameters of every list request so far."""
+        return list(self.call(lambda: list(self.server.lists)))  # type: ignore[union-attr]
 
     def throttled(self) -> list[tuple[float, str, str]]:
         return list(self.call(lambda: list(self.server.throttled)))  # type: ignore[union-attr]

@@ -426,3 +426,27 @@ def test_throttle_answers_the_next_requests_429_with_retry_after(api: KubeApi) -
     assert api.create(balancer_policy("q"))  # a POST is not selected
     assert len(api.list(LB_API, "BalancerPolicy")) == 2  # the third GET is served
     assert [(method, path) for _, method, path in api.throttled()] == [("GET", POLICIES)] * 2
+
+
+def test_lists_are_paginated_from_one_snapshot_and_old_continue_tokens_expire(api: KubeApi) -> None:
+    for i in range(1, 6):
+        api.create(balancer_policy(f"p{i}"))
+    first = api._ok("GET", POLICIES, params={"limit": "2"})
+    version = first["metadata"]["resourceVersion"]
+    assert [p["metadata"]["name"] for p in first["items"]] == ["p1", "p2"]
+    assert first["metadata"]["remainingItemCount"] == 3 and first["metadata"]["continue"]
+    api.create(balancer_policy("p0"))  # after the snapshot: in no page
+    api.delete(LB_API, "BalancerPolicy", "p5")  # after the snapshot: still in the last page
+    second = api._ok("GET", POLICIES, params={"limit": "2", "continue": first["metadata"]["continue"]})
+    third = api._ok("GET", POLICIES, params={"limit": "2", "continue": second["metadata"]["continue"]})
+    assert [p["metadata"]["name"] for p in second["items"] + third["items"]] == ["p3", "p4", "p5"]
+    assert second["metadata"]["resourceVersion"] == third["metadata"]["resourceVersion"] == version
+    assert "continue" not in third["metadata"]
+    whole = api._ok("GET", POLICIES, params={"limit": "10"})
+    assert len(whole["items"]) == 5 and "continue" not in whole["metadata"]
+    status, answer = api.request("GET", POLICIES, params={"continue": "garbage"})
+    assert (status, answer["reason"]) == (400, "BadRequest")
+    api.expire_history()  # compaction: the snapshot's version is gone
+    status, answer = api.request("GET", POLICIES,
+                                 params={"limit": "2", "continue": first["metadata"]["continue"]})
+    assert (status, answer["reason"]) == (410, "Expired")

@@ -471,3 +471,54 @@ async def test_a_throttled_leader_keeps_its_lease_when_retry_after_fits_the_dead
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+# -- paginated lists ----------------------------------------------------------------------------------------
+
+
+async def test_the_informer_lists_in_pages(api: KubeApi, client: KubeClient,
+                                          running: Callable[[Informer], None]) -> None:
+    assert client.page_size == 500  # the default: a big cluster is not one giant response
+    client.page_size = 2
+
+    def seven() -> None:
+        for i in range(7):
+            api.create(pod(f"p{i}", labels={"app": "web"}))
+
+    await call(seven)
+    informer = Informer(client, PODS, "default")
+    running(informer)
+    await asyncio.wait_for(informer.synced.wait(), 5)
+    assert names(informer) == {f"p{i}" for i in range(7)} and informer.lists == 1
+    pages = await call(api.list_requests)
+    assert [p.get("limit") for p in pages] == ["2"] * 4
+    assert ["continue" in p for p in pages] == [False, True, True, True]
+    await call(api.create, pod("late", labels={"app": "web"}))  # the watch starts from the pages' version
+    await eventually(lambda: "late" in names(informer))
+    assert informer.lists == 1
+
+
+async def test_an_expired_continue_token_relists_from_the_first_page(
+        api: KubeApi, client: KubeClient, running: Callable[[Informer], None]) -> None:
+    client.page_size = 2
+    await call(lambda: [api.create(pod(f"p{i}", labels={"app": "web"})) for i in range(5)])
+    expired: list[str] = []
+
+    def compact_once(method: str, path: str, params: Any) -> None:
+        if "continue" in params and not expired:
+            expired.append(params["continue"])
+            api.server.expire_history()  # type: ignore[union-attr]  # (on the server's loop)
+
+    api.server.before = compact_once  # type: ignore[union-attr]
+    sleeps: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        sleeps.append(delay)
+
+    informer = Informer(client, PODS, "default", sleep=sleep)
+    running(informer)
+    await asyncio.wait_for(informer.synced.wait(), 5)
+    assert names(informer) == {f"p{i}" for i in range(5)}
+    pages = [("continue" in p) for p in await call(api.list_requests)]
+    assert pages == [False, True, False, True, True]  # 410 on the 2nd page: start again, at once
+    assert sleeps == [] and informer.errors == 0 and informer.lists == 1
