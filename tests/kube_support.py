@@ -30,6 +30,9 @@ lightkube does not recognise. `ApiServer` keeps kmock's HTTP front end, request 
 - the cluster-scoped `/api/v1/namespaces[/NAME]` paths, which kmock's path parser cannot read;
 - paginated lists: `limit` and `continue` (every page from the first page's snapshot and version,
   `remainingItemCount`; a token from before a compaction, or one of the 64 oldest, is 410 `Expired`);
+- watch bookmarks: with `allowWatchBookmarks=true`, a BOOKMARK carrying the current resourceVersion every
+  `bookmark_interval` seconds of quiet (and whenever a test calls `send_bookmarks`); `compact()` drops
+  the history as etcd's compaction does while open watches carry on;
 - 429 Too Many Requests with `Retry-After` (and `details.retryAfterSeconds`) for the next N requests a test
   selects (`throttle`), as API priority and fairness answers when its queues are full;
 - custom resources checked against their installed CRD's `openAPIV3Schema` on every write (the committed
@@ -442,6 +445,7 @@ class _Watch:
     fields: list[Callable[[Mapping[str, Any]], bool]]
     queue: asyncio.Queue[tuple[str, dict[str, Any] | None, dict[str, Any] | None] | None] = \
         field(default_factory=asyncio.Queue)
+    bookmarks: bool = False  # asked for with allowWatchBookmarks=true
 
     def matches(self, obj: Mapping[str, Any] | None) -> bool:
         if obj is None:
@@ -498,6 +502,8 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
         self._page_ids = itertools.count(1)
         self.lists: list[dict[str, str]] = []  # the query parameters of every list request
         self.before: Callable[[str, str, Mapping[str, str]], None] | None = None  # a test's hook
+        self.bookmarks = True  # False: allowWatchBookmarks is ignored (it is only a hint to the server)
+        self.bookmark_interval = 60.0  # seconds between bookmarks on a watch that asked (real: ~1 min)
         self.write_log: list[tuple[str, str, str]] = []  # (method, path, user agent) of every write
         for (group, version, plural), info in KINDS.items():
             self.resources[kmock.resource(group, version, plural)] = kmock.ResourceInfo(
@@ -519,6 +525,18 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
         """End every open watch stream cleanly (as an API server restart or a load balancer timeout does)."""
         for watch in list(self.watches):
             watch.queue.put_nowait(None)
+
+    def compact(self) -> None:
+        """Compact as etcd does: versions older than the current one are gone (a watch or a continue token
+        from them is 410 Expired), but open watches carry on, as the real watch cache's do."""
+        self.compacted_rv = self.rv
+        self.history.clear()
+
+    def send_bookmarks(self) -> None:
+        """A BOOKMARK now, carrying the current resourceVersion, on every open watch that asked for them."""
+        for watch in list(self.watches):
+            if watch.bookmarks:
+                watch.queue.put_nowait(("BOOKMARK", None, {"metadata": {"resourceVersion": str(self.rv)}}))
 
     def throttle(self, count: int, retry_after: int = 1,
                  only: Callable[[str, str, Mapping[str, str]], bool] = lambda method, path, params: True,
@@ -686,6 +704,8 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
     async def _watch(self, request: rendering.Request, key: tuple[str, str, str],
                      params: Mapping[str, str]) -> aiohttp.web.StreamResponse:
         watch = self._selection(request, key, params)
+        watch.bookmarks = self.bookmarks and params.get("allowWatchBookmarks") == "true"
+        info = KINDS[key]
         since = params.get("resourceVersion") or ""
         backlog: list[dict[str, Any]] = []
         gone = False
@@ -716,18 +736,34 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
                 await response.write(json.dumps(event).encode() + b"\n")
             timeout = float(params["timeoutSeconds"]) if params.get("timeoutSeconds") else None
             deadline = time.monotonic() + timeout if timeout else None
+            next_bookmark = time.monotonic() + self.bookmark_interval
             while True:
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                now = time.monotonic()
+                left = None if deadline is None else max(0.0, deadline - now)
+                if watch.bookmarks:
+                    left = max(0.0, next_bookmark - now) if left is None else min(left, next_bookmark - now)
                 try:
                     item = await asyncio.wait_for(watch.queue.get(), left)
                 except TimeoutError:
-                    break
+                    if deadline is not None and time.monotonic() >= deadline:
+                        break
+                    # Quiet until the bookmark is due: every event up to now was delivered (commits queue
+                    # synchronously), so the current version is safe to resume from.
+                    item = ("BOOKMARK", None, {"metadata": {"resourceVersion": str(self.rv)}})
                 if item is None:
                     break
                 kind, old, new = item
                 if kind == "GONE":
                     await self._write_gone(response, since)
                     break
+                if kind == "BOOKMARK":
+                    next_bookmark = time.monotonic() + self.bookmark_interval
+                    assert new is not None
+                    bookmark = {"kind": info.kind, "apiVersion": f"{key[0]}/{key[1]}" if key[0] else key[1],
+                                "metadata": new["metadata"]}
+                    line = json.dumps({"type": "BOOKMARK", "object": bookmark}).encode() + b"\n"
+                    await response.write(line)
+                    continue
                 event = watch.event(old, new, kind)
                 if event is not None:
                     await response.write(json.dumps(event).encode() + b"\n")
@@ -989,6 +1025,15 @@ class KubeApi:
 
     def throttled(self) -> list[tuple[float, str, str]]:
         return list(self.call(lambda: list(self.server.throttled)))  # type: ignore[union-attr]
+
+    def send_bookmarks(self) -> None:
+        self.call(lambda: self.server.send_bookmarks())  # type: ignore[union-attr]
+
+    def compact(self) -> None:
+        self.call(lambda: self.server.compact())  # type: ignore[union-attr]
+
+    def current_version(self) -> str:
+        return str(self.call(lambda: self.server.rv))  # type: ignore[union-attr]
 
     def watch_count(self) -> int:
         return int(self.call(lambda: len(self.server.watches)))  # type: ignore[union-attr]

@@ -450,3 +450,44 @@ def test_lists_are_paginated_from_one_snapshot_and_old_continue_tokens_expire(ap
     status, answer = api.request("GET", POLICIES,
                                  params={"limit": "2", "continue": first["metadata"]["continue"]})
     assert (status, answer["reason"]) == (410, "Expired")
+
+
+def test_bookmarks_carry_the_current_version_to_watches_that_ask(api: KubeApi) -> None:
+    since = api._ok("GET", POLICIES)["metadata"]["resourceVersion"]
+    asked = Watch(api, POLICIES, resourceVersion=since, allowWatchBookmarks="true")
+    plain = Watch(api, POLICIES, resourceVersion=since, timeoutSeconds="1")
+    try:
+        api.create(pod("a", labels={"app": "web"}))  # another kind: the version moves, no event here
+        api.send_bookmarks()
+        bookmark = asked.next()
+        assert bookmark["type"] == "BOOKMARK"
+        assert bookmark["object"]["kind"] == "BalancerPolicy"
+        assert bookmark["object"]["metadata"]["resourceVersion"] == api.current_version()
+        assert int(api.current_version()) > int(since)
+        assert plain.ended()  # nothing but the timeout for the watch that did not ask
+    finally:
+        asked.close()
+        plain.close()
+    api.call(lambda: setattr(api.server, "bookmark_interval", 0.2))
+    periodic = Watch(api, POLICIES, resourceVersion=since, allowWatchBookmarks="true")
+    try:
+        assert periodic.next()["type"] == "BOOKMARK"  # after 0.2 s of quiet, unprompted
+    finally:
+        periodic.close()
+
+
+def test_compaction_keeps_open_watches_but_expires_old_versions(api: KubeApi) -> None:
+    since = api._ok("GET", POLICIES)["metadata"]["resourceVersion"]
+    watch = Watch(api, POLICIES, resourceVersion=since)
+    try:
+        api.create(pod("a", labels={"app": "web"}))
+        api.compact()
+        api.create(balancer_policy("p"))
+        assert watch.next()["type"] == "ADDED"  # the open watch carries on
+    finally:
+        watch.close()
+    old = Watch(api, POLICIES, resourceVersion=since)
+    try:
+        assert old.next()["object"]["code"] == 410
+    finally:
+        old.close()

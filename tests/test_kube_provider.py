@@ -22,7 +22,7 @@ from kube_support import (
     slice_endpoint,
 )
 from steelyard.config.desired import DesiredState
-from steelyard.kube.client import BALANCER_POLICIES, PODS, KubeClient, KubeError
+from steelyard.kube.client import BALANCER_POLICIES, ENDPOINT_SLICES, PODS, KubeClient, KubeError
 from steelyard.kube.informer import Backoff, Informer
 from steelyard.kube.provider import KubeOptions, KubeProvider
 
@@ -522,3 +522,46 @@ async def test_an_expired_continue_token_relists_from_the_first_page(
     pages = [("continue" in p) for p in await call(api.list_requests)]
     assert pages == [False, True, False, True, True]  # 410 on the 2nd page: start again, at once
     assert sleeps == [] and informer.errors == 0 and informer.lists == 1
+
+
+# -- watch bookmarks ----------------------------------------------------------------------------------------
+
+
+async def quiet_watch_after_compaction(api: KubeApi, client: KubeClient,
+                                       running: Callable[[Informer], None]) -> list[Informer]:
+    """Informers on quiet kinds; other kinds churn; a bookmark (when the server sends them); compaction;
+    the streams drop. Returns the informers once the policy created after all that is seen."""
+    informers = [Informer(client, BALANCER_POLICIES, "default"), Informer(client, ENDPOINT_SLICES, "default")]
+    for informer in informers:
+        running(informer)
+        await asyncio.wait_for(informer.synced.wait(), 5)
+    await eventually(lambda: api.watch_count() == 2, what="two watches")
+    listed_at = informers[0].resource_version
+    await call(lambda: [api.create(pod(f"p{i}", labels={"app": "web"})) for i in range(3)])  # churn elsewhere
+    await call(api.send_bookmarks)
+    if api.server.bookmarks:  # type: ignore[union-attr]
+        current = await call(api.current_version)
+        await eventually(lambda: all(i.resource_version == current for i in informers), what="the bookmarks")
+    else:
+        await asyncio.sleep(0.2)
+        assert informers[0].resource_version == listed_at  # no event, no bookmark: the version stays
+    await call(api.compact)
+    await call(api.drop_watches)
+    await call(api.create, balancer_policy("after"))
+    await eventually(lambda: names(informers[0]) == {"after"}, what="the policy after the compaction")
+    return informers
+
+
+async def test_a_bookmark_lets_a_quiet_watch_resume_after_compaction_without_a_relist(
+        api: KubeApi, client: KubeClient, running: Callable[[Informer], None]) -> None:
+    informers = await quiet_watch_after_compaction(api, client, running)
+    assert [i.lists for i in informers] == [1, 1] and [i.errors for i in informers] == [0, 0]
+    assert len(await call(api.list_requests)) == 2  # one list per kind, none after the compaction
+
+
+async def test_without_bookmarks_the_same_quiet_watch_needs_a_relist(
+        api: KubeApi, client: KubeClient, running: Callable[[Informer], None]) -> None:
+    api.server.bookmarks = False  # type: ignore[union-attr]  # allowWatchBookmarks is only a hint
+    informers = await quiet_watch_after_compaction(api, client, running)
+    assert informers[0].lists == 2  # 410 on resume: the whole set listed again
+    await eventually(lambda: informers[1].lists == 2)
