@@ -449,6 +449,101 @@ def floor_server(port: int, backends: Sequence[int]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# Python cost per request (`--python-cost`): Steelyard's HTTP path in this process, with transports that
+# only count writes, so no system call and no other process is involved. The time (best of many short
+# runs) moves with the machine; the bytecodes executed per request do not, which makes it the figure to
+# compare two versions of the hot path by on a shared machine.
+
+_COST_REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:18080\r\n\r\n"  # what wrk sends
+_COST_RESPONSE = (  # what the nginx backends answer
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sun, 29 Nov 2026 10:00:00 GMT\r\n"
+    b"Content-Type: application/octet-stream\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok"
+)
+
+
+def python_cost(requests: int = 1000, repeats: int = 300) -> str:
+    from types import MappingProxyType
+
+    from steelyard.config.desired import BackendEndpoint, DesiredState, Listener, Route, Upstream
+    from steelyard.model import BalancerPolicySpec, Protocol
+    from steelyard.proxy import ProxyConfig, ProxyServer, UpstreamRegistry
+    from steelyard.proxy.http import UpstreamConnection
+
+    last: list[object] = [None]
+
+    class CountingTransport:
+        def __init__(self, owner: object) -> None:
+            self.owner = owner
+
+        def write(self, data: bytes) -> None:
+            last[0] = self.owner
+
+        def writelines(self, data: list[bytes]) -> None:
+            last[0] = self.owner
+
+        def pause_reading(self) -> None: ...
+
+        def resume_reading(self) -> None: ...
+
+        def get_extra_info(self, name: str, default: object = None) -> object:
+            return (HOST, 40000) if name == "peername" else default
+
+        def close(self) -> None: ...
+
+        def abort(self) -> None: ...
+
+    endpoints = tuple(BackendEndpoint(host=HOST, port=p) for p in (9001, 9002, 9003))
+    upstream = Upstream(key="default/bench/http", load_balancer="default/bench", port_name="http",
+                        protocol=Protocol.HTTP, policy=BalancerPolicySpec.model_validate({}),
+                        policy_name=None, endpoints=endpoints)
+    listener = Listener(address=HOST, port=18080, protocol=Protocol.HTTP,
+                        routes=(Route(hosts=(), path_prefix="/", upstream=upstream.key),))
+    state = DesiredState(upstreams=MappingProxyType({upstream.key: upstream}), listeners=(listener,),
+                         source="bench")
+    proxy = ProxyServer(ProxyConfig())
+    proxy.snapshot = UpstreamRegistry().apply(state)
+    client = proxy.protocol_factory(listener)()
+    for endpoint in endpoints:
+        pool = proxy.pool_for(endpoint)
+        conn = UpstreamConnection(proxy, pool)
+        conn.connection_made(CountingTransport(conn))  # type: ignore[arg-type]
+        pool.idle.append(conn)
+    client.connection_made(CountingTransport(client))  # type: ignore[arg-type]
+
+    def exchange() -> None:
+        client.data_received(_COST_REQUEST)
+        last[0].data_received(_COST_RESPONSE)  # type: ignore[attr-defined]
+
+    for _ in range(20 * requests):
+        exchange()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(requests):
+            exchange()
+        times.append((time.perf_counter() - start) / requests * 1e6)
+    times.sort()
+    counts: Counter[str] = Counter()
+    own = {exchange.__code__, CountingTransport.write.__code__, CountingTransport.writelines.__code__}
+
+    def trace(frame, event, arg):  # type: ignore[no-untyped-def]
+        frame.f_trace_opcodes = True
+        if event == "opcode" and frame.f_code not in own:
+            counts[frame.f_code.co_qualname] += 1
+        return trace
+
+    sys.settrace(trace)
+    for _ in range(10):
+        exchange()
+    sys.settrace(None)
+    lines = [f"Python per proxied request (no system calls): {times[0]:.2f} µs best, "
+             f"{times[len(times) // 2]:.2f} µs median of {repeats} runs of {requests}; "
+             f"{sum(counts.values()) / 10:.0f} bytecodes:"]
+    lines += [f"  {n / 10:6.0f}  {name}" for name, n in counts.most_common()]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
 # Proxies under test.
 
 
@@ -1391,6 +1486,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "by library), py-spy (Python; flamegraph) and strace (syscalls per request); output in bench/out/",
     )
     p.add_argument("--native", action="store_true", help="with --profile: py-spy --native (C frames too)")
+    p.add_argument(
+        "--python-cost",
+        action="store_true",
+        help="only measure the Python cost of one proxied request in this process (fake transports): "
+        "µs and bytecodes per request by function; nothing is started",
+    )
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     p.add_argument("--no-install", action="store_true", help="never apt-get install missing tools")
     p.add_argument("--no-pin", action="store_true", help="do not pin (taskset) anything")
@@ -1426,6 +1527,9 @@ def main(argv: Sequence[str] | None = None, command: str | None = None) -> int:
         return 0
     if args.floor_server:
         floor_server(args.floor_server[0], args.floor_server[1:])
+        return 0
+    if args.python_cost:
+        print(python_cost())
         return 0
     if command is None:
         command = shlex.join(["python", "-m", "bench.proxy", *(sys.argv[1:] if argv is None else argv)])
