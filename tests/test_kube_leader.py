@@ -92,7 +92,10 @@ async def test_release_hands_over_at_once(api: KubeApi, clients: list[KubeClient
         assert not await b.try_acquire_or_renew()
         await a.release()
         assert changes == [True, False]
+        await asyncio.wait_for(task, 2)  # its loop ends: it must not take the Lease back meanwhile
+        assert not await a.try_acquire_or_renew()
         assert await b.try_acquire_or_renew()  # no waiting for expiry
+        assert changes == [True, False]
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

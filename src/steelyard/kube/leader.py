@@ -66,6 +66,7 @@ class LeaderElector:
         self._observed: tuple[str, float] | None = None  # (resourceVersion, when we first saw it)
         self._renewed_at = 0.0
         self._wake = asyncio.Event()
+        self._released = False  # release() was called: never take the Lease again
 
     def __repr__(self) -> str:
         return f"<LeaderElector {self.namespace}/{self.name} me={self.identity} leader={self.is_leader}>"
@@ -91,8 +92,12 @@ class LeaderElector:
         """One round; returns whether we hold the Lease now. Raises the client's errors."""
         from steelyard.kube.client import LEASES, KubeError
 
+        if self._released:
+            return False
         lease = await self.client.get(LEASES, self.name, self.namespace)
         now = self.monotonic()
+        if self._released:  # released while we read: a write now would take the Lease back
+            return False
         try:
             if lease is None:
                 await self.client.create(self._lease(acquire_time=_micro_time(self.wall()), transitions=0,
@@ -128,8 +133,8 @@ class LeaderElector:
             raise
 
     async def run(self) -> None:
-        """Forever: try every `retry_period`; step down when renewing fails for `renew_deadline`."""
-        while True:
+        """Until released: try every `retry_period`; step down when renewing fails for `renew_deadline`."""
+        while not self._released:
             wait = self.retry_period
             try:
                 held = await self.try_acquire_or_renew()
@@ -141,6 +146,8 @@ class LeaderElector:
                     self._set_leader(False)
                 wait = self.wait_after(exc)
             else:
+                if self._released:
+                    return
                 if held:
                     self._renewed_at = self.monotonic()
                 self._set_leader(held)
@@ -166,6 +173,8 @@ class LeaderElector:
         """Give the Lease up at once (SIGTERM), so another replica need not wait for it to expire."""
         from steelyard.kube.client import LEASES
 
+        self._released = True  # from here on run() and try_acquire_or_renew() leave the Lease alone
+        self._wake.set()
         if not self.is_leader:
             return
         self._set_leader(False)
