@@ -236,8 +236,13 @@ async def test_the_leader_writes_status_and_events_and_followers_do_not(api: Kub
         orphan_ready = next(c for c in orphan["conditions"] if c["type"] == "Ready")
         assert (orphan_ready["status"], orphan_ready["reason"]) == ("False", "PolicyNotFound")
         assert "missing" in orphan_ready["message"]
-        policy = (api.get(LB_API, "BalancerPolicy", "p") or {}).get("status") or {}
-        assert policy.get("loadBalancers") == ["default/web"]
+        def policy_status() -> dict[str, Any]:
+            return dict((api.get(LB_API, "BalancerPolicy", "p") or {}).get("status") or {})
+
+        # the policy's status is written in the same round as, but after, the load balancers'
+        policy = await eventually(lambda: policy_status().get("loadBalancers") and policy_status(),
+                                  what="p's status")
+        assert policy["loadBalancers"] == ["default/web"]
         events = await eventually(lambda: api.list("v1", "Event"), what="an Event")
         assert any(e["reason"] == "PolicyNotFound" and e["involvedObject"]["name"] == "orphan"
                    for e in events)
