@@ -18,7 +18,9 @@ replays the block, O(1) (an index and a compare):
   much, so the strategy switches to earliest-deadline-first scheduling (Envoy's `EdfScheduler`, stride
   scheduling): each endpoint's next deadline advances by 1/weight per pick; a pick is one heap update,
   O(log n). Its order is smooth and weighted but is not nginx's exact sequence; switching between the
-  two modes restarts the cycle.
+  two modes restarts the cycle. Heap entries are plain ints, the deadline (in units of 2^-32) shifted
+  left past the endpoint's index, so a heap step compares two ints instead of two tuples (a tie still
+  goes to the lower index); a stride is 2^32 / weight rounded, within 1.2e-7 of it up to weight 1000.
 
 State that survives `set_endpoints`: current weights (nginx mode) or deadlines (EDF mode) of endpoints
 that stay; a newcomer starts at nginx's 0 (or at half a stride from now). Weight 0 is never picked.
@@ -40,6 +42,7 @@ from steelyard.strategies.base import NO_CONTEXT, BalancingStrategy, Clock, Endp
 MAX_WEIGHT_CLASSES = 8  # above this many distinct weights, EDF mode
 PERIOD_LIMIT = 1 << 16  # longest block (picks) computed at once
 FLOAT_BLOCK = 4096  # block length when weights are not integers (no exact period to find)
+EDF_SCALE = 1 << 32  # EDF mode: a deadline of 1.0 is 2^32 ticks
 
 
 def smooth_sequence(weights: Sequence[float], current: list[float], steps: int) -> list[int]:
@@ -96,10 +99,13 @@ class WeightedRoundRobin(BalancingStrategy):
         self._block_end: list[float] = []
         self._block_repeats = False
         self._pos = 0
-        # EDF mode: a heap of (deadline, index); a pick moves the top's deadline on by its stride.
+        # EDF mode: a heap of (deadline << bits) | index; a pick moves the top's deadline on by its
+        # stride (kept pre-shifted, so the pick adds one int).
         self._edf = False
-        self._heap: list[tuple[float, int]] = []
-        self._strides: list[float] = []
+        self._heap: list[int] = []
+        self._strides: list[int] = []
+        self._bits = 1
+        self._mask = 1
 
     def _current_weights(self) -> dict[str, float]:
         """nginx's current weights as of the next pick (O(n + position in block))."""
@@ -111,14 +117,17 @@ class WeightedRoundRobin(BalancingStrategy):
         return {e.id: self._block_start[i] + p * self._weights[i] - total * counts[i]
                 for i, e in enumerate(self._endpoints)}
 
-    def _deadlines(self) -> dict[str, tuple[float, float]]:
-        return {self._endpoints[i].id: (deadline, self._strides[i]) for deadline, i in self._heap}
+    def _deadlines(self) -> dict[str, tuple[int, int]]:
+        """EDF mode: each endpoint's deadline and stride, in ticks."""
+        bits, mask = self._bits, self._mask
+        return {self._endpoints[key & mask].id: (key >> bits, self._strides[key & mask] >> bits)
+                for key in self._heap}
 
     def set_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
         new = usable(endpoints)
         old_current = self._current_weights()
         old_deadlines = self._deadlines()
-        now = self._heap[0][0] if self._heap else 0.0
+        now = self._heap[0] >> self._bits if self._heap else 0
         self._endpoints = new
         self._weights = [e.weight for e in new]
         self._block, self._block_indices, self._pos, self._block_repeats = [], [], 0, False
@@ -127,17 +136,25 @@ class WeightedRoundRobin(BalancingStrategy):
         if not new:
             self._block_start = []
         elif self._edf:
-            self._strides = [1.0 / w for w in self._weights]
+            bits = max(1, len(new).bit_length())
+            self._bits, self._mask = bits, (1 << bits) - 1
+            strides = [max(1, round(EDF_SCALE / w)) for w in self._weights]
             heap = []
             for i, e in enumerate(new):
-                stride = self._strides[i]
+                stride = strides[i]
                 old = old_deadlines.get(e.id)
                 # Keep an endpoint's remaining wait (rescaled if its weight changed); a newcomer waits half
                 # a stride, so equal newcomers interleave with the others instead of all coming first.
-                deadline = now + (old[0] - now) * stride / old[1] if old is not None else now + stride / 2
-                heap.append((deadline, i))
+                if old is None:
+                    deadline = now + stride // 2
+                elif old[1] == stride:
+                    deadline = old[0]
+                else:
+                    deadline = now + (old[0] - now) * stride // old[1]
+                heap.append((deadline << bits) | i)
             heapify(heap)
             self._heap = heap
+            self._strides = [stride << bits for stride in strides]
         else:
             self._block_start = [old_current.get(e.id, 0.0) for e in new]
             self._fill_block()
@@ -171,8 +188,9 @@ class WeightedRoundRobin(BalancingStrategy):
     def _pick_slow(self) -> Endpoint | None:
         if self._edf:
             heap = self._heap
-            deadline, i = heap[0]
-            heapreplace(heap, (deadline + self._strides[i], i))
+            key = heap[0]
+            i = key & self._mask
+            heapreplace(heap, key + self._strides[i])
             return self._endpoints[i]
         if not self._endpoints:
             return None
@@ -185,7 +203,7 @@ class WeightedRoundRobin(BalancingStrategy):
     def describe(self) -> dict[str, object]:
         state: dict[str, object] = {"strategy": self.name, "mode": "edf" if self._edf else "nginx"}
         if self._edf:
-            state["next"] = self._endpoints[self._heap[0][1]].id if self._heap else None
+            state["next"] = self._endpoints[self._heap[0] & self._mask].id if self._heap else None
             return state
         block = self._block
         state["next"] = (block[self._pos].id if self._pos < len(block)
