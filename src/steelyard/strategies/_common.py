@@ -16,6 +16,7 @@ from itertools import accumulate
 from steelyard.strategies.base import Endpoint
 
 MASK64 = (1 << 64) - 1
+TICKETS_LIMIT = 1 << 16  # largest ticket table (TwoDraws): two draws from one random number stay exact
 _EIGHT_WORDS = struct.Struct("<8Q")
 
 
@@ -60,6 +61,66 @@ class Cells:
                 by_id[endpoint_id] = cell
         self.by_id = by_id
         return aligned
+
+
+class InFlight:
+    """Picks in flight per endpoint as a flat list of ints aligned with the usable endpoints.
+
+    A pick reads and bumps `counts[i]` (one subscript, no per-endpoint cell); `on_done` finds the
+    position through `index`. `align()` carries counts over by id, and keeps the count of an endpoint
+    that left with picks in flight in `gone`, so their `on_done` lands and a quick return counts right.
+    """
+
+    __slots__ = ("counts", "index", "gone")
+
+    def __init__(self) -> None:
+        self.counts: list[int] = []
+        self.index: dict[str, int] = {}
+        self.gone: dict[str, int] = {}
+
+    def align(self, endpoints: Sequence[Endpoint]) -> list[int]:
+        """The new `counts` list (a new object: callers cache it until the next align)."""
+        old = self.gone
+        counts = self.counts
+        for endpoint_id, i in self.index.items():
+            old[endpoint_id] = counts[i]
+        self.index = {e.id: i for i, e in enumerate(endpoints)}
+        self.counts = [old.pop(e.id, 0) for e in endpoints]
+        self.gone = {endpoint_id: c for endpoint_id, c in old.items() if c > 0}
+        return self.counts
+
+    def release(self, endpoint_id: str) -> int:
+        """One pick on `endpoint_id` is done: its position if it is in the current set and had a pick in
+        flight (now one fewer), else -1 (departed, or a stray done: never below zero)."""
+        i = self.index.get(endpoint_id)
+        if i is not None:
+            counts = self.counts
+            if counts[i] > 0:
+                counts[i] -= 1
+                return i
+            return -1
+        c = self.gone.get(endpoint_id)
+        if c is not None:
+            if c > 1:
+                self.gone[endpoint_id] = c - 1
+            else:
+                del self.gone[endpoint_id]
+        return -1
+
+
+def tickets(weights: Sequence[float], limit: int = TICKETS_LIMIT) -> list[int]:
+    """Integer weights as a ticket table: index i appears weight_i / gcd times, so a uniform slot is an
+    exact weighted draw. Empty when a weight is not an integer or the table would exceed `limit`."""
+    if not weights or not all(w == int(w) for w in weights):
+        return []
+    ints = [int(w) for w in weights]
+    unit = math.gcd(*ints)
+    if sum(ints) // unit > limit:
+        return []
+    out: list[int] = []
+    for i, w in enumerate(ints):
+        out.extend([i] * (w // unit))
+    return out
 
 
 def cumulative(weights: Sequence[float]) -> list[float]:
@@ -154,12 +215,18 @@ class TwoDraws:
     """Two weighted draws of distinct endpoints, shared by PowerOfTwoChoices and PeakEWMA.
 
     `set_weights` builds the alias table and running sums once per endpoint set; strategies inline the
-    first two alias draws in `pick` (a call per draw costs as much as the draw) and call `redraw` only
-    when the second hit the first: up to 8 more alias draws, then an exact step over the first's share.
+    first two draws in `pick` (a call per draw costs as much as the draw) and call `redraw` only when
+    the second hit the first: up to 8 more alias draws, then an exact step over the first's share.
     The random source stays the strategy's (its deep copy for `explain` rebinds it).
+
+    With integer weights whose ticket table (`tickets`) has at most 2^16 slots (configured weights
+    usually), the first two draws come from one random number u: x = u * size gives the first slot
+    (int(x)) and its fraction the second (int((x - int(x)) * size)). That is floor(u * size^2) in base
+    `size`: each pair of slots gets 2^53 / size^2 >= 2^21 of u's equally likely values (give or take
+    one), so the pair is uniform and independent to within 1e-6 relative.
     """
 
-    __slots__ = ("n", "weights", "cum", "total", "keep", "alias")
+    __slots__ = ("n", "weights", "cum", "total", "keep", "alias", "slots", "size")
 
     def __init__(self) -> None:
         self.set_weights([])
@@ -171,6 +238,8 @@ class TwoDraws:
         self.total = self.cum[-1] if self.cum else 0.0
         table = AliasTable(weights)
         self.keep, self.alias = table.keep, table.alias
+        self.slots = tickets(weights) if self.n > 1 else []
+        self.size = len(self.slots)
 
     def redraw(self, first: int, rand: Callable[[], float]) -> int:
         keep, alias, n = self.keep, self.alias, self.n

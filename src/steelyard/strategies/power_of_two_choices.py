@@ -9,10 +9,12 @@ weights are equal (otherwise, under load, equalising raw counts would erase the 
 to the heavier endpoint, then to the earlier draw. Envoy's least request (choice_count) and HAProxy's
 `balance random(2)` work this way.
 
-Cost: draws from an alias table (`_common.AliasTable`), O(1) each; the second draw redraws while it hits
-the first (rarely more than once; after 8 tries it steps over the first's share of the running weight
-sums, a bisect); with more than 2 choices, draws without replacement by bisect, O(choices x log n).
-No allocation for the default two choices. set_endpoints O(n).
+Cost: draws from an alias table (`_common.AliasTable`), O(1) each, or, with integer weights, both
+draws from one random number and a ticket table (`_common.TwoDraws`); the second draw redraws while it
+hits the first (rarely more than once; after 8 tries it steps over the first's share of the running
+weight sums, a bisect); with more than 2 choices, draws without replacement by bisect,
+O(choices x log n). In-flight counts are a flat list of ints (`_common.InFlight`). No allocation for the
+default two choices. set_endpoints O(n).
 
 State that survives `set_endpoints`: in-flight counts by endpoint id (also for endpoints that left while
 picks were in flight).
@@ -26,7 +28,7 @@ from bisect import bisect_right
 from collections.abc import Sequence
 
 from steelyard.model import Strategy as StrategySpec
-from steelyard.strategies._common import Cells, TwoDraws, draw, usable
+from steelyard.strategies._common import InFlight, TwoDraws, draw, usable
 from steelyard.strategies.base import NO_CONTEXT, BalancingStrategy, Clock, Endpoint, PickContext, register
 
 
@@ -53,25 +55,46 @@ class PowerOfTwoChoices(BalancingStrategy):
         self._endpoints: list[Endpoint] = []
         self._inverse: list[float] = []
         self._draws = TwoDraws()
+        self._slots: list[int] = []  # the ticket table when weights allow (two draws, one random)
+        self._size = 0
+        self._equal = True  # all weights equal: compare raw counts
         self._random = self.rng.random
-        self._cells = Cells(lambda: [0])
-        self._in_flight: list[list[float]] = []
+        self._tracker = InFlight()
+        self._counts: list[int] = []
 
     def set_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
         self._endpoints = usable(endpoints)
         weights = [e.weight for e in self._endpoints]
         self._inverse = [1.0 / w for w in weights]
+        self._equal = len(set(weights)) <= 1
         self._draws.set_weights(weights)
-        self._in_flight = self._cells.align(self._endpoints)
+        self._slots, self._size = self._draws.slots, self._draws.size
+        if self._choices != 2:
+            self._slots, self._size = [], 0
+        self._counts = self._tracker.align(self._endpoints)
 
     def pick(self, context: PickContext = NO_CONTEXT) -> Endpoint | None:
-        endpoints = self._endpoints
-        n = len(endpoints)
-        if n <= 1:
-            if not n:
-                return None
-            best = 0
-        elif self._choices == 2 or n == 2:
+        slots = self._slots
+        if slots:  # two choices, integer weights: two ticket draws from one random number
+            size = self._size
+            x = self._random() * size
+            i = int(x)
+            first = slots[i]
+            second = slots[int((x - i) * size)]
+            if second == first:
+                second = self._draws.redraw(first, self._random)
+        else:
+            endpoints = self._endpoints
+            n = len(endpoints)
+            if n <= 1:
+                if not n:
+                    return None
+                self._counts[0] += 1
+                return endpoints[0]
+            if self._choices != 2 and n != 2:
+                best = self._pick_many(n)
+                self._counts[best] += 1
+                return endpoints[best]
             draws = self._draws
             rand, keep, alias = self._random, draws.keep, draws.alias
             x = rand() * n
@@ -84,14 +107,18 @@ class PowerOfTwoChoices(BalancingStrategy):
                 second = alias[second]
             if second == first:
                 second = draws.redraw(first, rand)
-            inverse, in_flight = self._inverse, self._in_flight
-            a = (in_flight[first][0] + 1) * inverse[first]
-            b = (in_flight[second][0] + 1) * inverse[second]
-            best = second if b < a or (b == a and inverse[second] < inverse[first]) else first
-        else:
-            best = self._pick_many(n)
-        self._in_flight[best][0] += 1
-        return endpoints[best]
+        counts = self._counts
+        a = counts[first]
+        b = counts[second]
+        if self._equal:
+            best = second if b < a else first
+        else:  # per unit of weight; a tie goes to the heavier, then to the first drawn
+            inverse = self._inverse
+            sa = (a + 1) * inverse[first]
+            sb = (b + 1) * inverse[second]
+            best = second if sb < sa or (sb == sa and inverse[second] < inverse[first]) else first
+        counts[best] += 1
+        return self._endpoints[best]
 
     def _pick_many(self, n: int) -> int:
         draws = self._draws
@@ -99,18 +126,16 @@ class PowerOfTwoChoices(BalancingStrategy):
         taken = [draw(cum, total, rand())]
         for _ in range(min(self._choices, n) - 1):
             taken.append(draw_excluding(cum, weights, total, sorted(taken), rand()))
-        in_flight, inverse = self._in_flight, self._inverse
-        return min(taken, key=lambda i: ((in_flight[i][0] + 1) * inverse[i], inverse[i]))  # earliest on a tie
+        counts, inverse = self._counts, self._inverse
+        return min(taken, key=lambda i: ((counts[i] + 1) * inverse[i], inverse[i]))  # earliest on a tie
 
     def on_done(self, endpoint: Endpoint, latency: float, ok: bool) -> None:
-        cell = self._cells.by_id.get(endpoint.id)
-        if cell is not None and cell[0] > 0:
-            cell[0] -= 1
+        self._tracker.release(endpoint.id)
 
     def describe(self) -> dict[str, object]:
         state: dict[str, object] = {"strategy": self.name, "choices": self._choices}
         if len(self._endpoints) <= 100:
-            state["in_flight"] = {e.id: int(self._in_flight[i][0]) for i, e in enumerate(self._endpoints)}
+            state["in_flight"] = {e.id: self._counts[i] for i, e in enumerate(self._endpoints)}
         else:
-            state["in_flight_total"] = int(sum(c[0] for c in self._in_flight))
+            state["in_flight_total"] = sum(self._counts)
         return state
