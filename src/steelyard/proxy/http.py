@@ -93,7 +93,6 @@ _PAUSE_BUFFERING = 1  # a request waits (pipelined, or its upstream connection i
 _PAUSE_UPSTREAM_FULL = 2  # the upstream connection's write buffer is above its high-water mark
 _PAUSE_CLOSING = 4  # no further request will be read
 
-_DEADLINE_NONE, _DEADLINE_HEADER, _DEADLINE_IDLE = 0, 1, 2
 _LAST_CHUNK = b"0\r\n\r\n"
 _JOIN_MAX = 64 * 1024  # output up to this size is joined into one buffer before writing
 # Connection field values (all of them, joined) that name no other field: nothing to remove.
@@ -162,7 +161,6 @@ class HttpRequest:
     conn: UpstreamConnection | None = None
     retries_left = 0
     response_started = False
-    upstream_deadline = 0.0
     reject: _Reject | None = None
     cancelled = False
     next_attempt: Attempt | None = None
@@ -199,8 +197,9 @@ class HttpProxyProtocol(asyncio.Protocol):
     # Slots: the hot path reads these attributes many times per request (measured ~5% less Python time).
     __slots__ = ("_client_ip_bytes", "_completed", "_fields", "_forward_tail", "_forwarded",
         "_header_timeout", "_host_line", "_host_seen", "_keepalive_timeout", "_max_head", "_max_headers",
-        "_max_uri", "_only_route", "_pre_head_bytes", "_read_len", "_routes", "client_ip", "closed",
-        "closing", "config", "current", "deadline", "deadline_kind", "eof_in", "listener_key", "out",
+        "_max_uri", "_only_route", "_pre_head_bytes", "_read_len", "_routes", "_watch", "_watch_conn",
+        "_watch_since", "client_ip", "closed",
+        "closing", "config", "current", "eof_in", "listener_key", "out",
         "parser", "parsing", "paused", "queue", "server", "transport", "tunnel", "tunnel_idle_timeout",
         "write_paused")
 
@@ -222,8 +221,10 @@ class HttpProxyProtocol(asyncio.Protocol):
         self.tunnel: UpstreamConnection | None = None
         self.tunnel_idle_timeout = 60.0
         self.eof_in = False
-        self.deadline = 0.0
-        self.deadline_kind = _DEADLINE_NONE
+        # What the timeout sweep saw last (see check_timeouts): no deadline is stamped per request.
+        self._watch: object = None
+        self._watch_conn: UpstreamConnection | None = None
+        self._watch_since = 0.0
         self._fields: list[bytes] = []  # the parsing request's `fields`
         self._client_ip_bytes = b""
         self._forwarded = b""
@@ -257,8 +258,6 @@ class HttpProxyProtocol(asyncio.Protocol):
             server.ensure_sweep()
         server.http_connections.add(self)
         server.stats.http_connections_total += 1
-        self.deadline = server.now + self.config.header_timeout
-        self.deadline_kind = _DEADLINE_HEADER
         if server.closing:
             self.closing = True
             transport.close()
@@ -346,8 +345,6 @@ class HttpProxyProtocol(asyncio.Protocol):
             self.parsing = req = HttpRequest()
             req.fields = self._fields = []
             self._pre_head_bytes = 0
-            self.deadline = self.server.now + self._header_timeout
-            self.deadline_kind = _DEADLINE_HEADER
             req.url = url
             if len(url) > self._max_uri:
                 raise _Reject(414, "request target too long")
@@ -411,7 +408,6 @@ class HttpProxyProtocol(asyncio.Protocol):
         if (self._read_len + self._pre_head_bytes > self._max_head
                 and sum(map(len, kept)) + req.other_bytes + (len(host) + 6 if host else 0) > self._max_head):
             raise _Reject(431, "request header section too large")
-        self.deadline_kind = _DEADLINE_NONE
         parser = self.parser
         req.method = method = parser.get_method()
         if method != b"GET":
@@ -626,7 +622,6 @@ class HttpProxyProtocol(asyncio.Protocol):
         conn.head_bytes = 0
         conn.transport.write(req.head)  # type: ignore[union-attr]
         req.head_sent = True
-        req.upstream_deadline = server.now + runtime.request_timeout
         if self.paused & _PAUSE_BUFFERING and not self.queue:
             self._resume(_PAUSE_BUFFERING)
         if self.write_paused:
@@ -705,9 +700,6 @@ class HttpProxyProtocol(asyncio.Protocol):
         else:
             transport.write(req.head)
         req.head_sent = True
-        runtime = req.runtime
-        assert runtime is not None
-        req.upstream_deadline = self.server.now + runtime.request_timeout
         if self.paused & _PAUSE_BUFFERING and not self.queue:
             self._resume(_PAUSE_BUFFERING)
         if self.write_paused:
@@ -733,7 +725,6 @@ class HttpProxyProtocol(asyncio.Protocol):
         req.retries_left -= 1
         req.head_sent = False
         req.conn = None
-        req.upstream_deadline = 0.0
         self.server.stats.retries += 1
         self._dispatch(req, attempt)
         return True
@@ -769,9 +760,6 @@ class HttpProxyProtocol(asyncio.Protocol):
             self._start(req)
         else:
             self._resume(_PAUSE_BUFFERING)
-            if self.parsing is None:
-                self.deadline = self.server.now + self.config.keepalive_timeout
-                self.deadline_kind = _DEADLINE_IDLE
 
     def _respond_local(self, req: HttpRequest, status: int, text: str) -> None:
         """Answer `req` ourselves; keep the connection only when the request was read whole."""
@@ -851,7 +839,6 @@ class HttpProxyProtocol(asyncio.Protocol):
         self.tunnel_idle_timeout = req.runtime.idle_timeout if req.runtime is not None else 60.0
         conn.last_read = self.server.now
         self.current = None
-        self.deadline_kind = _DEADLINE_NONE
         self.server.stats.tunnels += 1
         data = req.tunnel_data
         req.tunnel_data = b""
@@ -911,21 +898,11 @@ class HttpProxyProtocol(asyncio.Protocol):
     # -- timers and shutdown ------------------------------------------------------------------------------
 
     def check_timeouts(self, now: float) -> None:
-        """Called by the server's sweep (coarse clock); no timer is armed per request."""
+        """Called by the server's sweep (coarse clock). No deadline is armed per request: the sweep notes
+        what it finds waiting (a head still arriving, an idle connection, a request waiting for its
+        response head) and since when; a wait seen again past its limit has timed out. The limits are
+        thus exact to within one sweep interval (late, never early)."""
         if self.closed:
-            return
-        kind = self.deadline_kind
-        if kind != _DEADLINE_NONE and now >= self.deadline and self.current is None:
-            self.deadline_kind = _DEADLINE_NONE
-            if kind == _DEADLINE_IDLE or (self.parsing is None and not self.queue):
-                self._close()  # idle keep-alive connection, or nothing of a request arrived
-                return
-            self.server.stats.timeouts += 1
-            self.parsing = None
-            self.queue.clear()
-            self._pause(_PAUSE_CLOSING)
-            self.out.append(local_response(408, "steelyard: request header not received in time"))
-            self._close()
             return
         tunnel = self.tunnel
         if tunnel is not None:
@@ -935,9 +912,41 @@ class HttpProxyProtocol(asyncio.Protocol):
                 self._close()
             return
         req = self.current
-        conn = req.conn if req is not None else None
-        if req is not None and conn is not None and req.response_started and req.runtime is not None \
-                and now - conn.last_read > req.runtime.idle_timeout:
+        if req is None:
+            parsing = self.parsing
+            if parsing is None:
+                # Idle: since the connection opened (header timeout) or since the last request ended
+                # (keep-alive timeout). The count of requests read tells one idle period from the next.
+                watch: object = self._completed
+                limit = self._keepalive_timeout if watch else self._header_timeout
+            elif not parsing.head:
+                watch = parsing  # a request head still arriving
+                limit = self._header_timeout
+            else:
+                self._watch = None
+                return
+            if watch != self._watch or self._watch_conn is not None:
+                self._watch, self._watch_conn, self._watch_since = watch, None, now
+                return
+            if now - self._watch_since < limit:
+                return
+            self._watch = None
+            if parsing is None:
+                self._close()  # idle keep-alive connection, or nothing of a request arrived
+                return
+            self.server.stats.timeouts += 1
+            self.parsing = None
+            self.queue.clear()
+            self._pause(_PAUSE_CLOSING)
+            self.out.append(local_response(408, "steelyard: request header not received in time"))
+            self._close()
+            return
+        conn = req.conn
+        runtime = req.runtime
+        if conn is None or runtime is None:
+            self._watch = None
+            return
+        if req.response_started and now - conn.last_read > runtime.idle_timeout:
             # The response stalled (upstream silent, or the client not reading): do not hang forever.
             self.server.stats.timeouts += 1
             conn.abandon()
@@ -945,21 +954,27 @@ class HttpProxyProtocol(asyncio.Protocol):
                 req.attempt.done(ok=False)
             self.upstream_broken(req)
             return
-        if req is not None and req.conn is not None and 0 < req.upstream_deadline <= now:
-            conn = req.conn
-            runtime = req.runtime
-            assert runtime is not None
-            self.server.stats.timeouts += 1
-            conn.abandon()
-            if req.attempt is not None:
-                req.attempt.done(ok=False)
-            if req.response_started:
-                self.upstream_broken(req)
-            else:
-                req.conn = None
-                self._respond_local(req, 504, f"steelyard: load balancer {runtime.name}: endpoint "
-                                              f"{req.tried[-1]} did not answer within "
-                                              f"{runtime.request_timeout:g}s")
+        if conn.headers_done:  # the final response head arrived (or a retried one is being dropped)
+            self._watch = None
+            return
+        # Sent, no final response head yet: the request timeout runs from when the sweep first saw it.
+        if req is not self._watch or conn is not self._watch_conn:
+            self._watch, self._watch_conn, self._watch_since = req, conn, now
+            return
+        if now - self._watch_since < runtime.request_timeout:
+            return
+        self._watch = self._watch_conn = None
+        self.server.stats.timeouts += 1
+        conn.abandon()
+        if req.attempt is not None:
+            req.attempt.done(ok=False)
+        if req.response_started:
+            self.upstream_broken(req)
+        else:
+            req.conn = None
+            self._respond_local(req, 504, f"steelyard: load balancer {runtime.name}: endpoint "
+                                          f"{req.tried[-1]} did not answer within "
+                                          f"{runtime.request_timeout:g}s")
 
     def begin_shutdown(self) -> None:
         """Stop taking requests: close now when idle, else after the current response."""
@@ -1243,7 +1258,6 @@ class UpstreamConnection(asyncio.Protocol):
                 and connection in _PLAIN_CONNECTION and not req.is_head
                 and status not in runtime.retry_statuses and runtime.weight_header is None):
             # The common response: a final one with a Content-Length body, to be forwarded as it comes.
-            req.upstream_deadline = 0.0
             req.response_started = True
             self.keep_client = keep = req.keep_alive and req.request_complete and not client.closing
             if keep and req.http11:
@@ -1257,7 +1271,6 @@ class UpstreamConnection(asyncio.Protocol):
         if status < 200 and status != 101:
             self._interim(client, req, parts)
             return
-        req.upstream_deadline = 0.0
         if status in runtime.retry_statuses and not req.response_started:
             req.next_attempt = client.retry_attempt(req)
             if req.next_attempt is not None:
@@ -1409,9 +1422,6 @@ class UpstreamConnection(asyncio.Protocol):
             client._close()
         elif client.paused or client.queue:
             client._next()
-        elif client.parsing is None:  # _next() when nothing waits: the connection is idle
-            client.deadline = server.now + client._keepalive_timeout
-            client.deadline_kind = _DEADLINE_IDLE
 
     def _release(self, reusable: bool) -> None:
         if self.read_paused and self.transport is not None and not self.closed:

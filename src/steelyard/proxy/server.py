@@ -1,9 +1,10 @@
 """`ProxyServer`: one per process; holds the current routing snapshot, the upstream pools and the live
 connections, and runs the one periodic sweep that enforces every timeout.
 
-No timer is armed per request: each connection records a deadline on a coarse clock (`now`, refreshed by
-the sweep every `sweep_interval`), and the sweep compares. Timeouts are therefore exact to within one
-sweep interval, which is plenty for seconds-long limits and saves two timer operations per request.
+No timer is armed and no deadline stamped per request: the sweep (every `sweep_interval`) notes what each
+connection is waiting for and since which tick, and acts on a wait it sees again past its limit (see
+`HttpProxyProtocol.check_timeouts`). Timeouts are therefore exact to within one sweep interval, which is
+plenty for seconds-long limits and costs the request path nothing.
 """
 
 from __future__ import annotations
