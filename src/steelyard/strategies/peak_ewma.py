@@ -13,8 +13,13 @@ Errors: a failed pick counts as a sample of max(its latency, 1 s, 4 x the endpoi
 backend that fails fast does not look fast. A pick released unused (`Attempt.cancel`: ok with latency 0)
 only lowers the in-flight count; it is not a latency sample.
 
-Cost: two draws from an alias table (O(1), as PowerOfTwoChoices), one clock read and two exp() per pick;
-`on_done` O(1).
+Cost: two draws (O(1), as PowerOfTwoChoices: one random number and a ticket table with integer weights,
+else an alias table). Comparing two decayed loads needs no clock: the decay factor exp(-now / tau) is
+common to both, so each endpoint keeps key = ln(estimate) + stamp / tau (set by `on_done`) and
+load_b < load_a exactly when key_b - key_a < ln((in flight_a + 1) / (in flight_b + 1)): one subtraction
+when the in-flight counts are equal, else one log, never an exp that could overflow. Only when one
+candidate has no estimate yet (its load is 0 or the penalty) is the clock read and the other's load
+decayed to now. `on_done` O(1), one exp and one log.
 State that survives `set_endpoints`: estimate, its timestamp and in-flight count per endpoint id.
 """
 
@@ -24,7 +29,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from math import exp
+from math import exp, log
 
 from steelyard.model import Strategy as StrategySpec
 from steelyard.strategies._common import Cells, TwoDraws, usable
@@ -35,8 +40,8 @@ FAILURE_FLOOR_SECONDS = 1.0
 FAILURE_FACTOR = 4.0
 PENDING_PENALTY = 1e6  # load of an endpoint with picks in flight and no estimate yet
 
-# A cell: [in flight, estimate (s), time of the estimate]
-PENDING, COST, STAMP = 0, 1, 2
+# A cell: [in flight, estimate (s), time of the estimate, ln(estimate) + time / tau when estimate > 0]
+PENDING, COST, STAMP, KEY = 0, 1, 2, 3
 
 
 @register
@@ -48,7 +53,7 @@ class PeakEWMA(BalancingStrategy):
         self._endpoints: list[Endpoint] = []
         self._draws = TwoDraws()
         self._random = self.rng.random
-        self._cells = Cells(lambda: [0, 0.0, self.clock()])
+        self._cells = Cells(lambda: [0, 0.0, self.clock(), 0.0])
         self._state: list[list[float]] = []
 
     def set_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
@@ -62,14 +67,23 @@ class PeakEWMA(BalancingStrategy):
         return cell[COST] * math.exp(-dt / DECAY_SECONDS) if dt > 0.0 else cell[COST]
 
     def pick(self, context: PickContext = NO_CONTEXT) -> Endpoint | None:
-        endpoints = self._endpoints
-        n = len(endpoints)
-        if n <= 1:
-            if not n:
-                return None
-            best = 0
+        draws = self._draws
+        slots = draws.slots
+        if slots:  # integer weights: two ticket draws from one random number (see TwoDraws)
+            size = draws.size
+            x = self._random() * size
+            i = int(x)
+            first = slots[i]
+            second = slots[int((x - i) * size)]
+            if second == first:
+                second = draws.redraw(first, self._random)
         else:
-            draws = self._draws
+            n = draws.n
+            if n <= 1:
+                if not n:
+                    return None
+                self._state[0][PENDING] += 1
+                return self._endpoints[0]
             rand, keep, alias = self._random, draws.keep, draws.alias
             x = rand() * n
             first = int(x)
@@ -81,18 +95,36 @@ class PeakEWMA(BalancingStrategy):
                 second = alias[second]
             if second == first:
                 second = draws.redraw(first, rand)
+        state = self._state
+        a = state[first]
+        b = state[second]
+        pending_a = a[PENDING]
+        pending_b = b[PENDING]
+        cost_a = a[COST]
+        cost_b = b[COST]
+        if cost_a and cost_b:  # estimates are >= 0: both measured
+            # estimate x exp((stamp - now) / tau) x (in flight + 1), compared without now: see the header
+            d = b[KEY] - a[KEY]
+            win = d < 0.0 if pending_a == pending_b else d < log((pending_a + 1) / (pending_b + 1))
+        elif cost_a or cost_b:
             now = self.clock()
-            a, b = self._state[first], self._state[second]
-            # load = estimate decayed to now x (in flight + 1), or a penalty while in flight unmeasured
-            cost = a[COST]
-            load_a = (cost * exp((a[STAMP] - now) / DECAY_SECONDS) * (a[PENDING] + 1) if cost > 0.0
-                      else PENDING_PENALTY + a[PENDING] if a[PENDING] else 0.0)
-            cost = b[COST]
-            load_b = (cost * exp((b[STAMP] - now) / DECAY_SECONDS) * (b[PENDING] + 1) if cost > 0.0
-                      else PENDING_PENALTY + b[PENDING] if b[PENDING] else 0.0)
-            best = second if load_b < load_a else first
-        self._state[best][PENDING] += 1
-        return endpoints[best]
+            win = self._load(b, now) < self._load(a, now)
+        else:  # neither measured: load 0, or the penalty + in flight, which orders as in flight does
+            win = pending_b < pending_a
+        if win:
+            b[PENDING] = pending_b + 1
+            return self._endpoints[second]
+        a[PENDING] = pending_a + 1
+        return self._endpoints[first]
+
+    @staticmethod
+    def _load(cell: list[float], now: float) -> float:
+        """Estimate decayed to now x (in flight + 1), or a penalty while in flight unmeasured."""
+        cost = cell[COST]
+        pending = cell[PENDING]
+        if cost > 0.0:
+            return cost * exp((cell[STAMP] - now) / DECAY_SECONDS) * (pending + 1)
+        return PENDING_PENALTY + pending if pending else 0.0
 
     def on_done(self, endpoint: Endpoint, latency: float, ok: bool) -> None:
         cell = self._cells.by_id.get(endpoint.id)
@@ -109,8 +141,11 @@ class PeakEWMA(BalancingStrategy):
         sample = latency if ok else max(latency, FAILURE_FLOOR_SECONDS, FAILURE_FACTOR * prior * keep)
         # The peak: a sample above the (decayed) estimate is believed at once; a faster one is blended
         # in with the weight the elapsed time gives it.
-        cell[COST] = sample if sample > prior * keep else prior * keep + sample * (1.0 - keep)
+        cost = sample if sample > prior * keep else prior * keep + sample * (1.0 - keep)
+        cell[COST] = cost
         cell[STAMP] = now
+        if cost > 0.0:
+            cell[KEY] = log(cost) + now / DECAY_SECONDS
 
     def describe(self) -> dict[str, object]:
         state: dict[str, object] = {"strategy": self.name, "decay_seconds": DECAY_SECONDS}
