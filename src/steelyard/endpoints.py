@@ -102,8 +102,9 @@ class EndpointTracker:
             for state in self._states.values():
                 state.ejected_until = None
                 state.consecutive_failures = 0
-        # on_outcome's fast path: nothing in the policy listens to outcomes
-        self._listens = self._outliers is not None or self._dynamic != DynamicWeightMode.OFF
+        # Public: whether outcomes can change anything (outlier detection, dynamic weights); when not,
+        # on_outcome returns at once and UpstreamRuntime skips the call altogether.
+        self.listens = self._outliers is not None or self._dynamic != DynamicWeightMode.OFF
 
     def set_endpoints(self, endpoints: Iterable[BackendEndpoint], now: float) -> None:
         """Replace the configured set; state of endpoint ids that stay is kept."""
@@ -164,7 +165,7 @@ class EndpointTracker:
     def on_outcome(self, endpoint_id: str, now: float, *, ok: bool, latency: float,
                    weight_hint: float | None = None) -> bool:
         """One attempt's result. Returns True when `usable()` may have changed (refresh the strategy)."""
-        if not self._listens:
+        if not self.listens:
             return False
         state = self._states.get(endpoint_id)
         if state is None:

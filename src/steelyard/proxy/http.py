@@ -609,10 +609,16 @@ class HttpProxyProtocol(asyncio.Protocol):
         endpoint_id = attempt.endpoint_id
         req.tried = (endpoint_id,)
         pool = server.pools.get(endpoint_id) or server.pool_for(attempt.endpoint)
-        conn: UpstreamConnection | None = pool.acquire()  # type: ignore[assignment]
-        if conn is None:
-            server.open_upstream(pool, runtime.connect_timeout, req, self)
-            return
+        idle = pool.idle  # pool.acquire(), inlined for its common case: the last idle connection is open
+        conn: UpstreamConnection | None = idle.pop() if idle else None  # type: ignore[assignment]
+        if conn is not None and not conn.closed:
+            pool.busy += 1
+            pool.reuses += 1
+        else:
+            conn = pool.acquire()  # type: ignore[assignment]
+            if conn is None:
+                server.open_upstream(pool, runtime.connect_timeout, req, self)
+                return
         if req.pending:
             self._send(req, conn)
             return
@@ -1413,8 +1419,15 @@ class UpstreamConnection(asyncio.Protocol):
             client.log_access(req, status)
         if self.read_paused:
             self._release(reusable)
-        else:
-            self.pool.release(self, reusable, server.now)
+        else:  # pool.release(), inlined
+            pool = self.pool
+            pool.busy -= 1
+            idle = pool.idle
+            if reusable and not pool.retired and len(idle) < pool.max_idle:
+                self.idle_since = server.now
+                idle.append(self)
+            else:
+                self.close()
         # client.response_done(), inlined: the response was written in full.
         client.current = None
         req.conn = None

@@ -33,6 +33,8 @@ STATUS_CLASS: dict[int | None, int] = {status: status // 100 for status in range
 
 __all__ = ["Attempt", "EndpointStats", "UpstreamRuntime"]
 
+_new_attempt = object.__new__
+
 
 class EndpointStats:
     """Counters of one endpoint inside one upstream; plain ints so an update costs an attribute write."""
@@ -59,7 +61,8 @@ class Attempt:
     """One pick. `done()` must be called exactly once; later calls are ignored, so error paths may
     call it defensively. Latency is measured from the pick to `done()`."""
 
-    __slots__ = ("endpoint", "endpoint_id", "_runtime", "_picked", "_started", "_stats", "finished")
+    # `_stats` is None once finished (one slot fewer to set per request than a separate flag).
+    __slots__ = ("endpoint", "endpoint_id", "_runtime", "_picked", "_started", "_stats")
 
     def __init__(self, runtime: UpstreamRuntime, endpoint: BackendEndpoint, picked: Endpoint | None,
                  started: float, stats: EndpointStats, endpoint_id: str):
@@ -68,17 +71,20 @@ class Attempt:
         self._runtime = runtime
         self._picked = picked  # None when chosen outside the strategy (a retry with exclusions)
         self._started = started
-        self._stats = stats
-        self.finished = False
+        self._stats: EndpointStats | None = stats
+
+    @property
+    def finished(self) -> bool:
+        return self._stats is None
 
     def done(self, ok: bool, status: int | None = None, weight_hint: float | None = None) -> None:
-        if self.finished:
+        stats = self._stats
+        if stats is None:
             return
-        self.finished = True
+        self._stats = None
         runtime = self._runtime
         now = runtime.clock()
         latency = now - self._started
-        stats = self._stats
         stats.in_flight -= 1
         histogram = stats.latency  # LatencyHistogram.observe(), inlined: this runs once per request
         histogram.counts[bisect_left(LATENCY_BUCKETS, latency)] += 1
@@ -98,11 +104,12 @@ class Attempt:
         """Release a pick that was never used (a retry prepared, then not needed) without an outcome:
         no request went to the endpoint, so neither the tracker nor the latency estimates hear of it.
         A strategy that made the pick still gets its one `on_done`, marked ok, since it counted it."""
-        if self.finished:
+        stats = self._stats
+        if stats is None:
             return
-        self.finished = True
-        self._stats.in_flight -= 1
-        self._stats.requests -= 1
+        self._stats = None
+        stats.in_flight -= 1
+        stats.requests -= 1
         self._runtime.requests -= 1
         if self._picked is not None:
             self._runtime.strategy.on_done(self._picked, 0.0, True)
@@ -161,7 +168,7 @@ class UpstreamRuntime:
         self.needs_context = hash_on is not None
         # Whether outcomes can change anything in the tracker (outlier detection, dynamic weights); when
         # not, done() skips the call. Read after the tracker took the policy; unknown means yes.
-        self.tracker_listens: bool = getattr(self.tracker, "_listens", True)
+        self.tracker_listens = self.tracker.listens
         self._endpoints = {e.id: e for e in upstream.endpoints}
         # endpoint id -> (endpoint, stats) for endpoints picked before: pick()'s one lookup
         self._known: dict[str, tuple[BackendEndpoint, EndpointStats]] = {}
@@ -241,7 +248,16 @@ class UpstreamRuntime:
         stats.requests += 1
         stats.in_flight += 1
         self.requests += 1
-        return Attempt(self, endpoint, picked, now, stats, endpoint_id)
+        # Attempt(...) without running __init__ (a class call with a Python __init__ is one of the
+        # dearest calls there is): the same slots, set here.
+        attempt = _new_attempt(Attempt)
+        attempt.endpoint = endpoint
+        attempt.endpoint_id = endpoint_id
+        attempt._runtime = self
+        attempt._picked = picked
+        attempt._started = now
+        attempt._stats = stats
+        return attempt
 
     def _attempt(self, chosen: Endpoint, picked: Endpoint | None, now: float) -> Attempt | None:
         endpoint_id = chosen.id
