@@ -6,12 +6,17 @@ Ties go to the endpoint that has waited longest since its count last changed, so
 turns instead of the first in order always winning.
 
 Cost, O(1) in the usual case: endpoints of equal weight sit in buckets by in-flight count (HAProxy's
-`lb_fwlc.c` keeps a tree for the same reason), each bucket an insertion-ordered queue. A pick takes the
-head of the lowest non-empty bucket of each weight class, compares those (one per distinct weight) and
-moves the winner to the tail of the next bucket; `on_done` moves it one bucket down. So a pick costs
-O(m) for m distinct weights and no search over endpoints. With more than 8 distinct weights (many
-endpoints in slow start) it switches to a heap of integer keys (score, then sequence) with lazy
-updates: O(log n) per pick and per done, the heap rebuilt when stale entries outnumber live ones.
+`lb_fwlc.c` keeps a tree for the same reason), each bucket a FIFO queue. A pick takes the head of the
+lowest non-empty bucket of the best weight class and appends it to the next bucket; `on_done` appends
+it to the bucket one down. Queues are deques of integer entries (sequence << bits | index) with lazy
+deletion: an entry is live while it equals the endpoint's latest entry, a move leaves the old one
+behind (skipped when it reaches a head; all buckets are compacted once stale entries outnumber
+endpoints). A bucket is found empty when a pick reaches it, which advances the class to the next
+bucket. The best class (lowest (low + 1) / weight, the heavier on a tie) is cached: a pick only
+changes its own class, `on_done` only lowers a score, so it is recomputed over the m distinct weights
+only when the best class's bucket runs out. With more than 8 distinct weights (many endpoints in slow
+start) it switches to a heap of integer keys (score, then sequence) with lazy updates: O(log n) per
+pick and per done, the heap rebuilt when stale entries outnumber live ones.
 
 State that survives `set_endpoints`: in-flight counts by endpoint id, including those of endpoints that
 left while picks were in flight (so their `on_done` lands and a quick return counts right).
@@ -21,13 +26,12 @@ from __future__ import annotations
 
 import random
 import time
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Sequence
 from heapq import heapify, heappop, heappush, heapreplace
-from operator import attrgetter
 
 from steelyard.model import Strategy as StrategySpec
-from steelyard.strategies._common import Cells, usable
+from steelyard.strategies._common import InFlight, usable
 from steelyard.strategies.base import NO_CONTEXT, BalancingStrategy, Clock, Endpoint, PickContext, register
 
 MAX_WEIGHT_CLASSES = 8
@@ -36,30 +40,33 @@ SEQUENCE_BITS = 32
 
 
 class WeightClass:
-    """Endpoints of one weight, bucketed by in-flight count; `low` is the lowest non-empty bucket."""
+    """Endpoints of one weight, bucketed by in-flight count. `low` is the lowest bucket that may hold a
+    live entry (every endpoint of the class has a count >= low); `queue` and `above` are buckets low
+    and low + 1; `rank` orders classes by weight, heaviest first, for ties of score."""
 
-    __slots__ = ("weight", "inverse", "buckets", "low", "score")
+    __slots__ = ("weight", "inverse", "rank", "buckets", "low", "queue", "above", "score")
 
-    def __init__(self, weight: float):
+    def __init__(self, weight: float, rank: int):
         self.weight = weight
         self.inverse = 1.0 / weight
-        self.buckets: list[OrderedDict[int, None]] = []
-        self.low = 0
-        self.score = self.inverse  # (low + 1) / weight: what the class's best endpoint would score
+        self.rank = rank
+        self.buckets: list[deque[int]] = [deque(), deque()]
+        self.set_low(0)
 
-    def add(self, index: int, count: int) -> None:
-        while len(self.buckets) <= count + 1:
-            self.buckets.append(OrderedDict())
-        self.buckets[count][index] = None
-        if count < self.low or not self.buckets[self.low]:
-            self.set_low(count)
+    def bucket(self, count: int) -> deque[int]:
+        buckets = self.buckets
+        while len(buckets) <= count + 1:
+            buckets.append(deque())
+        return buckets[count]
 
     def set_low(self, low: int) -> None:
         self.low = low
-        self.score = (low + 1) * self.inverse
+        self.queue = self.bucket(low)
+        self.above = self.buckets[low + 1]
+        self.score = (low + 1) * self.inverse  # what the class's best endpoint would score
 
-
-_score = attrgetter("score")
+    def beats(self, other: WeightClass) -> bool:
+        return self.score < other.score or (self.score == other.score and self.rank < other.rank)
 
 
 @register
@@ -69,83 +76,124 @@ class LeastConnections(BalancingStrategy):
     def __init__(self, spec: StrategySpec, clock: Clock = time.monotonic, rng: random.Random | None = None):
         super().__init__(spec, clock, rng)
         self._endpoints: list[Endpoint] = []
-        self._cells = Cells(lambda: [0, -1])
-        self._in_flight: list[list[float]] = []  # aligned with _endpoints; [0] = picks in flight
-        # Bucket mode: one WeightClass per distinct weight, and each endpoint's class.
+        self._tracker = InFlight()
+        self._counts: list[int] = []  # aligned with _endpoints: picks in flight
+        self._bits = 1  # entries (bucket queues) and heap keys end with the index in this many bits
+        self._mask = 1
+        # Bucket mode: one WeightClass per distinct weight, each endpoint's class, its live entry.
         self._classes: list[WeightClass] = []
         self._class_of: list[WeightClass] = []
+        self._best: WeightClass | None = None
+        self._live: list[int] = []
+        self._next = 0  # the next entry's sequence, already shifted left by _bits
+        self._step = 2
+        self._stale = 0
         # Heap mode: integer keys (score << (SEQUENCE_BITS + bits)) | (sequence << bits) | index.
         self._heap_mode = False
         self._heap: list[int] = []
-        self._live: list[int] = []
         self._scale: list[int] = []
-        self._bits = 1
         self._sequence = 0
 
     def set_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
         new = usable(endpoints)
         self._endpoints = new
-        self._in_flight = self._cells.align(new)
-        for cell in self._cells.by_id.values():
-            cell[1] = -1  # cell = [in flight, index in the current set or -1]
-        for i, cell in enumerate(self._in_flight):
-            cell[1] = i
+        self._counts = self._tracker.align(new)
+        self._bits = max(1, len(new).bit_length())
+        self._mask = (1 << self._bits) - 1
         distinct = sorted({e.weight for e in new}, reverse=True)  # heavier class first on a tie
         self._heap_mode = len(distinct) > MAX_WEIGHT_CLASSES
         self._classes, self._class_of, self._heap, self._live = [], [], [], []
+        self._best = None
         if self._heap_mode:
             self._scale = [max(1, round(SCORE_SCALE / e.weight)) for e in new]
-            self._bits = max(1, len(new).bit_length())
             self._rebuild_heap()
         else:
-            by_weight = {w: WeightClass(w) for w in distinct}
+            by_weight = {w: WeightClass(w, rank) for rank, w in enumerate(distinct)}
             self._classes = list(by_weight.values())
             self._class_of = [by_weight[e.weight] for e in new]
-            for i, cell in enumerate(self._in_flight):
-                self._class_of[i].add(i, int(cell[0]))
+            self._step = 1 << self._bits
+            self._next = self._step
+            self._stale = 0
+            self._live = [0] * len(new)
+            for i, count in enumerate(self._counts):
+                self._append(self._class_of[i], i, count)
+            for c in self._classes:
+                c.set_low(min(low for low, bucket in enumerate(c.buckets) if bucket))
+            self._best = self._find_best()
+
+    def _append(self, c: WeightClass, index: int, count: int) -> None:
+        entry = self._next | index
+        self._next += self._step
+        self._live[index] = entry
+        c.bucket(count).append(entry)
+
+    def _find_best(self) -> WeightClass | None:
+        best = None
+        for c in self._classes:
+            if best is None or c.beats(best):
+                best = c
+        return best
 
     def pick(self, context: PickContext = NO_CONTEXT) -> Endpoint | None:
-        classes = self._classes
-        if len(classes) == 1:
-            best = classes[0]
-        elif classes:
-            best = min(classes, key=_score)  # the first of equal scores: the heavier class
-        else:
+        best = self._best
+        if best is None:
             return self._pick_heap() if self._heap_mode else None
-        low = best.low
-        buckets = best.buckets
-        index, _ = buckets[low].popitem(last=False)
-        if len(buckets) <= low + 2:
-            buckets.append(OrderedDict())
-        buckets[low + 1][index] = None
-        if not buckets[low]:
-            best.set_low(low + 1)
-        self._in_flight[index][0] = low + 1
-        return self._endpoints[index]
+        queue = best.queue
+        live = self._live
+        mask = self._mask
+        while queue:
+            entry = queue.popleft()
+            index = entry & mask
+            if live[index] == entry:
+                entry = self._next
+                self._next = entry + self._step
+                entry |= index
+                live[index] = entry
+                best.above.append(entry)
+                self._counts[index] = best.low + 1
+                return self._endpoints[index]
+        return self._pick_advancing(best)
+
+    def _pick_advancing(self, best: WeightClass) -> Endpoint | None:
+        """The best class's lowest bucket ran out: move it up one bucket, find the best class again."""
+        best.set_low(best.low + 1)
+        self._best = self._find_best()
+        return self.pick()
 
     def on_done(self, endpoint: Endpoint, latency: float, ok: bool) -> None:
-        cell = self._cells.by_id.get(endpoint.id)
-        if cell is None or cell[0] <= 0:
-            return
-        count = int(cell[0])
-        cell[0] = count - 1
-        index = int(cell[1])
-        if index < 0:  # left the set while in flight
+        index = self._tracker.release(endpoint.id)
+        if index < 0:  # left the set while in flight, or nothing in flight
             return
         if self._heap_mode:
             self._push_heap(index)
             return
+        count = self._counts[index]
         c = self._class_of[index]
-        del c.buckets[count][index]
-        c.buckets[count - 1][index] = None
-        if count - 1 < c.low:
-            c.set_low(count - 1)
+        self._append(c, index, count)  # the entry in bucket count + 1 is now stale
+        self._stale += 1
+        if count < c.low:
+            c.set_low(count)
+            best = self._best
+            if best is not None and c is not best and c.beats(best):
+                self._best = c
+        if self._stale > 2 * len(self._endpoints) + 64:
+            self._compact()
+
+    def _compact(self) -> None:
+        live, mask = self._live, self._mask
+        for c in self._classes:
+            for bucket in c.buckets:
+                if bucket:
+                    kept = [entry for entry in bucket if live[entry & mask] == entry]
+                    bucket.clear()
+                    bucket.extend(kept)
+        self._stale = 0
 
     # -- heap mode ---------------------------------------------------------------------------------
 
     def _key(self, index: int) -> int:
         self._sequence += 1
-        score = int(self._in_flight[index][0] + 1) * self._scale[index]
+        score = (self._counts[index] + 1) * self._scale[index]
         return (((score << SEQUENCE_BITS) | self._sequence) << self._bits) | index
 
     def _rebuild_heap(self) -> None:
@@ -182,7 +230,7 @@ class LeastConnections(BalancingStrategy):
             heappop(heap)
         else:
             return None
-        self._in_flight[index][0] += 1
+        self._counts[index] += 1
         key = self._key(index)
         live[index] = key
         heapreplace(heap, key)
@@ -191,7 +239,7 @@ class LeastConnections(BalancingStrategy):
     def describe(self) -> dict[str, object]:
         state: dict[str, object] = {"strategy": self.name, "mode": "heap" if self._heap_mode else "buckets"}
         if len(self._endpoints) <= 100:
-            state["in_flight"] = {e.id: int(self._in_flight[i][0]) for i, e in enumerate(self._endpoints)}
+            state["in_flight"] = {e.id: self._counts[i] for i, e in enumerate(self._endpoints)}
         else:
-            state["in_flight_total"] = int(sum(c[0] for c in self._in_flight))
+            state["in_flight_total"] = sum(self._counts)
         return state
