@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
@@ -198,7 +198,7 @@ class HttpProxyProtocol(asyncio.Protocol):
     __slots__ = ("_client_ip_bytes", "_completed", "_fields", "_forward_tail", "_forwarded",
         "_header_timeout", "_host_line", "_host_seen", "_keepalive_timeout", "_max_head", "_max_headers",
         "_max_uri", "_only_route", "_pre_head_bytes", "_read_len", "_routes", "_watch", "_watch_conn",
-        "_watch_since", "client_ip", "closed",
+        "_watch_since", "client_ip", "out_append", "closed",
         "closing", "config", "current", "eof_in", "listener_key", "out",
         "parser", "parsing", "paused", "queue", "server", "transport", "tunnel", "tunnel_idle_timeout",
         "write_paused")
@@ -214,6 +214,7 @@ class HttpProxyProtocol(asyncio.Protocol):
         self.current: HttpRequest | None = None
         self.queue: deque[HttpRequest] = deque()
         self.out: list[bytes] = []
+        self.out_append = self.out.append
         self.paused = 0
         self.write_paused = False
         self.closing = False
@@ -1034,8 +1035,8 @@ def _drop_named(kept: list[bytes], named: set[bytes]) -> list[bytes]:
 class UpstreamConnection(asyncio.Protocol):
     """One connection to an endpoint, carrying one exchange at a time, pooled between exchanges."""
 
-    __slots__ = ("_max_headers", "chunked_in", "chunked_out", "client", "close_delimited", "closed",
-        "config", "connection", "content_length", "discard", "eof_in", "field_count", "fields",
+    __slots__ = ("_max_headers", "body_to", "chunked_in", "chunked_out", "client", "close_delimited",
+        "closed", "config", "connection", "content_length", "discard", "eof_in", "field_count", "fields",
         "head_bytes", "headers_done", "headers_out", "idle_since", "interim", "keep_client", "last_read",
         "message_done", "parser", "pool", "read_paused", "req", "server", "status", "transport", "tunnel",
         "upgrade", "upstream_keep_alive", "weight_hint")
@@ -1077,6 +1078,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers_done = False
         self.chunked_out = False
         self.message_done = False
+        # Where on_body sends a body piece: None for the general `_body`, or for the common response (see
+        # on_headers_complete) straight into the client's output list; reset when the exchange ends.
+        self.body_to: Callable[[bytes], None] | None = None
 
     # -- binding ------------------------------------------------------------------------------------
 
@@ -1095,6 +1099,7 @@ class UpstreamConnection(asyncio.Protocol):
         """The client side gave up on the exchange: this connection cannot be reused."""
         self.client = None
         self.req = None
+        self.body_to = None
         if not self.closed:
             self.closed = True
             self.pool.forget(self)
@@ -1272,6 +1277,8 @@ class UpstreamConnection(asyncio.Protocol):
                 parts += (b"Content-Length: ", content_length, _CRLF,
                           b"Connection: keep-alive\r\n\r\n" if keep else b"Connection: close\r\n\r\n")
             client.out.append(b"".join(parts))
+            if not req.logged_at:
+                self.body_to = client.out_append  # forwarded as it comes, nothing to count
             return
         chunked = self.chunked_in
         if status < 200 and status != 101:
@@ -1348,6 +1355,13 @@ class UpstreamConnection(asyncio.Protocol):
             client.out.append(b"".join(parts))
 
     def on_body(self, body: bytes) -> None:
+        body_to = self.body_to
+        if body_to is not None:
+            body_to(body)
+        else:
+            self._body(body)
+
+    def _body(self, body: bytes) -> None:
         client = self.client
         if client is None or self.discard or self.message_done:
             return
@@ -1376,6 +1390,7 @@ class UpstreamConnection(asyncio.Protocol):
         if client is None or req is None:
             return
         self.client = self.req = None
+        self.body_to = None
         chunked_out = self.chunked_out
         self.headers_done = self.chunked_out = self.message_done = False
         self.fields = [b""]  # _end_of_message(), inlined
@@ -1467,6 +1482,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _malformed(self, why: str) -> None:
         client, req = self.client, self.req
         self.client = self.req = None
+        self.body_to = None
         if not self.closed:
             self.closed = True
             self.pool.forget(self)
