@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import heapq
 import json
+import math
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -206,6 +207,103 @@ def test_least_connections_weighted_score() -> None:
     held = [s.pick() for _ in range(8)]
     assert Counter(e.id for e in held if e) == {"a": 6, "b": 2}
     assert s.describe()["in_flight"] == {"a": 6, "b": 2}
+
+
+def least_connections_reference(trial: int, steps: int) -> None:
+    """Random set/pick/done traces against an O(n) scan of the rule: lowest (in flight + 1) / weight, then
+    the heavier weight, then the endpoint whose count changed longest ago (a new set: in order)."""
+    r = random.Random(trial)
+    s = make("LeastConnections")
+    counts: Counter[str] = Counter()
+    changed: dict[str, int] = {}
+    current: list[Endpoint] = []
+    held: list[Endpoint] = []
+    clock = 0
+    for _ in range(steps):
+        op = r.random()
+        if op < 0.02 or not current:
+            current = [Endpoint(f"e{i}", r.choice([1.0, 2.0, 3.0, 0.5])) for i in range(r.randint(1, 9))
+                       if r.random() < 0.9]
+            s.set_endpoints(current)
+            for e in current:
+                clock += 1
+                changed[e.id] = clock
+        elif op < 0.6:
+            want = min(current,
+                       key=lambda e: ((counts[e.id] + 1) * (1.0 / e.weight), -e.weight, changed[e.id]))
+            got = s.pick()
+            assert got == want
+            counts[want.id] += 1
+            clock += 1
+            changed[want.id] = clock
+            held.append(want)
+        elif held:
+            e = held.pop(r.randrange(len(held)))
+            s.on_done(e, 0.01, True)
+            counts[e.id] -= 1
+            clock += 1
+            changed[e.id] = clock
+
+
+@pytest.mark.parametrize("trial", range(8))
+def test_least_connections_matches_a_scan_of_its_rule(trial: int) -> None:
+    """Buckets, lazy entries, their compaction and the cached best class change nothing."""
+    least_connections_reference(trial, 4000)
+
+
+def test_power_of_two_ticket_draws_are_weighted_pairs() -> None:
+    """Integer weights: both candidates from one random number. Each candidate follows the weights, and
+    the pair is independent (without replacement: second drawn among the others)."""
+    s = make("PowerOfTwoChoices", seed=9)
+    weights = {"a": 3.0, "b": 2.0, "c": 1.0, "d": 1.0, "e": 1.0}
+    s.set_endpoints(endpoints(**weights))
+    draws = s._draws  # type: ignore[attr-defined]
+    assert draws.size == 8
+    rand = random.Random(4).random
+    pairs: Counter[tuple[int, int]] = Counter()
+    n = 200_000
+    for _ in range(n):
+        x = rand() * draws.size
+        i = int(x)
+        first = draws.slots[i]
+        second = draws.slots[int((x - i) * draws.size)]
+        if second == first:
+            second = draws.redraw(first, rand)
+        pairs[first, second] += 1
+    w = list(weights.values())
+    total = sum(w)
+    for (i, j), count in pairs.items():
+        expected = w[i] / total * w[j] / (total - w[i])
+        assert abs(count / n - expected) < 0.004, (i, j, count / n, expected)
+
+
+def test_peak_ewma_compares_loads_as_decayed_to_now() -> None:
+    """The clock-free comparison (keys in log space) picks what decaying both loads to now would."""
+    clock = Clock()
+    s = make("PeakEWMA", clock=clock, seed=3)
+    eps = endpoints(a=1, b=1, c=1, d=1)
+    s.set_endpoints(eps)
+    r = random.Random(5)
+    for _ in range(300):
+        e = r.choice(eps)
+        s.pick()
+        s.on_done(e, r.uniform(0.001, 0.5), r.random() < 0.9)
+        clock.now += r.uniform(0, 3)
+    state = s._state  # type: ignore[attr-defined]
+    for _ in range(200):
+        i, j = r.sample(range(4), 2)
+        a, b = state[i], state[j]
+        load = [c[1] * math.exp((c[2] - clock.now) / 10.0) * (c[0] + 1) for c in (a, b)]
+        if abs(load[0] - load[1]) < 1e-9 * max(load):
+            continue
+        want = j if load[1] < load[0] else i
+        slots, size = s._draws.slots, s._draws.size  # type: ignore[attr-defined]
+        k = slots.index(i) / size + slots.index(j) / size / size + 1e-12  # a random number drawing (i, j)
+        s._random = lambda k=k: k  # type: ignore[attr-defined]
+        got = s.pick()
+        assert got is not None and got.id == eps[want].id
+        s.on_done(got, 0.0, True)  # released unused: counts back, no sample
+        clock.now += r.uniform(0, 1)
 
 
 def test_in_flight_counts_survive_set_endpoints_and_departures() -> None:
