@@ -359,7 +359,7 @@ class HttpProxyProtocol(asyncio.Protocol):
         # may buffer meanwhile is bounded per read (data_received). After the head, `_fields` is a sink
         # that drops trailer fields (RFC 9110 §6.5.1 allows it).
         if name in _plain_request_names:
-            self._fields += (name, b": ", value, _CRLF)
+            self._fields += (name, b": ", value, b"\r\n")
         elif name in _HOST_SPELLINGS:
             req = self.parsing
             req.host_field = value  # type: ignore[union-attr]
@@ -1218,7 +1218,7 @@ class UpstreamConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         # After the head `fields` is a sink: trailer fields are dropped (RFC 9110 §6.5.1).
         if name in _plain_response_names:
-            self.fields += (name, b": ", value, _CRLF)
+            self.fields += (name, b": ", value, b"\r\n")
         elif name in _LENGTH_SPELLINGS:
             self.content_length = value  # llhttp rejects differing repeats
             self.field_count += 1
@@ -1257,7 +1257,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers_done = True
         parser = self.parser
         self.status = status = parser.get_status_code()
-        self.upstream_keep_alive = parser.should_keep_alive()
         if self.field_count + (len(parts) >> 2) > self._max_headers:
             raise _Reject(502, "too many response header fields")
         parts[0] = _STATUS_LINES.get(status) or _status_line(status)
@@ -1265,10 +1264,11 @@ class UpstreamConnection(asyncio.Protocol):
         connection = self.connection
         runtime = req.runtime
         assert runtime is not None
-        if (content_length is not None and status >= 200 and status != 204 and status != 304
-                and connection in _PLAIN_CONNECTION and not req.is_head
-                and status not in runtime.retry_statuses and runtime.weight_header is None):
-            # The common response: a final one with a Content-Length body, to be forwarded as it comes.
+        if (content_length is not None and status in runtime.plain_statuses
+                and connection in _PLAIN_CONNECTION and not req.is_head):
+            # The common response: a final one with a Content-Length body, to be forwarded as it comes
+            # (plain_statuses: 2xx-5xx but 204, 304 and those retried, none when a header sets weights).
+            # upstream_keep_alive is read by on_message_complete, which always comes before _finish here.
             req.response_started = True
             self.keep_client = keep = req.keep_alive and req.request_complete and not client.closing
             if keep and req.http11:
@@ -1280,6 +1280,9 @@ class UpstreamConnection(asyncio.Protocol):
             if not req.logged_at:
                 self.body_to = client.out_append  # forwarded as it comes, nothing to count
             return
+        # llhttp's view of keep-alive now, for a message we end here (HEAD, 204, 304); on_message_complete
+        # refreshes it otherwise.
+        self.upstream_keep_alive = parser.should_keep_alive()
         chunked = self.chunked_in
         if status < 200 and status != 101:
             self._interim(client, req, parts)
@@ -1427,9 +1430,12 @@ class UpstreamConnection(asyncio.Protocol):
             hint = self.weight_hint
             if hint is not None:
                 self.weight_hint = None
-            attempt.done(status < 500, status, hint)
+            status_class = STATUS_CLASS.get(status, 0)
+            attempt.report(status < 500, status_class, hint)
+        else:
+            status_class = STATUS_CLASS.get(status, 0)
         server = self.server
-        server.stats.responses_by_class[STATUS_CLASS.get(status, 0)] += 1
+        server.stats.responses_by_class[status_class] += 1
         if req.logged_at:
             client.log_access(req, status)
         if self.read_paused:

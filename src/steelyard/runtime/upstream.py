@@ -78,6 +78,10 @@ class Attempt:
         return self._stats is None
 
     def done(self, ok: bool, status: int | None = None, weight_hint: float | None = None) -> None:
+        self.report(ok, STATUS_CLASS.get(status, 0), weight_hint)
+
+    def report(self, ok: bool, status_class: int, weight_hint: float | None = None) -> None:
+        """`done()` with the status already mapped to its `STATUS_CLASS` index (the proxy has it)."""
         stats = self._stats
         if stats is None:
             return
@@ -91,11 +95,10 @@ class Attempt:
         histogram.total += latency
         if not ok:
             stats.failures += 1
-        stats.by_class[STATUS_CLASS.get(status, 0)] += 1
-        if self._picked is not None:
-            on_done = runtime.strategy_on_done
-            if on_done is not None:
-                on_done(self._picked, latency, ok)
+        stats.by_class[status_class] += 1
+        on_done = runtime.strategy_on_done
+        if on_done is not None and self._picked is not None:
+            on_done(self._picked, latency, ok)
         if runtime.tracker_listens and runtime.tracker.on_outcome(
                 self.endpoint_id, now, ok=ok, latency=latency, weight_hint=weight_hint):
             runtime.refresh()
@@ -164,6 +167,12 @@ class UpstreamRuntime:
                 self.hash_cookie = hash_on.cookie
             else:
                 self.hash_source_ip = True
+        # Statuses of a response the proxy may forward as it comes, without looking at it further: final,
+        # with a body, not retried, and no header carries a weight for the tracker.
+        self.plain_statuses: frozenset[int] = (
+            frozenset() if self.weight_header is not None
+            else frozenset(range(200, 600)) - {204, 304} - self.retry_statuses
+        )
         self.name = upstream.load_balancer
         self.needs_context = hash_on is not None
         # Whether outcomes can change anything in the tracker (outlier detection, dynamic weights); when
