@@ -629,10 +629,11 @@ class HttpProxyProtocol(asyncio.Protocol):
         conn.head_bytes = 0
         conn.transport.write(req.head)  # type: ignore[union-attr]
         req.head_sent = True
-        if self.paused & _PAUSE_BUFFERING and not self.queue:
-            self._resume(_PAUSE_BUFFERING)
-        if self.write_paused:
-            conn.pause_reading()
+        if self.paused or self.write_paused:  # rarely
+            if self.paused & _PAUSE_BUFFERING and not self.queue:
+                self._resume(_PAUSE_BUFFERING)
+            if self.write_paused:
+                conn.pause_reading()
 
     def _pick_context(self, runtime: UpstreamRuntime) -> PickContext:
         key: str | None = None
