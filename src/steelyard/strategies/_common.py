@@ -241,6 +241,21 @@ class TwoDraws:
         self.slots = tickets(weights) if self.n > 1 else []
         self.size = len(self.slots)
 
+    def alias_pair(self, rand: Callable[[], float]) -> tuple[int, int]:
+        """Two distinct weighted draws from the alias table (any weights; the ticket draws are inlined)."""
+        keep, alias, n = self.keep, self.alias, self.n
+        x = rand() * n
+        first = int(x)
+        if x - first >= keep[first]:
+            first = alias[first]
+        x = rand() * n
+        second = int(x)
+        if x - second >= keep[second]:
+            second = alias[second]
+        if second == first:
+            second = self.redraw(first, rand)
+        return first, second
+
     def redraw(self, first: int, rand: Callable[[], float]) -> int:
         keep, alias, n = self.keep, self.alias, self.n
         for _ in range(8):

@@ -84,17 +84,7 @@ class PeakEWMA(BalancingStrategy):
                     return None
                 self._state[0][PENDING] += 1
                 return self._endpoints[0]
-            rand, keep, alias = self._random, draws.keep, draws.alias
-            x = rand() * n
-            first = int(x)
-            if x - first >= keep[first]:
-                first = alias[first]
-            x = rand() * n
-            second = int(x)
-            if x - second >= keep[second]:
-                second = alias[second]
-            if second == first:
-                second = draws.redraw(first, rand)
+            first, second = draws.alias_pair(self._random)
         state = self._state
         a = state[first]
         b = state[second]

@@ -96,17 +96,7 @@ class PowerOfTwoChoices(BalancingStrategy):
                 self._counts[best] += 1
                 return endpoints[best]
             draws = self._draws
-            rand, keep, alias = self._random, draws.keep, draws.alias
-            x = rand() * n
-            first = int(x)
-            if x - first >= keep[first]:
-                first = alias[first]
-            x = rand() * n
-            second = int(x)
-            if x - second >= keep[second]:
-                second = alias[second]
-            if second == first:
-                second = draws.redraw(first, rand)
+            first, second = draws.alias_pair(self._random)
         counts = self._counts
         a = counts[first]
         b = counts[second]
