@@ -9,6 +9,7 @@ Every wait has a deadline and polls a condition a user could see (traffic, statu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections import Counter
@@ -109,24 +110,34 @@ def test_create_then_traffic_flows_with_the_policys_strategy(api: KubeApi) -> No
             proxy.stop()
 
 
-def test_scale_up_and_down(api: KubeApi) -> None:
-    require()
-    with backends("a", "b", "c") as bs:
+Serving = tuple[dict[str, BackendProcess], int, KubeSteelyard]
+
+
+@contextlib.contextmanager
+def web_serving_a(api: KubeApi, *names: str) -> Iterator[Serving]:
+    """Backends `names`, pod "a" behind LoadBalancer "web" (selector app=web), and a ready Steelyard."""
+    with backends(*names) as bs:
         port = free_port()
         add_pod(api, "a", bs["a"])
         api.create(load_balancer("web", port=port, selector={"app": "web"}, target_port="http"))
         proxy = KubeSteelyard(api).ready()
         try:
-            assert set(sequence(port, 4)) == {"a"}
-            add_pod(api, "b", bs["b"])
-            add_pod(api, "c", bs["c"])
-            wait_serving(port, {"a", "b", "c"})
-            api.delete("v1", "Pod", "a", grace=0)
-            api.delete("v1", "Pod", "b", grace=0)
-            wait_serving(port, {"c"})
-            wait_until(lambda: lb_status(api).get("endpoints", {}).get("ready") == 1, what="ready: 1")
+            yield bs, port, proxy
         finally:
             proxy.stop()
+
+
+def test_scale_up_and_down(api: KubeApi) -> None:
+    require()
+    with web_serving_a(api, "a", "b", "c") as (bs, port, proxy):
+        assert set(sequence(port, 4)) == {"a"}
+        add_pod(api, "b", bs["b"])
+        add_pod(api, "c", bs["c"])
+        wait_serving(port, {"a", "b", "c"})
+        api.delete("v1", "Pod", "a", grace=0)
+        api.delete("v1", "Pod", "b", grace=0)
+        wait_serving(port, {"c"})
+        wait_until(lambda: lb_status(api).get("endpoints", {}).get("ready") == 1, what="ready: 1")
 
 
 def test_a_terminating_endpoint_drains_and_is_the_last_resort(api: KubeApi) -> None:
@@ -206,43 +217,29 @@ def test_a_bad_reference_is_ready_false_with_a_reason_and_others_keep_serving(ap
 
 def test_the_api_goes_away_traffic_continues_then_it_catches_up(api: KubeApi) -> None:
     require()
-    with backends("a", "b") as bs:
-        port = free_port()
-        add_pod(api, "a", bs["a"])
-        api.create(load_balancer("web", port=port, selector={"app": "web"}, target_port="http"))
-        proxy = KubeSteelyard(api).ready()
-        try:
+    with web_serving_a(api, "a", "b") as (bs, port, proxy):
+        assert set(sequence(port, 4)) == {"a"}
+        mark = proxy.mark()
+        api.go_away()
+        proxy.wait_for(r"not answering", 10, mark)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:  # the last known state keeps serving
             assert set(sequence(port, 4)) == {"a"}
-            mark = proxy.mark()
-            api.go_away()
-            proxy.wait_for(r"not answering", 10, mark)
-            deadline = time.monotonic() + 1.0
-            while time.monotonic() < deadline:  # the last known state keeps serving
-                assert set(sequence(port, 4)) == {"a"}
-            api.come_back()
-            add_pod(api, "b", bs["b"])
-            wait_serving(port, {"a", "b"}, timeout=15)
-            assert proxy.proc.poll() is None
-        finally:
-            proxy.stop()
+        api.come_back()
+        add_pod(api, "b", bs["b"])
+        wait_serving(port, {"a", "b"}, timeout=15)
+        assert proxy.proc.poll() is None
 
 
 def test_410_gone_forces_a_relist(api: KubeApi) -> None:
     require()
-    with backends("a", "b") as bs:
-        port = free_port()
-        add_pod(api, "a", bs["a"])
-        api.create(load_balancer("web", port=port, selector={"app": "web"}, target_port="http"))
-        proxy = KubeSteelyard(api).ready()
-        try:
-            wait_until(lambda: api.watch_count() >= 5, what="five watches")
-            mark = proxy.mark()
-            api.expire_history()
-            proxy.wait_for(r"Pod: watch from resourceVersion \d+: .*relisting", 10, mark)
-            add_pod(api, "b", bs["b"])
-            wait_serving(port, {"a", "b"})
-        finally:
-            proxy.stop()
+    with web_serving_a(api, "a", "b") as (bs, port, proxy):
+        wait_until(lambda: api.watch_count() >= 5, what="five watches")
+        mark = proxy.mark()
+        api.expire_history()
+        proxy.wait_for(r"Pod: watch from resourceVersion \d+: .*relisting", 10, mark)
+        add_pod(api, "b", bs["b"])
+        wait_serving(port, {"a", "b"})
 
 
 def test_two_replicas_only_the_leader_writes_status_and_the_other_takes_over(api: KubeApi) -> None:
