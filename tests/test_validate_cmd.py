@@ -101,3 +101,33 @@ def test_syntax_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["validate", str(broken)]) == 1
     first = capsys.readouterr().err.splitlines()[0]
     assert first.startswith(f"{broken}:") and "YAML syntax error" in first
+
+
+def test_a_scaffolded_folder_validates_as_a_folder(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`steelyard validate DIR` (or DIR/kustomization.yaml) checks the resources the kustomization names."""
+    folder = tmp_path / "site"
+    assert main(["init", "--domain", "my-domain.com", "--dir", str(folder)]) == 0
+    capsys.readouterr()
+    assert main(["validate", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ok: 1 load balancer, 1 policy, 1 listener in ") and "kustomization" not in out
+    assert main(["validate", str(folder / "kustomization.yaml")]) == 0
+    capsys.readouterr()
+    (folder / "loadbalancer-my-domain-com.yaml").write_text(
+        (folder / "loadbalancer-my-domain-com.yaml").read_text().replace("port: 8080", "port: 80800"))
+    assert main(["validate", str(folder)]) == 1
+    assert "spec.ports[0].port: 80800 is too large" in capsys.readouterr().err
+
+
+def test_a_folder_without_kustomization_takes_every_yaml(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    for example in ("round-robin.yaml", "maglev.yaml"):
+        (tmp_path / example).write_text((ROOT / "examples" / example).read_text())
+    (tmp_path / "notes.txt").write_text("not yaml")
+    assert main(["validate", str(tmp_path)]) == 0
+    assert "2 load balancers" in capsys.readouterr().out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["validate", str(empty)]) == 1
+    assert "no resource files in" in capsys.readouterr().err
