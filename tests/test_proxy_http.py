@@ -426,3 +426,206 @@ async def test_connection_persistence_follows_the_client() -> None:
         assert r.body.startswith(b"GET /headers?x=1 HTTP/1.1\r\nHost: Other.Example:8080\r\n")
         client.close()
     await a.close()
+
+
+# -- the response head: copied from the bytes read for the common response, hop-by-hop fields removed --------
+
+
+class _ScriptedBackend:
+    """Answers each request with the next scripted response: byte pieces written one by one, a pause
+    between them (separate reads at the proxy). A piece None closes the connection."""
+
+    def __init__(self, script: list[list[bytes | None]]):
+        self.script = list(script)
+        self.server: asyncio.Server | None = None
+        self.connections = 0
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while self.script:
+                await reader.readuntil(b"\r\n\r\n")
+                for piece in self.script.pop(0):
+                    if piece is None:
+                        writer.close()
+                        return
+                    writer.write(piece)
+                    await writer.drain()
+                    await asyncio.sleep(0.02)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+def _scripted_state(port: int) -> object:
+    from steelyard.config.desired import BackendEndpoint
+
+    return make_state([BackendEndpoint("127.0.0.1", port)])
+
+
+def _head(raw: bytes) -> bytes:
+    return raw[:raw.index(b"\r\n\r\n") + 4]
+
+
+_HOP_BY_HOP_HEADS = [
+    ("plain", b"HTTP/1.1 200 OK\r\nServer: s\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n"),
+    ("keep-alive-field", b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n"
+                         b"Connection: Keep-Alive\r\n\r\n"),
+    ("connection-named", b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nx-secret: s\r\n"
+                         b"X-SECRET: t\r\nContent-Length: 2\r\n\r\n"),
+    ("all-hop-by-hop", b"HTTP/1.1 200 OK\r\nPROXY-CONNECTION: keep-alive\r\nte: trailers\r\n"
+                       b"Trailer: X-T\r\nUpgrade: h2c\r\ncontent-length:2\r\n\r\n"),
+    ("lowercase-no-space", b"HTTP/1.1 200 OK\r\nconnection:keep-alive\r\ncontent-length:2  \r\n\r\n"),
+    ("two-connection-lines", b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n"
+                             b"Connection: X-Secret\r\nX-Secret: s\r\n\r\n"),
+]
+
+
+@pytest.mark.parametrize(("name", "head"), _HOP_BY_HOP_HEADS, ids=[c[0] for c in _HOP_BY_HOP_HEADS])
+async def test_response_hop_by_hop_fields_never_reach_the_client(name: str, head: bytes) -> None:
+    backend = _ScriptedBackend([
+        [head + b"ok"],
+        [b"HTTP/1.1 200 OK\r\nX-Connection: kept\r\nConnectionX: kept\r\nTEX: kept\r\n"
+         b"Upgrade-Insecure: kept\r\nContent-Length: 3\r\nX-A:  v a l \r\n\r\nyes"],
+    ])
+    port = await backend.start()
+    async with Harness(_scripted_state(port)) as h:
+        client = await h.connect()
+        r = await client.request()
+        assert r.status == 200 and r.body == b"ok"
+        sent = _head(bytes(client.raw))
+        assert sent.startswith(b"HTTP/1.1 200 OK\r\n") and sent.endswith(b"\r\nContent-Length: 2\r\n\r\n")
+        lower = sent.lower()
+        for gone in (b"\r\nconnection:", b"keep-alive", b"x-secret", b"\r\nte:", b"trailer", b"upgrade",
+                     b"proxy-connection"):
+            assert gone not in lower, (gone, sent)
+        assert lower.count(b"content-length") == 1
+        if name == "plain":
+            assert sent == b"HTTP/1.1 200 OK\r\nServer: s\r\nContent-Length: 2\r\n\r\n"
+        # Names that only start like a hop-by-hop one are end-to-end: kept as sent, value spacing too.
+        client.raw.clear()
+        r = await client.request()
+        assert r.body == b"yes"
+        assert _head(bytes(client.raw)) == (
+            b"HTTP/1.1 200 OK\r\nX-Connection: kept\r\nConnectionX: kept\r\nTEX: kept\r\n"
+            b"Upgrade-Insecure: kept\r\nX-A:  v a l \r\nContent-Length: 3\r\n\r\n")
+        client.close()
+    assert backend.connections == 1  # the upstream connection was reused: framing kept
+    await backend.close()
+
+
+_SPLIT_RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: s\r\nConnection: keep-alive, X-Secret\r\nX-Secret: s\r\n"
+                   b"Content-Length: 5\r\nX-End: e\r\n\r\nhello")
+
+
+@pytest.mark.parametrize("cut", [5, 17, 30, 31, 60, len(_SPLIT_RESPONSE) - 7, len(_SPLIT_RESPONSE) - 6,
+                                 len(_SPLIT_RESPONSE) - 5])
+async def test_response_head_split_across_reads(cut: int) -> None:
+    plain = b"HTTP/1.1 200 OK\r\nServer: s\r\nContent-Length: 2\r\nX-End: e\r\n\r\nok"
+    backend = _ScriptedBackend([
+        [_SPLIT_RESPONSE[:cut], _SPLIT_RESPONSE[cut:]],
+        [plain[:cut // 2], plain[cut // 2:cut], plain[cut:]],
+    ])
+    port = await backend.start()
+    async with Harness(_scripted_state(port)) as h:
+        client = await h.connect()
+        r = await client.request()
+        assert r.body == b"hello"
+        assert _head(bytes(client.raw)) == (
+            b"HTTP/1.1 200 OK\r\nServer: s\r\nX-End: e\r\nContent-Length: 5\r\n\r\n")
+        client.raw.clear()
+        r = await client.request()
+        assert r.body == b"ok"
+        assert _head(bytes(client.raw)) == (
+            b"HTTP/1.1 200 OK\r\nServer: s\r\nX-End: e\r\nContent-Length: 2\r\n\r\n")
+        client.close()
+    await backend.close()
+
+
+_INTERIM_THEN_FINAL = (b"HTTP/1.1 100 Continue\r\n\r\n"
+                       b"HTTP/1.1 200 OK\r\nConnection: X-S\r\nX-S: s\r\nContent-Length: 2\r\n\r\nok")
+
+
+@pytest.mark.parametrize("pieces", [
+    [_INTERIM_THEN_FINAL],
+    [_INTERIM_THEN_FINAL[:58], _INTERIM_THEN_FINAL[58:]],
+    [_INTERIM_THEN_FINAL[:17], _INTERIM_THEN_FINAL[17:]],
+], ids=["one-read", "final-head-split", "interim-head-split"])
+async def test_interim_then_final_response_heads(pieces: list[bytes]) -> None:
+    backend = _ScriptedBackend([pieces])
+    port = await backend.start()
+    async with Harness(_scripted_state(port)) as h:
+        client = await h.connect()
+        await client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        interim, final = await client.responses(2)
+        assert (interim.status, final.status, final.body) == (100, 200, b"ok")
+        assert bytes(client.raw) == (b"HTTP/1.1 100 Continue\r\n\r\n"
+                                     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        client.close()
+    await backend.close()
+
+
+async def test_a_second_response_in_the_same_read_is_dropped_with_the_connection() -> None:
+    backend = _ScriptedBackend([
+        [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Evil: 1\r\n\r\nevil!"],
+    ])
+    port = await backend.start()
+    later = _ScriptedBackend([[b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext"]])
+    async with Harness(_scripted_state(port)) as h:
+        client = await h.connect()
+        r = await client.request()
+        assert r.body == b"ok" and bytes(client.raw).count(b"HTTP/1.1") == 1
+        await asyncio.sleep(0.1)
+        assert b"evil" not in bytes(client.raw)
+        h.apply(_scripted_state(await later.start()))
+        assert (await client.request()).body == b"next"  # the client connection is still good
+        client.close()
+    await backend.close()
+    await later.close()
+
+
+@pytest.mark.parametrize("head", [
+    b"HTTP/1.1 200 OK\r\nX-A: a\r\n folded\r\nContent-Length: 2\r\n\r\n",  # obs-fold
+    b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 2\r\n\r\n",  # invalid byte in a value
+    b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\nContent-Length: 2\r\n\r\n",  # bare CR
+    b"HTTP/1.1 200 OK\r\nX-A: a\nContent-Length: 2\r\n\r\n",  # bare LF
+    b"HTTP/1.1 200 OK\r\nX A: a\r\nContent-Length: 2\r\n\r\n",  # invalid byte in a name
+    b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\n",  # space before the colon
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n",  # differing lengths
+], ids=["obs-fold", "nul", "bare-cr", "bare-lf", "space-in-name", "space-before-colon", "two-lengths"])
+async def test_invalid_response_heads_are_rejected_by_llhttp(head: bytes) -> None:
+    backend = _ScriptedBackend([[head + b"ok"]])
+    port = await backend.start()
+    async with Harness(_scripted_state(port)) as h:
+        client = await h.connect()
+        r = await client.request()
+        assert r.status == 502 and "malformed response" in r.text
+        client.close()
+    await backend.close()
+
+
+async def test_too_many_response_fields_is_a_502() -> None:
+    from steelyard.proxy import ProxyConfig
+
+    head = b"HTTP/1.1 200 OK\r\n" + b"a:\r\n" * 21 + b"Content-Length: 2\r\n\r\n"
+    backend = _ScriptedBackend([[head + b"ok"], [head.replace(b"a:\r\n" * 21, b"a:\r\n" * 19) + b"ok"]])
+    port = await backend.start()
+    async with Harness(_scripted_state(port), ProxyConfig(max_headers=20, sweep_interval=0.05)) as h:
+        client = await h.connect()
+        r = await client.request()
+        assert r.status == 502 and "too many response header fields" in r.text
+        client.close()
+        client = await h.connect()
+        assert (await client.request()).body == b"ok"  # 20 fields: allowed
+        client.close()
+    await backend.close()

@@ -4,12 +4,17 @@
 endpoint. A request is handled without creating a task (only a new upstream connection needs one):
 
     client bytes -> request parser callbacks -> route, pick, pooled connection -> regenerated head (+ body)
-    upstream bytes -> response parser callbacks -> regenerated head + framed body, one write per read
+    upstream bytes -> response parser callbacks -> head (end-to-end lines copied, framing regenerated)
+                      + framed body, one write per read
 
 Rules (RFC 9110 / RFC 9112):
 - The head sent upstream is rebuilt: hop-by-hop fields (RFC 9110 §7.6.1) and those named in `Connection`
   are removed, `X-Forwarded-For` is appended to, `X-Forwarded-Proto/Host` are set. Bodies are re-framed
   (`Content-Length` kept, chunked re-chunked); client bytes are never forwarded verbatim.
+- The response head is validated by llhttp (strict) before any of it is used. Its hop-by-hop fields and
+  those named in `Connection` are removed and its framing fields regenerated; the common response (an
+  HTTP/1.1 Content-Length one, nothing hop-by-hop but a plain `Connection`) keeps its status line and
+  end-to-end field lines as read, any other has its head rebuilt field by field.
 - Ambiguous framing and any parser error (llhttp, strict) answer 400 and close (RFC 9112 §6.3, §11.2);
   HTTP/1.1 without exactly one Host is 400 (RFC 9112 §3.2); limits: URI 414, header section 431, body 413,
   a client slower than the header timeout 408; a transfer-coding other than chunked 501 (RFC 9112 §6.1).
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -69,14 +75,23 @@ _RESPONSE_KINDS_LOWER = {
     b"content-length": _CONTENT_LENGTH, b"transfer-encoding": _TRANSFER_ENCODING, b"connection": _CONNECTION,
     b"upgrade": _UPGRADE, b"keep-alive": _DROP, b"proxy-connection": _DROP, b"te": _DROP, b"trailer": _DROP,
 }
+# The response head is not reported field by field (no `on_header`: five Python calls per response saved):
+# once llhttp has validated it (strict: CRLF line ends, no obs-fold, no bare CR, no invalid bytes), the
+# common response's end-to-end field lines are copied from the bytes read and its framing regenerated.
+# This splits the field lines (each preceded by CRLF) at the lines the proxy interprets or drops; for
+# each, split() yields two groups: the Content-Length value, or ":" for a hop-by-hop field (RFC 9110
+# §7.6.1) other than a plain `Connection: keep-alive` / `close` (which names no other field).
+_split_framing_lines = re.compile(
+    rb"\r\n(?=[cCkKpPtTuU])(?:content-length:[ \t]*([0-9]+)[ \t]*"
+    rb"|connection:[ \t]*(?:keep-alive|close)[ \t]*(?![^\r])"
+    rb"|(?:connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade)(:)[^\r]*)(?![^\r])",
+    re.IGNORECASE).split
 _KIND_CACHE_MAX = 1024
 # Spellings seen so far of end-to-end fields: a field whose name is in here is copied as it comes (the
 # one test per field on the hot path); any other name is classified by its lowercase form.
 _plain_request_names: set[bytes] = set()
 _plain_response_names: set[bytes] = set()
 _HOST_SPELLINGS = frozenset((b"Host", b"host", b"HOST"))
-_LENGTH_SPELLINGS = frozenset((b"Content-Length", b"content-length", b"Content-length", b"CONTENT-LENGTH"))
-_CONNECTION_SPELLINGS = frozenset((b"Connection", b"connection", b"CONNECTION"))
 
 
 def _field_kind(name: bytes, kinds_lower: dict[bytes, int], plain_names: set[bytes]) -> int:
@@ -109,6 +124,7 @@ _REASONS = {
 _STATUS_LINES: dict[int, bytes] = {
     s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus
 }
+
 
 
 def _status_line(status: int) -> bytes:
@@ -1037,7 +1053,7 @@ class UpstreamConnection(asyncio.Protocol):
     """One connection to an endpoint, carrying one exchange at a time, pooled between exchanges."""
 
     __slots__ = ("_max_headers", "body_to", "chunked_in", "chunked_out", "client", "close_delimited",
-        "closed", "config", "connection", "content_length", "discard", "eof_in", "field_count", "fields",
+        "closed", "config", "connection", "content_length", "data", "discard", "eof_in", "head_buf",
         "head_bytes", "headers_done", "headers_out", "idle_since", "interim", "keep_client", "last_read",
         "message_done", "parser", "pool", "read_paused", "req", "server", "status", "transport", "tunnel",
         "upgrade", "upstream_keep_alive", "weight_hint")
@@ -1065,13 +1081,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.upstream_keep_alive = False
         self.weight_hint: float | None = None
         self.headers_out: list[bytes] = []
-        # The response head being read. Fields are classified as they arrive (on_header): end-to-end ones
-        # go straight into `fields` as regenerated lines (name, ": ", value, CRLF; index 0 is kept for the
-        # status line), framing and hop-by-hop ones into the attributes below. on_headers_complete takes
-        # them and leaves them fresh for the next response.
-        self.fields: list[bytes] = [b""]
+        # The response head being read: `data` holds the bytes from its first byte to the end of the last
+        # read (on_headers_complete takes the head from it), `head_buf` what of it arrived in earlier reads.
+        self.data = b""
+        self.head_buf = b""
         self._max_headers = server.config.max_headers
-        self.field_count = 0  # fields not in `fields` (framing, hop-by-hop), for the count limit
+        # Framing and hop-by-hop fields of a response head taken the general way (_parse_fields).
         self.content_length: bytes | None = None
         self.chunked_in = False
         self.connection: bytes | None = None
@@ -1134,20 +1149,31 @@ class UpstreamConnection(asyncio.Protocol):
         if self.tunnel:
             client.transport.write(data)  # type: ignore[union-attr]
             return
+        if not self.headers_done:
+            self.data = self.head_buf + data  # no copy when head_buf is empty
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
             self._upgraded(data[exc.args[0]:])
             return
         except HttpParserError as exc:
+            if self.message_done and self.client is not None:
+                # More than the response in one read (a second head after a complete response): the
+                # response goes out, the connection is not reused, the rest is dropped.
+                self.upstream_keep_alive = False
+                self._finish()
+                return
             self._malformed(str(exc.__context__ or exc))
             return
         if self.message_done:
             self._finish()  # flushes
-        elif client.out:
+            return
+        if client.out:
             client.flush()
-        elif not self.headers_done:
-            # A head still incomplete: bound what llhttp buffers (it enforces no limit).
+        if not self.headers_done and self.client is not None:
+            # A head still incomplete: keep its bytes for the next read, and bound what is kept (llhttp
+            # enforces no limit either).
+            self.head_buf = self.data
             self.head_bytes += len(data)
             if self.head_bytes > self.config.max_header_bytes:
                 self._malformed("response header section too large")
@@ -1216,55 +1242,82 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks (response) ----------------------------------------------------------------
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        # After the head `fields` is a sink: trailer fields are dropped (RFC 9110 §6.5.1).
-        if name in _plain_response_names:
-            self.fields += (name, b": ", value, b"\r\n")
-        elif name in _LENGTH_SPELLINGS:
-            self.content_length = value  # llhttp rejects differing repeats
-            self.field_count += 1
-        elif name in _CONNECTION_SPELLINGS:
-            connection = self.connection
-            self.connection = value if connection is None else connection + b"," + value
-            self.field_count += 1
-        else:
-            self._other_field(name, value)
-
-    def _other_field(self, name: bytes, value: bytes) -> None:
-        kind = _field_kind(name, _RESPONSE_KINDS_LOWER, _plain_response_names)
-        if kind == _PLAIN:
-            self.fields += (name, b": ", value, _CRLF)
-            return
-        self.field_count += 1
-        if kind == _CONTENT_LENGTH:
-            self.content_length = value  # llhttp rejects differing repeats
-        elif kind == _TRANSFER_ENCODING:
-            self.chunked_in = True  # llhttp accepts it in a response only with chunked last
-        elif kind == _CONNECTION:
-            connection = self.connection
-            self.connection = value if connection is None else connection + b"," + value
-        elif kind == _UPGRADE:
-            upgrade = self.upgrade
-            self.upgrade = value if upgrade is None else upgrade + b", " + value
+    def _parse_fields(self, block: bytes) -> list[bytes]:
+        """The general way: the field lines of a head (each ending in CRLF) as regenerated lines (name,
+        ": ", value, CRLF; index 0 left for the status line), framing and hop-by-hop fields into
+        attributes. llhttp has validated the lines: a name, a colon, the value (leading OWS dropped, as
+        llhttp reports it)."""
+        self.content_length = self.connection = self.upgrade = None
+        self.chunked_in = False
+        parts = [b""]
+        for line in block.split(_CRLF)[:-1]:
+            name, _, value = line.partition(b":")
+            value = value.lstrip(b" \t")
+            kind = _PLAIN if name in _plain_response_names else _field_kind(
+                name, _RESPONSE_KINDS_LOWER, _plain_response_names)
+            if kind == _PLAIN:
+                parts += (name, b": ", value, _CRLF)
+            elif kind == _CONTENT_LENGTH:
+                self.content_length = value  # llhttp rejects differing repeats
+            elif kind == _TRANSFER_ENCODING:
+                self.chunked_in = True  # llhttp accepts it in a response only with chunked last
+            elif kind == _CONNECTION:
+                connection: bytes | None = self.connection
+                self.connection = value if connection is None else connection + b"," + value
+            elif kind == _UPGRADE:
+                upgrade: bytes | None = self.upgrade
+                self.upgrade = value if upgrade is None else upgrade + b", " + value
+        return parts
 
     def on_headers_complete(self) -> None:
-        # The head read so far. Until the message ends, `fields` is a sink and the attributes that
-        # trailer fields could still set are ignored: _end_of_message() resets them for the next one.
-        parts = self.fields
-        self.fields = _TRAILER_SINK
         client, req = self.client, self.req
         if client is None or req is None:
             return
+        if self.message_done:
+            raise _Reject(502, "a second response head after a complete response")
+        # The head is the start of `data` up to the first empty line: llhttp, strict, has just validated
+        # it (CRLF line ends only, no obs-fold), so the first CRLFCRLF ends it.
+        data = self.data
+        self.data = b""  # held no longer than needed (a pooled connection would keep its last read)
+        if self.head_buf:
+            self.head_buf = b""
+        end = data.find(b"\r\n\r\n") + 2  # the end of the last field line
         self.headers_done = True
         parser = self.parser
         self.status = status = parser.get_status_code()
-        if self.field_count + (len(parts) >> 2) > self._max_headers:
+        # (a field line takes at least 4 bytes: the count is needed only for a long head)
+        if end > self._max_headers * 4 and data.count(_CRLF, 0, end) > self._max_headers + 1:
             raise _Reject(502, "too many response header fields")
+        runtime = req.runtime
+        assert runtime is not None
+        if status in runtime.plain_statuses and not req.is_head and data.startswith(b"HTTP/1.1 "):
+            # The common response: a final HTTP/1.1 one with a Content-Length body, to be forwarded as it
+            # comes (plain_statuses: 2xx-5xx but 204, 304 and those retried, none when a header sets
+            # weights), with no hop-by-hop field but a plain Connection. Its status line and end-to-end
+            # field lines are copied as read, the framing lines regenerated.
+            pieces = _split_framing_lines(data[:end - 2])
+            n = len(pieces)
+            # One Content-Length line, at most one plain Connection line, nothing else hop-by-hop:
+            if 3 < n < 8 and pieces[2] is None and pieces[n - 2] is None:
+                content_length = pieces[1] or pieces[n - 3]
+                if content_length is not None:
+                    # upstream_keep_alive is read by on_message_complete, which comes before _finish.
+                    req.response_started = True
+                    self.keep_client = keep = req.keep_alive and req.request_complete and not client.closing
+                    parts = pieces[::3]
+                    if keep and req.http11:
+                        parts += (b"\r\nContent-Length: ", content_length, b"\r\n\r\n")
+                    else:
+                        parts += (b"\r\nContent-Length: ", content_length, _CRLF,
+                                  b"Connection: keep-alive\r\n\r\n" if keep else b"Connection: close\r\n\r\n")
+                    client.out.append(b"".join(parts))
+                    if not req.logged_at:
+                        self.body_to = client.out_append  # forwarded as it comes, nothing to count
+                    return
+        parts = self._parse_fields(data[data.find(_CRLF) + 2:end])
         parts[0] = _STATUS_LINES.get(status) or _status_line(status)
         content_length = self.content_length
         connection = self.connection
-        runtime = req.runtime
-        assert runtime is not None
         if (content_length is not None and status in runtime.plain_statuses
                 and connection in _PLAIN_CONNECTION and not req.is_head):
             # The common response: a final one with a Content-Length body, to be forwarded as it comes
@@ -1286,6 +1339,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.upstream_keep_alive = parser.should_keep_alive()
         chunked = self.chunked_in
         if status < 200 and status != 101:
+            self.data = data[end + 2:]  # the final response's head may follow in the same read
             self._interim(client, req, parts)
             return
         if status in runtime.retry_statuses and not req.response_started:
@@ -1343,13 +1397,6 @@ class UpstreamConnection(asyncio.Protocol):
             parts.append(_CRLF)
         client.out.append(b"".join(parts))
 
-    def _end_of_message(self) -> None:
-        """Fresh state for the next response head."""
-        self.fields = [b""]
-        self.content_length = self.connection = self.upgrade = None
-        self.field_count = 0
-        self.chunked_in = False
-
     def _interim(self, client: HttpProxyProtocol, req: HttpRequest, parts: list[bytes]) -> None:
         """A 1xx (RFC 9110 §15.2): forwarded to HTTP/1.1 clients; the final response follows."""
         self.interim = True
@@ -1381,7 +1428,6 @@ class UpstreamConnection(asyncio.Protocol):
         if self.interim:
             self.interim = False
             self.headers_done = False
-            self._end_of_message()
             return
         self.message_done = True
         self.upstream_keep_alive = self.parser.should_keep_alive()  # llhttp forgets it after this call
@@ -1397,11 +1443,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.body_to = None
         chunked_out = self.chunked_out
         self.headers_done = self.chunked_out = self.message_done = False
-        self.fields = [b""]  # _end_of_message(), inlined
-        self.content_length = self.connection = self.upgrade = None
-        self.field_count = 0
-        if self.chunked_in:
-            self.chunked_in = False
         reusable = (not self.closed and not self.close_delimited and req.request_complete
                     and self.upstream_keep_alive)
         if req.is_head:
