@@ -629,3 +629,20 @@ async def test_too_many_response_fields_is_a_502() -> None:
         assert (await client.request()).body == b"ok"  # 20 fields: allowed
         client.close()
     await backend.close()
+
+
+async def test_stale_bytes_after_a_response_never_make_up_the_next_head() -> None:
+    # The backend answers the first request and adds the start of a head; what it sends for the second
+    # request completes that head. The pieces are not spliced into a response: 502.
+    backend = _ScriptedBackend([
+        [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 2"],
+        [b"00 OK\r\nX-Spliced: 1\r\nContent-Length: 2\r\n\r\nno"],
+    ])
+    port = await backend.start()
+    async with Harness(_scripted_state(port)) as h:
+        client = await h.connect()
+        assert (await client.request()).body == b"ok"
+        r = await client.request()
+        assert r.status == 502 and "malformed response" in r.text
+        client.close()
+    await backend.close()

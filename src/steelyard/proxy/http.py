@@ -1314,6 +1314,9 @@ class UpstreamConnection(asyncio.Protocol):
                     if not req.logged_at:
                         self.body_to = client.out_append  # forwarded as it comes, nothing to count
                     return
+        if end < 2 or not data.startswith(b"HTTP/"):
+            # The head did not start this exchange's bytes: stale bytes after an earlier response.
+            raise _Reject(502, "response head not at the start of the response")
         parts = self._parse_fields(data[data.find(_CRLF) + 2:end])
         parts[0] = _STATUS_LINES.get(status) or _status_line(status)
         content_length = self.content_length
