@@ -230,3 +230,40 @@ def test_any_sequence_keeps_usable_a_subset_of_configured(seq: list[tuple[str, i
             assert t.unavailable_reason(now).startswith("no ")
         due = t.next_change_at(now)
         assert due is None or due >= now - 1e-9 or any(r["state"] == "ejected" for r in t.describe(now))
+
+
+def test_an_operators_weight_beats_a_reported_one() -> None:
+    t = EndpointTracker(policy(dynamicWeights={"mode": "Header"}), 0)
+    t.set_endpoints(eps(10, 10), 0)
+    t.on_outcome(A, 0, ok=True, latency=0.01, weight_hint=40)
+    assert usable(t, 0)[A] == 40.0
+    t.set_override(A, weight=3)
+    t.on_outcome(A, 1, ok=True, latency=0.01, weight_hint=40)
+    assert usable(t, 1)[A] == 3.0
+    t.set_override(A, weight=None)
+    t.on_outcome(A, 2, ok=True, latency=0.01, weight_hint=40)
+    assert usable(t, 2)[A] == 40.0
+
+
+def test_switching_dynamic_mode_forgets_what_the_old_one_measured() -> None:
+    t = EndpointTracker(policy(dynamicWeights={"mode": "Latency"}), 0)
+    t.set_endpoints(eps(100, 100), 0)
+    for i in range(50):
+        t.on_outcome(A, i / 100, ok=True, latency=0.010)
+        t.on_outcome(B, i / 100, ok=True, latency=0.100)
+    assert usable(t, 1)[B] < 20
+    t.set_policy(policy(dynamicWeights={"mode": "Header"}), 1)
+    assert usable(t, 1) == {A: 100.0, B: 100.0}
+
+
+def test_an_endpoint_back_from_ejection_starts_with_a_clean_slate() -> None:
+    t = EndpointTracker(policy(dynamicWeights={"mode": "Latency"},
+                               outlierDetection={"consecutiveFailures": 3, "baseEjectionTime": "10s"}), 0)
+    t.set_endpoints(eps(100, 100), 0)
+    for i in range(3):
+        t.on_outcome(A, 0.1 * i, ok=True, latency=0.010)
+        t.on_outcome(B, 0.1 * i, ok=False, latency=0.001)
+    assert usable(t, 1) == {A: 100.0}  # B ejected
+    assert usable(t, 11) == {A: 100.0, B: 100.0}  # back, its failures forgotten: full weight
+    row = next(r for r in t.describe(11) if r["id"] == B)
+    assert row["error_rate"] == 0.0 and row["consecutive_failures"] == 0

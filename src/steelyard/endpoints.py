@@ -94,10 +94,11 @@ class EndpointTracker:
                 state.healthy = True
                 state.check_passes = state.check_failures = 0
         self._outliers = policy.outlier_detection
-        self._dynamic = policy.dynamic_weights.mode
-        if self._dynamic == DynamicWeightMode.OFF:
+        mode = policy.dynamic_weights.mode
+        if mode != getattr(self, "_dynamic", mode):  # what one mode measured means nothing to another
             for state in self._states.values():
-                state.dynamic_weight = None
+                _forget_measurements(state)
+        self._dynamic = mode
         if self._outliers is None:
             for state in self._states.values():
                 state.ejected_until = None
@@ -130,6 +131,7 @@ class EndpointTracker:
         if state is None:
             return False
         state.override_weight = weight
+        state.dynamic_weight = None  # Latency mode scales the new weight at its next recomputation
         if drained is not None:
             state.drained = drained
         return True
@@ -215,7 +217,10 @@ class EndpointTracker:
         return True
 
     def _returned(self, state: _State, now: float) -> None:
-        """Back in service after being unhealthy or ejected: slow start ramps it up again."""
+        """Back in service after being unhealthy or ejected: slow start ramps it up again, and what was
+        measured before (latency, failures) no longer describes it."""
+        state.consecutive_failures = 0
+        _forget_measurements(state)
         if self.policy.slow_start is not None:
             state.ramp_from = now
 
@@ -255,11 +260,13 @@ class EndpointTracker:
 
     def _weight(self, state: _State, now: float) -> float:
         """Effective weight: configured or overridden, then dynamic weights, then slow start."""
-        weight = float(state.override_weight if state.override_weight is not None else state.config.weight)
+        override = state.override_weight
+        weight = float(override if override is not None else state.config.weight)
         if weight <= 0:
             return 0.0
-        if state.dynamic_weight is not None:
-            weight = state.dynamic_weight
+        dynamic = state.dynamic_weight
+        if dynamic is not None and (override is None or self._dynamic == DynamicWeightMode.LATENCY):
+            weight = dynamic  # Latency scales the operator's weight; a reported weight never beats it
         slow = self.policy.slow_start
         if slow is not None and state.ramp_from is not None:
             elapsed = now - state.ramp_from
@@ -374,6 +381,14 @@ class EndpointTracker:
                 row["reported_weight"] = state.hint
             rows.append(row)
         return rows
+
+
+def _forget_measurements(state: _State) -> None:
+    state.latency = None
+    state.errors = 0.0
+    state.samples = 0
+    state.hint = None
+    state.dynamic_weight = None
 
 
 def _quantize(weight: float) -> float:
