@@ -1427,6 +1427,13 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             client.out.append(body)
 
+    def on_message_begin(self) -> None:
+        # Bytes of another message right after a complete response, in the same read: a backend that
+        # answers what nobody asked. The response goes out; the connection is not reused (its parser
+        # now holds the start of that message, which must never become part of the next exchange).
+        if self.message_done:
+            self.upstream_keep_alive = False
+
     def on_message_complete(self) -> None:
         if self.interim:
             self.interim = False
