@@ -30,8 +30,10 @@ Clock = Callable[[], float]
 
 # status -> index in EndpointStats.by_class; anything else (no status, 600-999) is 0
 STATUS_CLASS: dict[int | None, int] = {status: status // 100 for status in range(100, 600)}
+# the same for any status llhttp reports (0-999) as a tuple: an index instead of a dict.get() call
+STATUS_CLASSES: tuple[int, ...] = tuple(STATUS_CLASS.get(status, 0) for status in range(1000))
 
-__all__ = ["Attempt", "EndpointStats", "UpstreamRuntime"]
+__all__ = ["STATUS_CLASS", "STATUS_CLASSES", "Attempt", "EndpointStats", "UpstreamRuntime"]
 
 _new_attempt = object.__new__
 
@@ -96,12 +98,13 @@ class Attempt:
         if not ok:
             stats.failures += 1
         stats.by_class[status_class] += 1
-        on_done = runtime.strategy_on_done
-        if on_done is not None and self._picked is not None:
-            on_done(self._picked, latency, ok)
-        if runtime.tracker_listens and runtime.tracker.on_outcome(
-                self.endpoint_id, now, ok=ok, latency=latency, weight_hint=weight_hint):
-            runtime.refresh()
+        if runtime.hears_outcomes:  # rarely: one test per request when nobody listens
+            on_done = runtime.strategy_on_done
+            if on_done is not None and self._picked is not None:
+                on_done(self._picked, latency, ok)
+            if runtime.tracker_listens and runtime.tracker.on_outcome(
+                    self.endpoint_id, now, ok=ok, latency=latency, weight_hint=weight_hint):
+                runtime.refresh()
 
     def cancel(self) -> None:
         """Release a pick that was never used (a retry prepared, then not needed) without an outcome:
@@ -178,6 +181,7 @@ class UpstreamRuntime:
         # Whether outcomes can change anything in the tracker (outlier detection, dynamic weights); when
         # not, done() skips the call. Read after the tracker took the policy; unknown means yes.
         self.tracker_listens = self.tracker.listens
+        self.hears_outcomes = self.tracker_listens or self.strategy_on_done is not None
         self._endpoints = {e.id: e for e in upstream.endpoints}
         # endpoint id -> (endpoint, stats) for endpoints picked before: pick()'s one lookup
         self._known: dict[str, tuple[BackendEndpoint, EndpointStats]] = {}
@@ -192,6 +196,8 @@ class UpstreamRuntime:
         # Most strategies keep no per-pick state: skip their no-op on_done (one call per request).
         self.strategy_on_done = (None if type(strategy).on_done is BalancingStrategy.on_done
                                  else strategy.on_done)
+        # Whether Attempt.report has anyone to tell (the strategy or the tracker); see _derive().
+        self.hears_outcomes = self.strategy_on_done is not None or getattr(self, "tracker_listens", True)
 
     @property
     def key(self) -> str:
