@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, HttpResponseParser, parse_url
 
-from steelyard.runtime.upstream import STATUS_CLASS, Attempt, UpstreamRuntime
+from steelyard.runtime.upstream import STATUS_CLASSES, Attempt, UpstreamRuntime
 from steelyard.strategies import NO_CONTEXT, PickContext
 
 if TYPE_CHECKING:
@@ -1452,7 +1452,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.client = self.req = None
         self.body_to = None
         chunked_out = self.chunked_out
-        self.headers_done = self.chunked_out = self.message_done = False
+        self.headers_done = self.message_done = False
         reusable = (not self.closed and not self.close_delimited and req.request_complete
                     and self.upstream_keep_alive)
         if req.is_head:
@@ -1472,20 +1472,19 @@ class UpstreamConnection(asyncio.Protocol):
             return
         out = client.out
         if chunked_out:
+            self.chunked_out = False
             out.append(_LAST_CHUNK)
         if len(out) == 2 and client.transport is not None:  # head and body: flush(), inlined
             client.transport.write(out[0] + out[1])
             out.clear()
         else:
             client.flush()
+        status_class = STATUS_CLASSES[status]  # llhttp: 0-999
         if attempt is not None:
             hint = self.weight_hint
             if hint is not None:
                 self.weight_hint = None
-            status_class = STATUS_CLASS.get(status, 0)
             attempt.report(status < 500, status_class, hint)
-        else:
-            status_class = STATUS_CLASS.get(status, 0)
         server = self.server
         server.stats.responses_by_class[status_class] += 1
         if req.logged_at:
@@ -1504,7 +1503,7 @@ class UpstreamConnection(asyncio.Protocol):
         # client.response_done(), inlined: the response was written in full.
         client.current = None
         req.conn = None
-        if not self.keep_client or client.closing or not req.request_complete:
+        if not self.keep_client or client.closing:  # (keep_client implies request_complete)
             client._close()
         elif client.paused or client.queue:
             client._next()
