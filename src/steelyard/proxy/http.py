@@ -162,6 +162,7 @@ class HttpRequest:
     method = b""
     http11 = True
     keep_alive = True
+    keep_plain = True  # keep_alive and http11: the common response's one test (cleared with either)
     upgrade = False
     is_head = False
     idempotent = True
@@ -464,7 +465,7 @@ class HttpProxyProtocol(asyncio.Protocol):
         """The head sent upstream for any request: versions, absolute form, bodies, Connection, Upgrade,
         X-Forwarded-For from the client."""
         if not keep_alive:
-            req.keep_alive = False
+            req.keep_alive = req.keep_plain = False
         host = req.host_field
         host_count = req.host_count
         content_length = req.length_field
@@ -480,7 +481,7 @@ class HttpProxyProtocol(asyncio.Protocol):
             if version != "1.1":
                 if version != "1.0":
                     raise _Reject(400, "unsupported HTTP version")
-                http11 = req.http11 = False
+                http11 = req.http11 = req.keep_plain = False
 
         if host_count != 1 and (http11 or host_count > 1):
             raise _Reject(400, "missing Host header" if host_count == 0 else "more than one Host header")
@@ -508,7 +509,8 @@ class HttpProxyProtocol(asyncio.Protocol):
                     kept = _drop_named(kept, named)
                 if upgrade is not None and b"upgrade" in tokens:
                     req.upgrade = True
-                    req.keep_alive = False  # after a refused upgrade the connection is closed
+                    # after a refused upgrade the connection is closed
+                    req.keep_alive = req.keep_plain = False
 
         # The head sent upstream: request line, Host, the client's end-to-end fields, forwarding fields,
         # then our own framing.
@@ -839,7 +841,7 @@ class HttpProxyProtocol(asyncio.Protocol):
         if req in self.queue:
             self.queue.remove(req)
         req.reject = reject
-        req.keep_alive = False
+        req.keep_alive = req.keep_plain = False
         if self.current is None:
             self._start(req)
         else:
@@ -1052,11 +1054,11 @@ def _drop_named(kept: list[bytes], named: set[bytes]) -> list[bytes]:
 class UpstreamConnection(asyncio.Protocol):
     """One connection to an endpoint, carrying one exchange at a time, pooled between exchanges."""
 
-    __slots__ = ("_max_headers", "body_to", "chunked_in", "chunked_out", "client", "close_delimited",
-        "closed", "config", "connection", "content_length", "data", "discard", "eof_in", "head_buf",
-        "head_bytes", "headers_done", "headers_out", "idle_since", "interim", "keep_client", "last_read",
-        "message_done", "parser", "pool", "read_paused", "req", "server", "status", "transport", "tunnel",
-        "upgrade", "upstream_keep_alive", "weight_hint")
+    __slots__ = ("_max_head_end", "_max_headers", "body_to", "chunked_in", "chunked_out", "client",
+        "close_delimited", "closed", "config", "connection", "content_length", "data", "discard", "eof_in",
+        "head_buf", "head_bytes", "headers_done", "headers_out", "idle_since", "interim", "keep_client",
+        "last_read", "message_done", "parser", "pool", "read_paused", "req", "server", "status",
+        "transport", "tunnel", "upgrade", "upstream_keep_alive", "weight_hint")
 
     def __init__(self, server: ProxyServer, pool: EndpointPool):
         self.server = server
@@ -1086,6 +1088,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.data = b""
         self.head_buf = b""
         self._max_headers = server.config.max_headers
+        self._max_head_end = self._max_headers * 4
         # Framing and hop-by-hop fields of a response head taken the general way (_parse_fields).
         self.content_length: bytes | None = None
         self.chunked_in = False
@@ -1286,7 +1289,7 @@ class UpstreamConnection(asyncio.Protocol):
         parser = self.parser
         self.status = status = parser.get_status_code()
         # (a field line takes at least 4 bytes: the count is needed only for a long head)
-        if end > self._max_headers * 4 and data.count(_CRLF, 0, end) > self._max_headers + 1:
+        if end > self._max_head_end and data.count(_CRLF, 0, end) > self._max_headers + 1:
             raise _Reject(502, "too many response header fields")
         runtime = req.runtime
         assert runtime is not None
@@ -1298,19 +1301,22 @@ class UpstreamConnection(asyncio.Protocol):
             pieces = _split_framing_lines(data[:end - 2])
             n = len(pieces)
             # One Content-Length line, at most one plain Connection line, nothing else hop-by-hop:
-            if 3 < n < 8 and pieces[2] is None and pieces[n - 2] is None:
+            # (split() gives 1 + 3 per line matched: 4 or 7 pieces for one or two lines)
+            if n in {4, 7} and pieces[2] is None and pieces[n - 2] is None:
                 content_length = pieces[1] or pieces[n - 3]
                 if content_length is not None:
                     # upstream_keep_alive is read by on_message_complete, which comes before _finish.
                     req.response_started = True
-                    self.keep_client = keep = req.keep_alive and req.request_complete and not client.closing
                     parts = pieces[::3]
-                    if keep and req.http11:
+                    if req.keep_plain and req.request_complete and not client.closing:
+                        self.keep_client = True
                         parts += (b"\r\nContent-Length: ", content_length, b"\r\n\r\n")
                     else:
+                        keep = req.keep_alive and req.request_complete and not client.closing
+                        self.keep_client = keep
                         parts += (b"\r\nContent-Length: ", content_length, _CRLF,
                                   b"Connection: keep-alive\r\n\r\n" if keep else b"Connection: close\r\n\r\n")
-                    client.out.append(b"".join(parts))
+                    client.out_append(b"".join(parts))
                     if not req.logged_at:
                         self.body_to = client.out_append  # forwarded as it comes, nothing to count
                     return
