@@ -214,7 +214,7 @@ class HttpProxyProtocol(asyncio.Protocol):
     # Slots: the hot path reads these attributes many times per request (measured ~5% less Python time).
     __slots__ = ("_client_ip_bytes", "_completed", "_fields", "_forward_tail", "_forwarded",
         "_header_timeout", "_host_line", "_host_seen", "_keepalive_timeout", "_max_head", "_max_headers",
-        "_max_uri", "_only_route", "_pre_head_bytes", "_read_len", "_routes", "_watch", "_watch_conn",
+        "_max_uri", "_only_route", "_head_left", "_read_len", "_routes", "_watch", "_watch_conn",
         "_watch_since", "client_ip", "out_append", "closed",
         "closing", "config", "current", "eof_in", "listener_key", "out",
         "parser", "parsing", "paused", "queue", "server", "transport", "tunnel", "tunnel_idle_timeout",
@@ -246,13 +246,14 @@ class HttpProxyProtocol(asyncio.Protocol):
         self._fields: list[bytes] = []  # the parsing request's `fields`
         self._client_ip_bytes = b""
         self._forwarded = b""
-        self._pre_head_bytes = 0
         self._read_len = 0
         self._completed = 0
         config = self.config
         self._header_timeout = config.header_timeout
         self._max_uri = config.max_uri_bytes
         self._max_head = config.max_header_bytes
+        # max_header_bytes less the bytes of the parsing head read before the last read (see data_received)
+        self._head_left = self._max_head
         self._max_headers = config.max_headers
         self._keepalive_timeout = config.keepalive_timeout
         # Head pieces that depend only on this connection and the Host it sends (see on_headers_complete).
@@ -305,8 +306,8 @@ class HttpProxyProtocol(asyncio.Protocol):
             # limit). A read in which an earlier request ended holds other bytes too: not counted.
             if self._completed != completed_before:
                 return
-            self._pre_head_bytes += len(data)
-            if self._pre_head_bytes > self.config.max_header_bytes + self.config.max_uri_bytes:
+            self._head_left -= len(data)
+            if self._head_left < -self.config.max_uri_bytes:  # max_header_bytes + max_uri_bytes read
                 self._parse_failed(_Reject(431, "request header section too large"))
 
     def eof_received(self) -> bool | None:
@@ -362,7 +363,7 @@ class HttpProxyProtocol(asyncio.Protocol):
         if req is None:
             self.parsing = req = HttpRequest()
             req.fields = self._fields = []
-            self._pre_head_bytes = 0
+            self._head_left = self._max_head
             req.url = url
             if len(url) > self._max_uri:
                 raise _Reject(414, "request target too long")
@@ -423,7 +424,7 @@ class HttpProxyProtocol(asyncio.Protocol):
         if (len(kept) >> 2) + host_count + req.other_fields > self._max_headers:
             raise _Reject(431, "too many request header fields")
         # The exact size only when the bytes read could hold a head that large (rarely).
-        if (self._read_len + self._pre_head_bytes > self._max_head
+        if (self._read_len > self._head_left
                 and sum(map(len, kept)) + req.other_bytes + (len(host) + 6 if host else 0) > self._max_head):
             raise _Reject(431, "request header section too large")
         parser = self.parser
@@ -436,7 +437,7 @@ class HttpProxyProtocol(asyncio.Protocol):
             elif method not in _IDEMPOTENT:
                 req.idempotent = False
         url = req.url
-        if (not req.other_fields and host_count == 1 and url[:1] == b"/"
+        if (not req.other_fields and host_count == 1 and url.startswith(b"/")
                 and parser.should_keep_alive()):
             # The common request: persistent without a Connection field, hence HTTP/1.1 (RFC 9112 §9.3),
             # one Host, origin-form, no body, nothing hop-by-hop. The head is the request line, Host, the
@@ -1459,8 +1460,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.body_to = None
         chunked_out = self.chunked_out
         self.headers_done = self.message_done = False
-        reusable = (not self.closed and not self.close_delimited and req.request_complete
-                    and self.upstream_keep_alive)
+        # (a close-delimited response ends with the connection: closed is set then)
+        reusable = not self.closed and req.request_complete and self.upstream_keep_alive
         if req.is_head:
             self.parser = HttpResponseParser(self)  # see on_headers_complete
         attempt = req.attempt
