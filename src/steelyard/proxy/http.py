@@ -1287,14 +1287,12 @@ class UpstreamConnection(asyncio.Protocol):
             self.head_buf = b""
         end = data.find(b"\r\n\r\n") + 2  # the end of the last field line
         self.headers_done = True
-        parser = self.parser
-        self.status = status = parser.get_status_code()
+        self.status = status = self.parser.get_status_code()
         # (a field line takes at least 4 bytes: the count is needed only for a long head)
         if end > self._max_head_end and data.count(_CRLF, 0, end) > self._max_headers + 1:
             raise _Reject(502, "too many response header fields")
-        runtime = req.runtime
-        assert runtime is not None
-        if status in runtime.plain_statuses and not req.is_head and data.startswith(b"HTTP/1.1 "):
+        if (status in req.runtime.plain_statuses  # type: ignore[union-attr]
+                and not req.is_head and data.startswith(b"HTTP/1.1 ")):
             # The common response: a final HTTP/1.1 one with a Content-Length body, to be forwarded as it
             # comes (plain_statuses: 2xx-5xx but 204, 304 and those retried, none when a header sets
             # weights), with no hop-by-hop field but a plain Connection. Its status line and end-to-end
@@ -1324,6 +1322,8 @@ class UpstreamConnection(asyncio.Protocol):
         if end < 2 or not data.startswith(b"HTTP/"):
             # The head did not start this exchange's bytes: stale bytes after an earlier response.
             raise _Reject(502, "response head not at the start of the response")
+        runtime = req.runtime
+        assert runtime is not None
         parts = self._parse_fields(data[data.find(_CRLF) + 2:end])
         parts[0] = _STATUS_LINES.get(status) or _status_line(status)
         content_length = self.content_length
@@ -1346,7 +1346,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         # llhttp's view of keep-alive now, for a message we end here (HEAD, 204, 304); on_message_complete
         # refreshes it otherwise.
-        self.upstream_keep_alive = parser.should_keep_alive()
+        self.upstream_keep_alive = self.parser.should_keep_alive()
         chunked = self.chunked_in
         if status < 200 and status != 101:
             self.data = data[end + 2:]  # the final response's head may follow in the same read
