@@ -41,15 +41,20 @@ _new_attempt = object.__new__
 class EndpointStats:
     """Counters of one endpoint inside one upstream; plain ints so an update costs an attribute write."""
 
-    __slots__ = ("requests", "in_flight", "failures", "by_class", "latency")
+    __slots__ = ("requests", "failures", "by_class", "latency")
 
     def __init__(self) -> None:
-        self.requests = 0
-        self.in_flight = 0
+        self.requests = 0  # picks not cancelled
         self.failures = 0
         self.latency = LatencyHistogram()  # pick to done(), per attempt: admin p50/p99 and /metrics
         # index = status // 100 (0 = no status: connect failure, reset, TCP connection)
         self.by_class = [0, 0, 0, 0, 0, 0]
+
+    @property
+    def in_flight(self) -> int:
+        """Picks without their outcome yet: every pick counts one request, every outcome one response
+        class, a cancel takes its request back (one counter fewer to keep per request)."""
+        return self.requests - sum(self.by_class)
 
     def as_dict(self) -> dict[str, object]:
         classes = {f"{i}xx": n for i, n in enumerate(self.by_class) if i and n}
@@ -91,7 +96,6 @@ class Attempt:
         runtime = self._runtime
         now = runtime.clock()
         latency = now - self._started
-        stats.in_flight -= 1
         histogram = stats.latency  # LatencyHistogram.observe(), inlined: this runs once per request
         histogram.counts[bisect_left(LATENCY_BUCKETS, latency)] += 1
         histogram.total += latency
@@ -114,7 +118,6 @@ class Attempt:
         if stats is None:
             return
         self._stats = None
-        stats.in_flight -= 1
         stats.requests -= 1
         self._runtime.requests -= 1
         if self._picked is not None:
@@ -261,7 +264,6 @@ class UpstreamRuntime:
             return self._attempt(picked, picked, now)
         endpoint, stats = known
         stats.requests += 1
-        stats.in_flight += 1
         self.requests += 1
         # Attempt(...) without running __init__ (a class call with a Python __init__ is one of the
         # dearest calls there is): the same slots, set here.
@@ -287,7 +289,6 @@ class UpstreamRuntime:
             stats = self.stats[endpoint_id] = EndpointStats()
         self._known[endpoint_id] = (endpoint, stats)
         stats.requests += 1
-        stats.in_flight += 1
         self.requests += 1
         return Attempt(self, endpoint, picked, now, stats, endpoint_id)
 
