@@ -76,6 +76,7 @@ import yaml
 from kmock._internal import rendering
 
 LOCALHOST = "127.0.0.1"
+LB_API = "steelyard.dev/v1alpha1"  # our resources' apiVersion
 
 # -- resources --------------------------------------------------------------------------------------------
 
@@ -1138,13 +1139,13 @@ def load_balancer(name: str, *, port: int, selector: Mapping[str, str] | None = 
         spec["policyRef"] = {"name": policy}
     if hosts:
         spec["hosts"] = list(hosts)
-    return {"apiVersion": "steelyard.dev/v1alpha1", "kind": "LoadBalancer",
+    return {"apiVersion": LB_API, "kind": "LoadBalancer",
             "metadata": {"name": name, "namespace": namespace}, "spec": spec}
 
 
 def balancer_policy(name: str, strategy: str = "RoundRobin", namespace: str = "default",
                     **extra: Any) -> dict[str, Any]:
-    return {"apiVersion": "steelyard.dev/v1alpha1", "kind": "BalancerPolicy",
+    return {"apiVersion": LB_API, "kind": "BalancerPolicy",
             "metadata": {"name": name, "namespace": namespace},
             "spec": {"strategy": {"type": strategy}, **extra}}
 

@@ -20,10 +20,10 @@ import pytest
 
 from e2e_support import BackendProcess, Process, backends, free_port, load, require, sequence
 from kube_support import (
+    LB_API,
     KubeApi,
     balancer_policy,
     endpoint_slice,
-    kube_api,
     load_balancer,
     pod,
     pod_ready_status,
@@ -32,15 +32,6 @@ from kube_support import (
 )
 
 pytestmark = pytest.mark.slow
-
-LB_API = "steelyard.dev/v1alpha1"
-
-
-@pytest.fixture
-def api() -> Iterator[KubeApi]:
-    with kube_api() as server:
-        yield server
-
 
 class KubeSteelyard(Process):
     """`steelyard run --kubernetes --server URL` with its own identity (POD_NAME)."""

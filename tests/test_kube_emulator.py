@@ -5,21 +5,13 @@ from __future__ import annotations
 
 import http.client
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from kube_support import KubeApi, api_path, balancer_policy, kube_api, load_balancer, pod
+from kube_support import LB_API, KubeApi, api_path, balancer_policy, kube_api, load_balancer, pod
 
-LB_API = "steelyard.dev/v1alpha1"
 POLICIES = api_path(LB_API, "BalancerPolicy", "default")
-
-
-@pytest.fixture
-def api() -> Iterator[KubeApi]:
-    with kube_api() as server:
-        yield server
 
 
 class Watch:

@@ -4,21 +4,15 @@ release, and the 409 that settles a race."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
-from kube_support import KubeApi, kube_api
+from kube_support import KubeApi
 from steelyard.kube.client import KubeClient
 from steelyard.kube.leader import LeaderElector
 
 LEASE = "coordination.k8s.io/v1"
-
-
-@pytest.fixture
-def api() -> Iterator[KubeApi]:
-    with kube_api() as server:
-        yield server
 
 
 @pytest.fixture

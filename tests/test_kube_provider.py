@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
 from kube_support import (
+    LB_API,
     KubeApi,
     balancer_policy,
     endpoint_slice,
-    kube_api,
     load_balancer,
     pod,
     pod_ready_status,
@@ -25,14 +25,6 @@ from steelyard.config.desired import DesiredState
 from steelyard.kube.client import BALANCER_POLICIES, ENDPOINT_SLICES, PODS, KubeClient, KubeError
 from steelyard.kube.informer import Backoff, Informer
 from steelyard.kube.provider import KubeOptions, KubeProvider
-
-LB_API = "steelyard.dev/v1alpha1"
-
-
-@pytest.fixture
-def api() -> Iterator[KubeApi]:
-    with kube_api() as server:
-        yield server
 
 
 @pytest.fixture
