@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from kube_support import KubeApi
+from kube_support import KubeApi, eventually
 from steelyard.kube.client import KubeClient
 from steelyard.kube.leader import LeaderElector
 
@@ -78,10 +78,7 @@ async def test_release_hands_over_at_once(api: KubeApi, clients: list[KubeClient
     b = elector(clients[1], "b", clock)
     task = asyncio.create_task(a.run())
     try:
-        for _ in range(100):
-            if a.is_leader:
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: a.is_leader, 2.0, "a to lead")
         assert a.is_leader and changes == [True]
         assert not await b.try_acquire_or_renew()
         await a.release()
@@ -111,19 +108,13 @@ async def test_the_leader_steps_down_when_it_cannot_renew(api: KubeApi, clients:
                       retry_period=0.05, renew_deadline=10)
     task = asyncio.create_task(a.run())
     try:
-        for _ in range(100):
-            if a.is_leader:
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: a.is_leader, 2.0, "a to lead")
         assert a.is_leader
         await asyncio.to_thread(api.go_away)
         await asyncio.sleep(0.2)
         assert a.is_leader  # within the renew deadline: still the leader
         clock.now += 11
-        for _ in range(100):
-            if not a.is_leader:
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: not a.is_leader, 2.0, "a to step down")
         assert not a.is_leader
     finally:
         task.cancel()

@@ -5,7 +5,6 @@ debounce a burst into one apply, and the leader's status writes."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -16,6 +15,7 @@ from kube_support import (
     KubeApi,
     balancer_policy,
     endpoint_slice,
+    eventually,
     load_balancer,
     pod,
     pod_ready_status,
@@ -32,16 +32,6 @@ async def client(api: KubeApi) -> AsyncIterator[KubeClient]:
     made = KubeClient.from_server(api.url)
     yield made
     await made.close()
-
-
-async def eventually(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def call(fn: Callable[..., Any], *args: Any) -> Any:
