@@ -34,11 +34,11 @@ from math import isqrt
 
 from steelyard.model import Strategy as StrategySpec
 from steelyard.strategies._common import id_hashes, key_hash, usable
-from steelyard.strategies.base import NO_CONTEXT, BalancingStrategy, Clock, Endpoint, PickContext, register
+from steelyard.strategies._keyed import KeyedStrategy
+from steelyard.strategies.base import Clock, Endpoint, register
 
 DEFAULT_TABLE_SIZE = 65537
 SLOTS_PER_ENDPOINT = 100
-MEMO_LIMIT = 1 << 14
 ENDGAME_FREE_SLOTS: int | None = None  # free slots left when the endgame starts; None: by size
 
 
@@ -153,18 +153,15 @@ def build_table(ids: Sequence[str], weights: Sequence[float], m: int) -> list[in
 
 
 @register
-class Maglev(BalancingStrategy):
+class Maglev(KeyedStrategy):
     name = "Maglev"
     shared_on_copy = frozenset({"_table", "_memo"})
 
     def __init__(self, spec: StrategySpec, clock: Clock = time.monotonic, rng: random.Random | None = None):
         super().__init__(spec, clock, rng)
-        self._endpoints: list[Endpoint] = []
         self._table: list[int] = []
         self._size = 0
         self._built_for: tuple[tuple[str, float], ...] = ()
-        self._next = 0  # round robin when a pick has no key
-        self._memo: dict[str, Endpoint] = {}  # as RingHash: key -> endpoint, new per endpoint set
 
     def set_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
         new = usable(endpoints)
@@ -180,23 +177,8 @@ class Maglev(BalancingStrategy):
         self._size = table_size(len(new))
         self._table = build_table([e.id for e in new], [e.weight for e in new], self._size)
 
-    def pick(self, context: PickContext = NO_CONTEXT) -> Endpoint | None:
-        endpoints = self._endpoints
-        if not endpoints:
-            return None
-        key = context.hash_key if context.hash_key is not None else context.client_ip
-        if key is None:
-            index = self._next % len(endpoints)
-            self._next = index + 1
-            return endpoints[index]
-        memo = self._memo
-        chosen = memo.get(key)
-        if chosen is None:
-            chosen = endpoints[self._table[key_hash(key) % self._size]]
-            if len(memo) >= MEMO_LIMIT:
-                memo.clear()
-            memo[key] = chosen
-        return chosen
+    def _lookup(self, key: str) -> Endpoint:
+        return self._endpoints[self._table[key_hash(key) % self._size]]
 
     def describe(self) -> dict[str, object]:
         return {"strategy": self.name, "endpoints": len(self._endpoints), "table_size": self._size}

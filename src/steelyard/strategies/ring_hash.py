@@ -28,31 +28,26 @@ from collections.abc import Sequence
 
 from steelyard.model import Strategy as StrategySpec
 from steelyard.strategies._common import id_hashes, key_hash, usable
-from steelyard.strategies.base import NO_CONTEXT, BalancingStrategy, Clock, Endpoint, PickContext, register
+from steelyard.strategies._keyed import KeyedStrategy
+from steelyard.strategies.base import Clock, Endpoint, register
 
 NODES_PER_ENDPOINT = 160
 MIN_RING = 1024
 MAX_RING = 1 << 17
-MEMO_LIMIT = 1 << 14
 POSITION_SHIFT = 11  # ring positions are the top 53 bits of a 64-bit hash
 
 
 @register
-class RingHash(BalancingStrategy):
+class RingHash(KeyedStrategy):
     name = "RingHash"
     shared_on_copy = frozenset({"_ring", "_memo"})
 
     def __init__(self, spec: StrategySpec, clock: Clock = time.monotonic, rng: random.Random | None = None):
         super().__init__(spec, clock, rng)
-        self._endpoints: list[Endpoint] = []
         # Sorted node positions; the low bits of each hold its endpoint's index, so the ring is one list
         # of numbers (fast to sort and to bisect) instead of pairs.
         self._ring: list[float] = []
         self._mask = 0
-        self._next = 0  # round robin when a pick has no key
-        # key -> endpoint for this ring: clients and sessions repeat, and a dict lookup costs a fraction
-        # of hashing and bisecting. A new dict per endpoint set; emptied when full (no LRU bookkeeping).
-        self._memo: dict[str, Endpoint] = {}
 
     def set_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
         new = usable(endpoints)
@@ -77,28 +72,10 @@ class RingHash(BalancingStrategy):
         self._ring = ring
         self._mask = (1 << bits) - 1
 
-    def key(self, context: PickContext) -> str | None:
-        return context.hash_key if context.hash_key is not None else context.client_ip
-
-    def pick(self, context: PickContext = NO_CONTEXT) -> Endpoint | None:
-        endpoints = self._endpoints
-        if not endpoints:
-            return None
-        key = self.key(context)
-        if key is None:
-            index = self._next % len(endpoints)
-            self._next = index + 1
-            return endpoints[index]
-        memo = self._memo
-        chosen = memo.get(key)
-        if chosen is None:
-            ring = self._ring
-            at = bisect_left(ring, float(key_hash(key) >> POSITION_SHIFT))
-            chosen = endpoints[int(ring[at if at < len(ring) else 0]) & self._mask]
-            if len(memo) >= MEMO_LIMIT:
-                memo.clear()
-            memo[key] = chosen
-        return chosen
+    def _lookup(self, key: str) -> Endpoint:
+        ring = self._ring
+        at = bisect_left(ring, float(key_hash(key) >> POSITION_SHIFT))
+        return self._endpoints[int(ring[at if at < len(ring) else 0]) & self._mask]
 
     def describe(self) -> dict[str, object]:
         return {"strategy": self.name, "endpoints": len(self._endpoints), "ring_nodes": len(self._ring)}
