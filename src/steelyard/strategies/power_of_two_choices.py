@@ -53,11 +53,10 @@ class PowerOfTwoChoices(BalancingStrategy):
         super().__init__(spec, clock, rng)
         self._choices = max(2, spec.choices)
         self._endpoints: list[Endpoint] = []
-        self._inverse: list[float] = []
+        self._weights: list[float] = []
         self._draws = TwoDraws()
         self._slots: list[int] = []  # the ticket table when weights allow (two draws, one random)
         self._size = 0
-        self._equal = True  # all weights equal: compare raw counts
         self._random = self.rng.random
         self._tracker = InFlight()
         self._counts: list[int] = []
@@ -65,8 +64,7 @@ class PowerOfTwoChoices(BalancingStrategy):
     def set_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
         self._endpoints = usable(endpoints)
         weights = [e.weight for e in self._endpoints]
-        self._inverse = [1.0 / w for w in weights]
-        self._equal = len(set(weights)) <= 1
+        self._weights = weights
         self._draws.set_weights(weights)
         self._slots, self._size = self._draws.slots, self._draws.size
         if self._choices != 2:
@@ -98,15 +96,14 @@ class PowerOfTwoChoices(BalancingStrategy):
             draws = self._draws
             first, second = draws.alias_pair(self._random)
         counts = self._counts
-        a = counts[first]
-        b = counts[second]
-        if self._equal:
-            best = second if b < a else first
-        else:  # per unit of weight; a tie goes to the heavier, then to the first drawn
-            inverse = self._inverse
-            sa = (a + 1) * inverse[first]
-            sb = (b + 1) * inverse[second]
-            best = second if sb < sa or (sb == sa and inverse[second] < inverse[first]) else first
+        weights = self._weights
+        wa = weights[first]
+        wb = weights[second]
+        # (in flight + 1) / weight, compared cross-multiplied (exact for integer weights); a tie goes to
+        # the heavier endpoint, then to the first drawn. Equal weights reduce it to the raw counts.
+        sa = (counts[first] + 1) * wb
+        sb = (counts[second] + 1) * wa
+        best = second if sb < sa or (sb == sa and wb > wa) else first
         counts[best] += 1
         return self._endpoints[best]
 
@@ -116,8 +113,8 @@ class PowerOfTwoChoices(BalancingStrategy):
         taken = [draw(cum, total, rand())]
         for _ in range(min(self._choices, n) - 1):
             taken.append(draw_excluding(cum, weights, total, sorted(taken), rand()))
-        counts, inverse = self._counts, self._inverse
-        return min(taken, key=lambda i: ((counts[i] + 1) * inverse[i], inverse[i]))  # earliest on a tie
+        counts, weights = self._counts, self._weights
+        return min(taken, key=lambda i: ((counts[i] + 1) / weights[i], -weights[i]))  # earliest on a tie
 
     def on_done(self, endpoint: Endpoint, latency: float, ok: bool) -> None:
         self._tracker.release(endpoint.id)
