@@ -102,6 +102,9 @@ def test_api_server_defaulting_matches_pydantic_defaults(kind: str) -> None:
     spec_model = model.model_fields["spec"].annotation
     assert isinstance(spec_model, type)
     assert spec_model.model_validate(filled) == spec_model.model_validate(minimal)
+    if kind == "LoadBalancer":  # defaults reach the items of arrays too
+        assert filled["ports"][0]["protocol"] == "HTTP"
+        assert filled["ports"][0]["address"] == "0.0.0.0"
     if kind == "BalancerPolicy":
         assert BalancerPolicySpec.model_validate(crds.apply_defaults(spec_schema, {})) == BalancerPolicySpec()
 

@@ -89,7 +89,10 @@ def _strip_nulls(value: Any) -> Any:
 
 
 def apply_defaults(schema: Mapping[str, Any], value: Any) -> Any:
-    """What the API server's defaulting makes of `value` under a rendered (structural) schema."""
+    """What the API server's defaulting makes of `value` under a rendered (structural) schema: objects'
+    missing properties get their defaults, top-down, and so do the items of arrays."""
+    if isinstance(value, list) and "items" in schema:
+        return [apply_defaults(schema["items"], item) for item in value]
     if not isinstance(value, dict) or "properties" not in schema:
         return value
     out = dict(value)
