@@ -1,0 +1,386 @@
+"""The HTTP proxy's result must not depend on how bytes are split into reads (property-based, in-process).
+
+`HttpProxyProtocol` and `UpstreamConnection` are driven directly with fake transports that only record
+what is written: no sockets, no event loop. A `World` plays the network: client reads (respecting
+pause_reading), upstream connects (deferred, like the real task), a backend that decodes what the proxy
+writes upstream and answers each complete request with scripted bytes, cut into reads as told, and
+connection_lost after close()/abort(). `World.run()` steps until nothing more can happen.
+
+Properties:
+1. request split invariance: pipelined valid requests fed in one read or cut anywhere give the same
+   requests upstream (heads byte for byte, decoded bodies) and the same bytes to the client;
+2. response split invariance: a response stream (interim 1xx, hop-by-hop fields, chunked, 204/304, HEAD,
+   many fields) cut anywhere gives the client the same responses as in one read, and the right ones;
+3. garbage never escapes: arbitrary or mutated bytes on either side never raise out of data_received;
+   the client gets the backend's answers in order then at most one 4xx/5xx with Connection: close
+   (and the connection closed), and only well-formed heads reach the upstream.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from proxy_support import make_state
+from steelyard.config.desired import BackendEndpoint
+from steelyard.proxy import ProxyConfig, ProxyServer, UpstreamRegistry
+from steelyard.proxy.http import HttpProxyProtocol, UpstreamConnection
+
+CLIENT_IP = "10.1.2.3"
+_SETTINGS = settings(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+
+# -- the simulated network ----------------------------------------------------------------------------------
+
+
+class FakeTransport:
+    """Records writes; close()/abort() schedule connection_lost (delivered by World.run)."""
+
+    def __init__(self, world: World, peer: tuple[str, int]):
+        self.world = world
+        self.peer = peer
+        self.data = bytearray()
+        self.paused = False
+        self.closed = False
+        self.aborted = False
+        self.lost = False
+        self.eof_written = False
+        self.protocol: HttpProxyProtocol | UpstreamConnection | None = None
+
+    def write(self, data: bytes) -> None:
+        if self.lost:  # uvloop raises on a closed handle
+            self.world.errors.append(f"write after connection_lost: {bytes(data)[:40]!r}")
+        elif self.closed:
+            self.world.errors.append(f"write after close: {bytes(data)[:40]!r}")
+        else:
+            self.data += data
+
+    def writelines(self, pieces: Sequence[bytes]) -> None:
+        for piece in pieces:
+            self.write(piece)
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self.peer if name == "peername" else default
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.world.to_lose.append(self)
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.close()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof_written = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+@dataclass
+class Upstream:
+    """One upstream connection and the backend's side of it."""
+
+    conn: UpstreamConnection
+    transport: FakeTransport
+    decoded: int = 0  # bytes of transport.data decoded into requests
+    requests: list[tuple[bytes, bytes]] = field(default_factory=list)  # (head, decoded body)
+    reads: deque[bytes | None] = field(default_factory=deque)  # to deliver; None: the backend closes
+    peer_closed: bool = False
+
+
+# The backend's answer to a request: (method, head, body, index of the request overall) -> reads (a None
+# read closes the connection).
+Responder = Callable[[bytes, bytes, bytes, int], list[bytes | None]]
+
+
+class World:
+    def __init__(self, responder: Responder, config: ProxyConfig | None = None):
+        self.responder = responder
+        self.errors: list[str] = []
+        self.to_lose: list[FakeTransport] = []
+        self.connects: deque[tuple[object, object, HttpProxyProtocol]] = deque()
+        self.upstreams: list[Upstream] = []
+        self.answered: list[bytes] = []  # the method of each request answered, in order
+        state = make_state([BackendEndpoint(host="192.0.2.10", port=8080)])
+        self.proxy = ProxyServer(config or ProxyConfig())
+        self.proxy.snapshot = UpstreamRegistry().apply(state)
+        self.proxy.open_upstream = self._open_upstream  # type: ignore[method-assign]
+        self.client: HttpProxyProtocol = self.proxy.protocol_factory(state.listeners[0])()  # type: ignore[assignment]
+        self.ct = FakeTransport(self, (CLIENT_IP, 40000))
+        self.ct.protocol = self.client
+        self.client.connection_made(self.ct)  # type: ignore[arg-type]
+        self.input: deque[bytes] = deque()
+        self.eof_sent = False
+
+    def _open_upstream(self, pool: object, timeout: float, req: object, client: HttpProxyProtocol) -> None:
+        self.connects.append((pool, req, client))  # completed by run(), as the connect task would be
+
+    def _step(self) -> bool:
+        """One event that the network has ready, upstream side first; False when there is none."""
+        if self.to_lose:
+            transport = self.to_lose.pop(0)
+            transport.lost = True
+            assert transport.protocol is not None
+            transport.protocol.connection_lost(None)
+            return True
+        if self.connects:
+            pool, req, client = self.connects.popleft()
+            conn = UpstreamConnection(self.proxy, pool)  # type: ignore[arg-type]
+            transport = FakeTransport(self, ("192.0.2.10", 8080))
+            transport.protocol = conn
+            conn.connection_made(transport)  # type: ignore[arg-type]
+            self.upstreams.append(Upstream(conn, transport))
+            pool.opened()  # type: ignore[attr-defined]
+            client.connected(req, conn, None, False)  # type: ignore[arg-type]
+            return True
+        for up in self.upstreams:
+            self._decode(up)
+            if up.reads and not up.transport.lost and not up.peer_closed and not up.transport.paused:
+                read = up.reads.popleft()
+                if read is None:
+                    up.peer_closed = True
+                    if not up.transport.closed:
+                        up.transport.closed = up.transport.lost = True
+                        up.conn.connection_lost(None)
+                else:
+                    up.conn.data_received(read)
+                return True
+        if self.input and not self.ct.paused and not self.ct.closed:
+            self.client.data_received(self.input.popleft())
+            return True
+        return False
+
+    def _decode(self, up: Upstream) -> None:
+        while True:
+            taken = take_message(bytes(up.transport.data[up.decoded:]), is_request=True)
+            if taken is None:
+                return
+            head, body, used = taken
+            up.decoded += used
+            up.requests.append((head, body))
+            method = head.split(b" ", 1)[0]
+            self.answered.append(method)
+            up.reads.extend(self.responder(method, head, body, len(self.answered) - 1))
+
+    def run(self, reads: Sequence[bytes] = (), *, eof: bool = False) -> World:
+        self.input.extend(reads)
+        for _ in range(100_000):
+            if self._step():
+                continue
+            if eof and not self.eof_sent and not self.input and not self.ct.closed:
+                self.eof_sent = True
+                if not self.client.eof_received():
+                    self.ct.close()
+                continue
+            return self
+        raise AssertionError("the simulation does not settle")
+
+    @property
+    def stuck(self) -> bool:
+        """Client bytes left unread while the proxy has nothing left to do: it would hang."""
+        return bool(self.input) and not self.ct.closed
+
+    def upstream_view(self) -> list[tuple[list[tuple[bytes, bytes]], bytes, bool]]:
+        """Per upstream connection: the requests decoded, the bytes after them, whether it was aborted."""
+        return [(up.requests, bytes(up.transport.data[up.decoded:]), up.transport.aborted)
+                for up in self.upstreams]
+
+
+# -- message framing (the test's own, simple decoder for the bytes the proxy writes) -----------------------
+
+_HEAD_END = b"\r\n\r\n"
+
+
+def _fields(head: bytes) -> list[tuple[bytes, bytes]]:
+    lines = head[:-4].split(b"\r\n")[1:]
+    return [(n.strip().lower(), v.strip()) for n, _, v in (line.partition(b":") for line in lines)]
+
+
+def take_message(buf: bytes, *, is_request: bool, no_body: bool = False,
+                 at_close: bool = False) -> tuple[bytes, bytes, int] | None:
+    """(head, decoded body, bytes used) of the complete message at the start of `buf`, else None."""
+    end = buf.find(_HEAD_END)
+    if end < 0:
+        return None
+    head = buf[:end + 4]
+    pos = end + 4
+    fields = dict(_fields(head))
+    status = 0 if is_request else int(head[9:12])
+    if no_body or status in (204, 304) or 100 <= status < 200:
+        return head, b"", pos
+    if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
+        body = bytearray()
+        while True:
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0:
+                return None
+            size = int(buf[pos:eol].split(b";")[0], 16)
+            pos = eol + 2
+            if size == 0:
+                while True:  # trailer section
+                    eol = buf.find(b"\r\n", pos)
+                    if eol < 0:
+                        return None
+                    line, pos = buf[pos:eol], eol + 2
+                    if not line:
+                        return head, bytes(body), pos
+            if len(buf) < pos + size + 2:
+                return None
+            body += buf[pos:pos + size]
+            pos += size + 2
+    if b"content-length" in fields:
+        n = int(fields[b"content-length"])
+        if len(buf) < pos + n:
+            return None
+        return head, buf[pos:pos + n], pos + n
+    if is_request:
+        return head, b"", pos
+    return (head, buf[pos:], len(buf)) if at_close else None
+
+
+def client_responses(world: World) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The responses the client got, heads as sent and bodies decoded, and the bytes left after them.
+    A response to HEAD has no body: backend responses answer world.answered in order."""
+    data = bytes(world.ct.data)
+    out: list[tuple[bytes, bytes]] = []
+    finals = 0
+    while data:
+        is_local = b"\r\nX-Backend:" not in data[:data.find(_HEAD_END) + 2] if _HEAD_END in data else False
+        method = world.answered[finals] if not is_local and finals < len(world.answered) else b""
+        taken = take_message(data, is_request=False, no_body=method == b"HEAD", at_close=world.ct.closed)
+        if taken is None and is_local and _HEAD_END in data:  # a local answer to HEAD: the head only
+            taken = take_message(data, is_request=False, no_body=True)
+            assert taken is not None
+        if taken is None:
+            break
+        head, body, used = taken
+        out.append((head, body))
+        if not head.startswith(b"HTTP/1.1 1"):
+            finals += 1
+        data = data[used:]
+    return out, data
+
+
+# -- generated requests ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Req:
+    method: bytes
+    target: bytes
+    fields: list[tuple[bytes, bytes]]
+    body: bytes = b""
+    chunks: list[bytes] | None = None  # chunked body
+    version: bytes = b"1.1"
+
+    @property
+    def closes(self) -> bool:
+        """The connection ends after this request's response."""
+        connection = dict(self.fields).get(b"Connection", b"").lower()
+        return connection == b"close" or (self.version == b"1.0" and b"keep-alive" not in connection)
+
+    def encode(self) -> bytes:
+        lines = [b"%s %s HTTP/%s\r\n" % (self.method, self.target, self.version)]
+        lines += [b"%s: %s\r\n" % nv for nv in self.fields]
+        if self.chunks is not None:
+            lines.append(b"\r\n")
+            for i, chunk in enumerate(self.chunks):
+                lines.append(b"%x%s\r\n%s\r\n" % (len(chunk), b";ext=1" if i % 2 else b"", chunk))
+            lines.append(b"0\r\nX-Trailer: t\r\n\r\n" if len(self.chunks) % 2 else b"0\r\n\r\n")
+        else:
+            lines += [b"\r\n", self.body]
+        return b"".join(lines)
+
+
+_token_values = st.sampled_from([b"v", b"a b", b"", b"x" * 40, b"\xe9t\xe9", b"1, 2", b" spaced \t"])
+_plain_fields = st.lists(st.tuples(
+    st.sampled_from([b"Accept", b"accept", b"User-Agent", b"X-A", b"X-A", b"Cookie", b"X-Forwarded-For",
+                     b"x-forwarded-for", b"X-Forwarded-Proto", b"Keep-Alive", b"TE", b"X-Secret",
+                     b"Proxy-Connection", b"X-Long-Field-Name-" + b"n" * 30]),
+    _token_values), max_size=6)
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> Req:
+    kind = draw(st.sampled_from(["GET", "HEAD", "POST", "CHUNKED", "DELETE"]))
+    host_name = draw(st.sampled_from([b"Host", b"host", b"HOST"]))
+    host = draw(st.sampled_from([b"example.com", b"Shop.Example:8080"]))
+    path = draw(st.sampled_from([b"/", b"/a/b?q=1&r=%20", b"/x" * 20]))
+    target = draw(st.sampled_from([path, b"http://abs.example:81" + path, b"http://abs.example" + path]))
+    fields = [(host_name, host), *draw(_plain_fields)]
+    connection = draw(st.sampled_from([None, b"keep-alive", b"Keep-Alive", b"keep-alive, X-Secret",
+                                       b"close"]))
+    version = draw(st.sampled_from([b"1.1", b"1.1", b"1.1", b"1.0"]))
+    if version == b"1.0" and connection is None:
+        connection = b"keep-alive"
+    if connection is not None:
+        fields.insert(draw(st.integers(0, len(fields))), (b"Connection", connection))
+    method = {"CHUNKED": b"POST"}.get(kind, kind.encode())
+    req = Req(method, target, fields, version=version)
+    if kind == "POST" or (kind == "DELETE" and draw(st.booleans())):
+        req.body = draw(st.binary(max_size=40))
+        name = draw(st.sampled_from([b"Content-Length", b"content-length"]))
+        fields.insert(draw(st.integers(0, len(fields))), (name, b"%d" % len(req.body)))
+    elif kind == "CHUNKED" and version == b"1.1":
+        req.chunks = draw(st.lists(st.binary(min_size=1, max_size=20), max_size=3))
+        fields.insert(draw(st.integers(0, len(fields))), (b"Transfer-Encoding", b"chunked"))
+    return req
+
+
+def _cuts(data: bytes, points: Sequence[int]) -> list[bytes]:
+    """`data` cut at the given offsets (taken modulo its length)."""
+    if not data:
+        return [data]
+    offsets = sorted({p % len(data) for p in points} - {0})
+    return [data[a:b] for a, b in zip([0, *offsets], [*offsets, len(data)], strict=True)]
+
+
+_cut_points = st.lists(st.integers(0, 10_000), max_size=8)
+
+
+def _echo_responder(method: bytes, head: bytes, body: bytes, index: int) -> list[bytes | None]:
+    """A keep-alive response naming what arrived (HEAD: the head only)."""
+    payload = b"#%d %s %d %d" % (index, head.split(b"\r\n", 1)[0], len(head), len(body))
+    response = (b"HTTP/1.1 200 OK\r\nX-Backend: b\r\nContent-Length: %d\r\n\r\n" % len(payload)
+                + (b"" if method == b"HEAD" else payload))
+    return [response]
+
+
+# -- 1. request split invariance --------------------------------------------------------------------------
+
+
+@settings(_SETTINGS, max_examples=250)
+@given(reqs=st.lists(requests(), min_size=1, max_size=4), points=_cut_points)
+def test_requests_cut_anywhere_reach_the_upstream_and_client_the_same(reqs: list[Req],
+                                                                        points: list[int]) -> None:
+    stream = b"".join(r.encode() for r in reqs)
+    whole = World(_echo_responder).run([stream])
+    cut = World(_echo_responder).run(_cuts(stream, points))
+    assert not whole.errors and not cut.errors
+    assert not whole.stuck and not cut.stuck
+    assert cut.upstream_view() == whole.upstream_view()
+    assert bytes(cut.ct.data) == bytes(whole.ct.data)
+    assert (cut.ct.closed, cut.ct.aborted) == (whole.ct.closed, whole.ct.aborted)
+    # and one read is right: every request answered until the first that closes the connection
+    expected = 0
+    for r in reqs:
+        expected += 1
+        if r.closes:
+            break
+    responses, rest = client_responses(whole)
+    assert len(whole.answered) == expected and rest == b""
+    assert [h.split(b"\r\n", 1)[0] for h, _ in responses] == [b"HTTP/1.1 200 OK"] * expected
