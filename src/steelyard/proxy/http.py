@@ -109,6 +109,8 @@ _PAUSE_UPSTREAM_FULL = 2  # the upstream connection's write buffer is above its 
 _PAUSE_CLOSING = 4  # no further request will be read
 
 _LAST_CHUNK = b"0\r\n\r\n"
+# A request line's bytes other than its target: method (llhttp's longest is 13), spaces, version, CRLF.
+_REQUEST_LINE_MAX = 32
 _JOIN_MAX = 64 * 1024  # output up to this size is joined into one buffer before writing
 # Connection field values (all of them, joined) that name no other field: nothing to remove.
 _PLAIN_CONNECTION = frozenset((None, b"keep-alive", b"Keep-Alive", b"close", b"Close"))
@@ -201,6 +203,7 @@ class HttpRequest:
     xff_field: bytes | None = None
     other_fields = 0  # interpreted or hop-by-hop fields other than Host
     other_bytes = 0
+    head_slack = 0  # bytes of other requests the head's size bound allows (see data_received)
 
     @property
     def host(self) -> str:
@@ -303,11 +306,16 @@ class HttpProxyProtocol(asyncio.Protocol):
         parsing = self.parsing
         if parsing is not None and not parsing.head:
             # The head is still incomplete: bound what httptools accumulates for us (it enforces no
-            # limit). A read in which an earlier request ended holds other bytes too: not counted.
+            # limit), to max_header_bytes + max_uri_bytes and the request line read.
             if self._completed != completed_before:
+                # An earlier request ended in this read, so how much of it is this head is unknown: all of
+                # it counts towards the exact check when the head completes (on_headers_complete), none
+                # of it towards this bound.
+                self._head_left = self._max_head - len(data)
+                parsing.head_slack = len(data)
                 return
             self._head_left -= len(data)
-            if self._head_left < -self.config.max_uri_bytes:  # max_header_bytes + max_uri_bytes read
+            if self._head_left < -self.config.max_uri_bytes - _REQUEST_LINE_MAX - parsing.head_slack:
                 self._parse_failed(_Reject(431, "request header section too large"))
 
     def eof_received(self) -> bool | None:
