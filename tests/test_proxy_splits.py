@@ -23,7 +23,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from hypothesis import HealthCheck, given, settings
+import httptools
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from proxy_support import make_state
@@ -452,8 +453,8 @@ _response_fields = st.lists(st.tuples(
 
 
 @st.composite
-def responses(draw: st.DrawFn) -> Resp:
-    head_request = draw(st.booleans())
+def responses(draw: st.DrawFn, head: bool = True) -> Resp:
+    head_request = head and draw(st.booleans())
     status = draw(st.sampled_from([200, 200, 201, 404, 500, 204, 304, 299]))
     fields = [(b"X-Backend", b" b"), *draw(_response_fields)]
     if draw(st.integers(0, 4)) == 0:  # many fields
@@ -536,6 +537,143 @@ def test_responses_cut_anywhere_reach_the_client_the_same(stream: list[Resp], po
     assert not cut.ct.closed  # the upstream closing is no reason to close the client
 
 
+# -- 3. garbage never escapes -------------------------------------------------------------------------------
+
+_HEAD_LINE = re.compile(rb"[A-Z]+ [!-~]+ HTTP/1\.1\r\n")
+
+
+@st.composite
+def mutated(draw: st.DrawFn, valid: bytes) -> bytes:
+    """`valid` with one byte replaced, deleted or inserted."""
+    pos = draw(st.integers(0, len(valid)))
+    byte = bytes([draw(st.sampled_from(b"\x00\r\n :;,\t\x7f\xff0123456789aAzZ-/H" + bytes(range(256))))])
+    how = draw(st.sampled_from(["replace", "delete", "insert"]))
+    if how == "insert" or pos == len(valid):
+        return valid[:pos] + byte + valid[pos:]
+    return valid[:pos] + (byte if how == "replace" else b"") + valid[pos + 1:]
+
+
+@st.composite
+def client_garbage(draw: st.DrawFn) -> bytes:
+    valid = b"".join(r.encode() for r in draw(st.lists(requests(), min_size=1, max_size=3)))
+    return draw(st.binary(min_size=1, max_size=300) | mutated(valid) | st.just(valid).map(
+        lambda v: v + draw(st.binary(min_size=1, max_size=40))))
+
+
+def _check_upstream_stream(data: bytes) -> None:
+    """What went upstream parses strictly (it may end anywhere) and every head starts with a method."""
+    heads: list[bytes] = []
+
+    class Sink:
+        def on_url(self, url: bytes) -> None: ...
+
+    parser = httptools.HttpRequestParser(Sink())
+    parser.feed_data(data)  # raises on anything malformed
+    pos = 0
+    while (taken := take_message(data[pos:], is_request=True)) is not None:
+        heads.append(taken[0])
+        pos += taken[2]
+    for head in heads:
+        assert _HEAD_LINE.match(head) and head.endswith(b"\r\n\r\n"), head
+
+
+@settings(_SETTINGS, max_examples=300)
+@given(data=client_garbage(), points=_cut_points, config=_configs)
+def test_client_garbage_never_escapes(data: bytes, points: list[int], config: ProxyConfig | None) -> None:
+    world = World(_echo_responder, config).run(_cuts(data, points), eof=True)
+    assert not world.errors
+    for up in world.upstreams:
+        _check_upstream_stream(bytes(up.transport.data))
+    got, rest = client_responses(world)
+    assert rest == b""
+    backend = [(h, b) for h, b in got if b"\r\nX-Backend: b\r\n" in h]
+    local = got[len(backend):]
+    assert got[:len(backend)] == backend  # the backend's answers first, then ours
+    assert len(backend) <= len(world.answered)
+    for i, (head, body) in enumerate(backend):  # each the answer to the request sent, in order
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert world.answered[i] == b"HEAD" or body.startswith(b"#%d " % i)
+    assert len(local) <= 1
+    event(f"client garbage: {len(backend)} forwarded, {len(local)} local")
+    if local:
+        head = local[0][0]
+        assert re.match(rb"HTTP/1\.1 [45]\d\d ", head) and head.endswith(b"\r\nConnection: close\r\n\r\n")
+        assert world.ct.closed
+
+
+def _reference(data: bytes) -> tuple[int, bytes] | None:
+    """(status, body) of the final response in `data` as llhttp reads it alone, when it is one complete,
+    valid response and nothing follows; else None."""
+    result: dict[str, object] = {}
+    body = bytearray()
+
+    class Sink:
+        def on_body(self, piece: bytes) -> None:
+            body.extend(piece)
+
+        def on_message_complete(self) -> None:
+            status = parser.get_status_code()
+            if status >= 200:
+                result["final"] = (status, bytes(body))
+                result["messages"] = int(result.get("messages", 0)) + 1  # type: ignore[call-overload]
+            body.clear()
+
+    parser = httptools.HttpResponseParser(Sink())
+    try:
+        parser.feed_data(data)
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+        return None
+    if result.get("messages") != 1 or not data.endswith(_HEAD_END + bytes(result["final"][1])):  # type: ignore[index]
+        return None  # incomplete, several, or something after it
+    return result["final"]  # type: ignore[return-value]
+
+
+@st.composite
+def upstream_garbage(draw: st.DrawFn) -> bytes:
+    valid = draw(responses(head=False)).encode()
+    return draw(st.binary(min_size=1, max_size=200) | mutated(valid) | st.just(valid))
+
+
+_NEXT = b"HTTP/1.1 200 OK\r\nX-Backend: b\r\nContent-Length: 4\r\n\r\nnext"
+
+
+@settings(_SETTINGS, max_examples=300)
+@given(data=upstream_garbage(), points=_cut_points, close=st.booleans())
+def test_upstream_garbage_never_escapes(data: bytes, points: list[int], close: bool) -> None:
+    def respond(method: bytes, head: bytes, body: bytes, index: int) -> list[bytes | None]:
+        if index == 0:
+            return [*_cuts(data, points), *([None] if close else [])]
+        return [_NEXT]
+
+    world = World(respond).run([b"GET /0 HTTP/1.1\r\nHost: example.com\r\n\r\n"])
+    assert not world.errors
+    got, rest = client_responses(world)
+    finals = [(h, b) for h, b in got if not h.startswith(b"HTTP/1.1 1")]
+    assert len(finals) <= 1
+    if not finals:  # nothing complete: the response is still awaited, or the connection was cut
+        event("upstream garbage: no response" + (" (cut)" if world.ct.aborted else ""))
+        assert world.client.current is not None or world.ct.aborted
+        return
+    head, body = finals[0]
+    status = int(head[9:12])
+    ours = body.startswith(b"steelyard: ")
+    event(f"upstream garbage: {'local' if ours else 'backend'} {status}")
+    assert 100 <= status <= 599
+    if ours:  # nothing of the response had been sent
+        assert status == 502 and got == finals and rest == b""
+    expected = _reference(data)
+    if expected is not None and expected[0] != 101:
+        assert (status, body) == expected
+    if world.ct.closed or world.client.current is not None:
+        return
+    # The client connection is still good: the next request gets the next response, nothing stale.
+    assert rest == b""
+    before = len(world.ct.data)
+    event("upstream garbage: next request")
+    world.run([b"GET /1 HTTP/1.1\r\nHost: example.com\r\n\r\n"])
+    assert bytes(world.ct.data[before:]) == _NEXT and not world.errors
+
+
 # -- regressions found by the properties above ---------------------------------------------------------------
 
 
@@ -568,3 +706,14 @@ def test_the_size_bound_on_an_incomplete_head_leaves_room_for_the_request_line()
     for reads in ([request], [request[:49], request[49:]], [request[:56], request[56:]]):
         world = World(_ok_responder, config).run(reads)
         assert _statuses(world) == [b"HTTP/1.1 200 OK"] and len(world.answered) == 1
+
+
+def test_a_status_code_outside_100_to_599_is_a_502() -> None:
+    # Found by property 3: llhttp reads any three digits as a status; "HTTP/1.0 000" went to the client
+    # as "HTTP/1.1 0 " (RFC 9110 §15: values outside 100..599 are invalid).
+    for response in (b"HTTP/1.0 000\r\n!:\r\n\r\n", b"HTTP/1.1 099 X\r\nContent-Length: 2\r\n\r\nok",
+                     b"HTTP/1.1 600 X\r\nContent-Length: 2\r\n\r\nok", b"HTTP/1.1 999 X\r\n\r\n"):
+        world = World(lambda method, head, body, index, r=response: [r]).run(  # type: ignore[misc]
+            [b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"])
+        assert _statuses(world) == [b"HTTP/1.1 502 Bad Gateway"], response
+        assert b"invalid status code" in bytes(world.ct.data)

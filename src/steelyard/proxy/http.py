@@ -1330,6 +1330,8 @@ class UpstreamConnection(asyncio.Protocol):
         if end < 2 or not data.startswith(b"HTTP/"):
             # The head did not start this exchange's bytes: stale bytes after an earlier response.
             raise _Reject(502, "response head not at the start of the response")
+        if not 100 <= status <= 599:  # llhttp reads any three digits (RFC 9110 §15: 100..599)
+            raise _Reject(502, f"invalid status code {status:03d}")
         runtime = req.runtime
         assert runtime is not None
         parts = self._parse_fields(data[data.find(_CRLF) + 2:end])
