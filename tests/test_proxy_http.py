@@ -169,6 +169,24 @@ async def test_request_head_is_regenerated_with_forwarding_fields() -> None:
     await a.close()
 
 
+async def test_pipelined_local_answer_after_a_proxied_one_keeps_the_order() -> None:
+    """A proxied response waits for the end of the loop's pass (ProxyServer.flush_later); a local answer
+    to the next pipelined request, written at once, must still come after it."""
+    (web,) = await start_backends("web")
+    async with Harness(make_state([web], hosts=("shop.example",))) as h:
+        client = await h.connect()
+        await client.send(b"GET /a HTTP/1.1\r\nHost: shop.example\r\n\r\n"
+                          b"GET /b HTTP/1.1\r\nHost: nowhere.example\r\n\r\n"
+                          b"GET /c HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+        r1, r2, r3 = await client.responses(3)
+        assert (r1.status, r1.text) == (200, "web")
+        assert r2.status == 404 and "nowhere.example" in r2.text
+        assert (r3.status, r3.text) == (200, "web")
+        assert web.requests == [("GET", "/a"), ("GET", "/c")]
+        client.close()
+    await web.close()
+
+
 async def test_routing_by_host_and_longest_segment_prefix() -> None:
     from steelyard.config.desired import Route, Upstream
 

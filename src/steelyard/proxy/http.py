@@ -336,6 +336,7 @@ class HttpProxyProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.closing = True
+        self.out.clear()  # nothing can be written any more (a flush left for the end of the pass included)
         server = self.server
         server.http_connections.discard(self)
         tunnel = self.tunnel
@@ -654,7 +655,13 @@ class HttpProxyProtocol(asyncio.Protocol):
         conn.client = self
         conn.req = req
         conn.head_bytes = 0
-        conn.transport.write(req.head)  # type: ignore[union-attr]
+        if req.body_kind == _BODY_NONE:
+            # Nothing else goes to this connection before its response: sent with the other output at the
+            # end of this pass of the loop (see ProxyServer.flush_later).
+            conn.unsent = req.head
+            server.flush_later(conn)
+        else:
+            conn.transport.write(req.head)  # type: ignore[union-attr]
         req.head_sent = True
         if self.paused or self.write_paused:  # rarely
             if self.paused & _PAUSE_BUFFERING and not self.queue:
@@ -898,13 +905,17 @@ class HttpProxyProtocol(asyncio.Protocol):
 
     def flush(self) -> None:
         out = self.out
-        if out and self.transport is not None:
-            if len(out) == 1:
-                self.transport.write(out[0])
+        transport = self.transport
+        if out and transport is not None:
+            n = len(out)
+            if n == 2:  # a response head and its body
+                transport.write(out[0] + out[1])
+            elif n == 1:
+                transport.write(out[0])
             elif sum(map(len, out)) <= _JOIN_MAX:
-                self.transport.write(b"".join(out))  # one buffer: uvloop's plain write() path
+                transport.write(b"".join(out))  # one buffer: uvloop's plain write() path
             else:
-                self.transport.writelines(out)  # large bodies: no copy
+                transport.writelines(out)  # large bodies: no copy
             out.clear()
 
     def _close(self) -> None:
@@ -1067,7 +1078,7 @@ class UpstreamConnection(asyncio.Protocol):
         "close_delimited", "closed", "config", "connection", "content_length", "data", "discard", "eof_in",
         "head_buf", "head_bytes", "headers_done", "headers_out", "idle_since", "interim", "keep_client",
         "last_read", "message_done", "parser", "pool", "read_paused", "req", "server", "status",
-        "transport", "tunnel", "upgrade", "upstream_keep_alive", "weight_hint")
+        "transport", "tunnel", "unsent", "upgrade", "upstream_keep_alive", "weight_hint")
 
     def __init__(self, server: ProxyServer, pool: EndpointPool):
         self.server = server
@@ -1083,6 +1094,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.tunnel = False
         self.eof_in = False
         self.head_bytes = 0
+        self.unsent = b""  # a request head waiting for the end of this pass of the loop (see flush)
         self.last_read = 0.0
         self.status = 0
         self.discard = False
@@ -1122,6 +1134,13 @@ class UpstreamConnection(asyncio.Protocol):
             self.closed = True
             if self.transport is not None:
                 self.transport.close()
+
+    def flush(self) -> None:
+        """Send the request head left for the end of this pass of the loop (ProxyServer.flush_later)."""
+        data = self.unsent
+        self.unsent = b""
+        if data and not self.closed:
+            self.transport.write(data)  # type: ignore[union-attr]  # (set before any head is sent)
 
     def abandon(self) -> None:
         """The client side gave up on the exchange: this connection cannot be reused."""
@@ -1181,7 +1200,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._finish()  # flushes
             return
         if client.out:
-            client.flush()
+            self.server.flush_later(client)
         if not self.headers_done and self.client is not None:
             # A head still incomplete: keep its bytes for the next read, and bound what is kept (llhttp
             # enforces no limit either).
@@ -1487,22 +1506,17 @@ class UpstreamConnection(asyncio.Protocol):
                 client.upstream_failed(req, 502, f"endpoint {req.tried[-1]} answered {status}",
                                        retriable=False)
             return
-        out = client.out
         if chunked_out:
             self.chunked_out = False
-            out.append(_LAST_CHUNK)
-        if len(out) == 2 and client.transport is not None:  # head and body: flush(), inlined
-            client.transport.write(out[0] + out[1])
-            out.clear()
-        else:
-            client.flush()
+            client.out.append(_LAST_CHUNK)
+        server = self.server
+        server.flush_later(client)  # (a client closed below is flushed at once by _close)
         status_class = STATUS_CLASSES[status]  # llhttp: 0-999
         if attempt is not None:
             hint = self.weight_hint
             if hint is not None:
                 self.weight_hint = None
             attempt.report(status < 500, status_class, hint)
-        server = self.server
         server.stats.responses_by_class[status_class] += 1
         if req.logged_at:
             client.log_access(req, status)

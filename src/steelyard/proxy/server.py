@@ -83,6 +83,7 @@ class ProxyServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweep: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._unflushed: list[HttpProxyProtocol | UpstreamConnection] = []
 
     # -- configuration -----------------------------------------------------------------------------------
 
@@ -149,6 +150,37 @@ class ProxyServer:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+    # -- output ---------------------------------------------------------------------------------------------
+
+    def flush_later(self, writer: HttpProxyProtocol | UpstreamConnection) -> None:
+        """Write `writer`'s output at the end of this pass of the event loop, with every other connection's.
+
+        Why: a write over loopback wakes its reader (wrk, a backend) when that sleeps, and waking a task on
+        the other core is among the dearest things a proxy does on this machine. The loop hands over the
+        reads of many sockets in one pass; answering each as soon as it is ready wakes a peer that has gone
+        back to sleep before the next answer, where writing them together after the pass wakes it once.
+        Measured: fewer CPU-µs per request and more req/s (docs/benchmarks.md). Order on a connection holds:
+        the output waits in the connection's own buffer, and any earlier `flush()` writes it in turn.
+        Without a loop (tests driving the protocols by hand) it writes at once.
+        """
+        unflushed = self._unflushed
+        if not unflushed:
+            loop = self._loop
+            if loop is None:
+                writer.flush()
+                return
+            loop.call_soon(self._flush_unflushed)
+        unflushed.append(writer)
+
+    def _flush_unflushed(self) -> None:
+        writers = self._unflushed
+        self._unflushed = []
+        for writer in writers:
+            try:
+                writer.flush()  # (a closed connection has nothing left to write, or skips it)
+            except Exception:  # one connection's failure must not keep the others' answers
+                log.exception("flushing a connection failed")
 
     # -- timeouts -------------------------------------------------------------------------------------------
 
