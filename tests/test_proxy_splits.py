@@ -388,7 +388,14 @@ def test_requests_cut_anywhere_reach_the_upstream_and_client_the_same(
     cut = World(_echo_responder, config).run(_cuts(stream, points))
     assert not whole.errors and not cut.errors
     assert not whole.stuck and not cut.stuck
-    assert cut.upstream_view() == whole.upstream_view()
+    if config is not None and config.max_body_bytes is not None and any(
+            r.chunks and sum(map(len, r.chunks)) > config.max_body_bytes for r in reqs):
+        # A chunked body crosses the limit after its head was forwarded, or before, if the request still
+        # waited its turn: that head and the aborted connection may differ, never a complete request.
+        assert [q for up in cut.upstream_view() for q in up[0]] == [q for up in whole.upstream_view()
+                                                                  for q in up[0]]
+    else:
+        assert cut.upstream_view() == whole.upstream_view()
     # (a request over two limits may be refused for either: the status must be the same, not the text)
     assert _without_reasons(cut.ct.data) == _without_reasons(whole.ct.data)
     assert (cut.ct.closed, cut.ct.aborted) == (whole.ct.closed, whole.ct.aborted)
