@@ -109,6 +109,13 @@ async def test_http10_without_host_is_accepted() -> None:
         r = await client.response()
         assert (r.status, r.body) == (200, b"a")
         assert await client.closed()  # HTTP/1.0 without keep-alive
+        # Forwarded as HTTP/1.1, which must carry Host (nginx answers 400 without one): the endpoint's.
+        client = await h.connect()
+        await client.send(b"GET /headers HTTP/1.0\r\n\r\n")
+        r = await client.response()
+        head = r.body.decode()
+        assert head.startswith(f"GET /headers HTTP/1.1\r\nHost: 127.0.0.1:{a.endpoint.port}\r\n"), head
+        assert head.count("Host:") == 1 and "X-Forwarded-Host" not in head
     await a.close()
 
 

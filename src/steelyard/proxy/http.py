@@ -184,6 +184,7 @@ class HttpRequest:
     cancelled = False
     next_attempt: Attempt | None = None
     tunnel_data = b""
+    needs_host = False  # an HTTP/1.0 request without Host: sent with the endpoint's authority (see _send)
     logged_at = 0.0  # set (monotonic start time) only for requests the access log samples
     bytes_out = 0  # response body bytes, counted only for those
     # Set per request only when used: body bytes waiting for the upstream connection (a list once
@@ -531,7 +532,8 @@ class HttpProxyProtocol(asyncio.Protocol):
             else:
                 parts += (b"X-Forwarded-For: ", xff, b", ", self._client_ip_bytes,
                           b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ", host, _CRLF)
-        else:
+        else:  # HTTP/1.0 without Host: forwarded as HTTP/1.1, which needs one (added by _send)
+            req.needs_host = True
             parts = [method, b" ", url, b" HTTP/1.1\r\n", *kept]
             if xff is None:
                 parts.append(self._forwarded)
@@ -648,7 +650,7 @@ class HttpProxyProtocol(asyncio.Protocol):
             if conn is None:
                 server.open_upstream(pool, runtime.connect_timeout, req, self)
                 return
-        if req.pending:
+        if req.pending or req.needs_host:
             self._send(req, conn)
             return
         req.conn = conn
@@ -734,13 +736,21 @@ class HttpProxyProtocol(asyncio.Protocol):
         conn.head_bytes = 0
         transport = conn.transport
         assert transport is not None
+        head = req.head
+        if req.needs_host:
+            # RFC 9112 §3.2: an HTTP/1.1 request carries Host; this one goes to the endpoint, so its
+            # authority (what nginx's proxy_pass sends by default). The head ends its request line first.
+            pool = conn.pool
+            authority = (f"[{pool.host}]" if ":" in pool.host else pool.host) + f":{pool.port}"
+            line_end = head.index(_CRLF) + 2
+            head = b"%bHost: %b\r\n%b" % (head[:line_end], authority.encode("latin-1"), head[line_end:])
         pending = req.pending
         if pending:
             req.pending = ()
-            transport.writelines([req.head, *pending])
+            transport.writelines([head, *pending])
             req.body_sent = req.body_kind != _BODY_NONE
         else:
-            transport.write(req.head)
+            transport.write(head)
         req.head_sent = True
         if self.paused & _PAUSE_BUFFERING and not self.queue:
             self._resume(_PAUSE_BUFFERING)
