@@ -4,7 +4,9 @@
 what is written: no sockets, no event loop. A `World` plays the network: client reads (respecting
 pause_reading), upstream connects (deferred, like the real task), a backend that decodes what the proxy
 writes upstream and answers each complete request with scripted bytes, cut into reads as told, and
-connection_lost after close()/abort(). `World.run()` steps until nothing more can happen.
+connection_lost after close()/abort(). `World.run()` steps until nothing more can happen. With
+`per_pass`, a stand-in loop ends a pass every N events, which is when output the proxy left for the end
+of the pass (`ProxyServer.flush_later`) is written: the cut runs draw 0 (at once), 1 or 3.
 
 Properties:
 1. request split invariance: pipelined valid requests fed in one read or cut anywhere give the same
@@ -109,9 +111,23 @@ class Upstream:
 Responder = Callable[[bytes, bytes, bytes, int], list[bytes | None]]
 
 
+class _Pass:
+    """The event loop as `ProxyServer.flush_later` sees it: what is scheduled runs at the end of a pass."""
+
+    def __init__(self) -> None:
+        self.ready: list[Callable[[], object]] = []
+
+    def call_soon(self, callback: Callable[[], object]) -> None:
+        self.ready.append(callback)
+
+
 class World:
-    def __init__(self, responder: Responder, config: ProxyConfig | None = None):
+    def __init__(self, responder: Responder, config: ProxyConfig | None = None, per_pass: int = 0):
+        """`per_pass`: 0, the proxy writes at once (no loop); N, a loop pass ends after N network events
+        (or when nothing else is ready), and output left for the end of the pass is written then."""
         self.responder = responder
+        self.per_pass = per_pass
+        self.events = 0
         self.errors: list[str] = []
         self.to_lose: list[FakeTransport] = []
         self.connects: deque[tuple[object, object, HttpProxyProtocol]] = deque()
@@ -121,6 +137,9 @@ class World:
         self.proxy = ProxyServer(config or ProxyConfig())
         self.proxy.snapshot = UpstreamRegistry().apply(state)
         self.proxy.open_upstream = self._open_upstream  # type: ignore[method-assign]
+        self.loop = _Pass()
+        if per_pass:
+            self.proxy._loop = self.loop  # type: ignore[assignment]
         self.client: HttpProxyProtocol = self.proxy.protocol_factory(state.listeners[0])()  # type: ignore[assignment]
         self.ct = FakeTransport(self, (CLIENT_IP, 40000))
         self.ct.protocol = self.client
@@ -166,6 +185,12 @@ class World:
             return True
         return False
 
+    def _end_pass(self) -> bool:
+        ready, self.loop.ready = self.loop.ready, []
+        for callback in ready:
+            callback()
+        return bool(ready)
+
     def _decode(self, up: Upstream) -> None:
         while True:
             taken = take_message(bytes(up.transport.data[up.decoded:]), is_request=True)
@@ -182,6 +207,11 @@ class World:
         self.input.extend(reads)
         for _ in range(100_000):
             if self._step():
+                self.events += 1
+                if self.per_pass and self.events % self.per_pass == 0:
+                    self._end_pass()
+                continue
+            if self._end_pass():
                 continue
             if eof and not self.eof_sent and not self.input and not self.ct.closed:
                 self.eof_sent = True
@@ -353,6 +383,8 @@ def _cuts(data: bytes, points: Sequence[int]) -> list[bytes]:
 
 # A few cuts anywhere, or one read per byte.
 _cut_points = st.lists(st.integers(0, 10_000), max_size=8) | st.just(range(1, 10_000))
+# Writes at once (0), or left for the end of a loop pass of 1 or 3 network events (ProxyServer.flush_later).
+_per_pass = st.sampled_from([0, 1, 3])
 # The default limits, or small ones that requests straddle (431, 414, 413).
 _configs = st.none() | st.builds(
     ProxyConfig, max_header_bytes=st.integers(40, 400), max_uri_bytes=st.integers(8, 120),
@@ -380,12 +412,13 @@ def _echo_responder(method: bytes, head: bytes, body: bytes, index: int) -> list
 
 
 @settings(_SETTINGS, max_examples=250)
-@given(reqs=st.lists(requests(), min_size=1, max_size=4), points=_cut_points, config=_configs)
+@given(reqs=st.lists(requests(), min_size=1, max_size=4), points=_cut_points, config=_configs,
+       per_pass=_per_pass)
 def test_requests_cut_anywhere_reach_the_upstream_and_client_the_same(
-        reqs: list[Req], points: list[int], config: ProxyConfig | None) -> None:
+        reqs: list[Req], points: list[int], config: ProxyConfig | None, per_pass: int) -> None:
     stream = b"".join(r.encode() for r in reqs)
     whole = World(_echo_responder, config).run([stream])
-    cut = World(_echo_responder, config).run(_cuts(stream, points))
+    cut = World(_echo_responder, config, per_pass).run(_cuts(stream, points))
     assert not whole.errors and not cut.errors
     assert not whole.stuck and not cut.stuck
     if config is not None and config.max_body_bytes is not None and any(
@@ -518,11 +551,12 @@ def _requests_for(stream: list[Resp]) -> bytes:
 
 
 @settings(_SETTINGS, max_examples=300)
-@given(stream=response_streams(), points=_cut_points)
-def test_responses_cut_anywhere_reach_the_client_the_same(stream: list[Resp], points: list[int]) -> None:
+@given(stream=response_streams(), points=_cut_points, per_pass=_per_pass)
+def test_responses_cut_anywhere_reach_the_client_the_same(stream: list[Resp], points: list[int],
+                                                          per_pass: int) -> None:
     requests_bytes = _requests_for(stream)
     whole = World(_scripted(stream, [])).run([requests_bytes])
-    cut = World(_scripted(stream, points)).run([requests_bytes])
+    cut = World(_scripted(stream, points), per_pass=per_pass).run([requests_bytes])
     assert not whole.errors and not cut.errors
     got, rest = client_responses(cut)
     assert (got, rest) == client_responses(whole)
@@ -585,9 +619,10 @@ def _check_upstream_stream(data: bytes) -> None:
 
 
 @settings(_SETTINGS, max_examples=300)
-@given(data=client_garbage(), points=_cut_points, config=_configs)
-def test_client_garbage_never_escapes(data: bytes, points: list[int], config: ProxyConfig | None) -> None:
-    world = World(_echo_responder, config).run(_cuts(data, points), eof=True)
+@given(data=client_garbage(), points=_cut_points, config=_configs, per_pass=_per_pass)
+def test_client_garbage_never_escapes(data: bytes, points: list[int], config: ProxyConfig | None,
+                                      per_pass: int) -> None:
+    world = World(_echo_responder, config, per_pass).run(_cuts(data, points), eof=True)
     assert not world.errors
     for up in world.upstreams:
         _check_upstream_stream(bytes(up.transport.data))
