@@ -1,0 +1,69 @@
+"""The NumPy Maglev build gives exactly the pure-Python reference's table, slot for slot."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from steelyard.strategies import maglev
+
+
+def same(ids: list[str], weights: list[float], m: int) -> None:
+    fast = maglev.build_table_numpy(ids, weights, m).tolist()
+    assert fast == maglev.build_table_reference(ids, weights, m)
+
+
+endpoint_ids = st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=40, unique=True)
+integer_weights = st.integers(1, 1000).map(float)
+float_weights = st.floats(0.01, 10.0, allow_nan=False)  # e.g. slow start ramps
+
+
+@settings(max_examples=150, deadline=None)
+@given(ids=endpoint_ids, m=st.sampled_from([7, 13, 101, 1009]), data=st.data())
+def test_the_same_table_as_the_reference(ids: list[str], m: int, data: st.DataObject) -> None:
+    kind = data.draw(st.sampled_from(["equal", "integers", "floats", "few"]))
+    if kind == "equal":
+        weights = [1.0] * len(ids)
+    elif kind == "integers":
+        weights = data.draw(st.lists(integer_weights, min_size=len(ids), max_size=len(ids)))
+    elif kind == "floats":
+        weights = data.draw(st.lists(float_weights, min_size=len(ids), max_size=len(ids)))
+    else:  # a few distinct values, so several endpoints share each
+        weights = data.draw(st.lists(st.sampled_from([0.1, 1 / 3, 1.0, 2.5, 7.0]), min_size=len(ids),
+                                     max_size=len(ids)))
+    same(ids, weights, m)
+
+
+def addresses(n: int) -> list[str]:
+    return [f"10.{i // 65536}.{i // 256 % 256}.{i % 256}:8080" for i in range(n)]
+
+
+@pytest.mark.parametrize(("n", "weights"), [
+    (3, [5.0, 1.0, 1.0]),
+    (3, [1.0, 1.0, 1.0]),
+    (100, [float(1 + i % 5) for i in range(100)]),
+    (100, [1.0 + (i % 97) / 97 for i in range(100)]),  # 97 distinct float weights
+    (100, [1000.0] + [1.0] * 99),  # skewed: rounds with few turns
+])
+def test_the_same_table_at_the_default_size(n: int, weights: list[float]) -> None:
+    same(addresses(n), weights, 65537)
+
+
+def test_many_distinct_shares_take_the_lockstep_path() -> None:
+    n = maglev.LOCKSTEP_SHARES * 3
+    same(addresses(n), [1.0 + i / n for i in range(n)], 10007)
+
+
+def test_the_same_table_with_2000_endpoints() -> None:
+    """The size from which build_table hands over to NumPy (the reference needs seconds at 10,000)."""
+    m = maglev.table_size(2000)
+    assert m == 200_003 and maglev.NUMPY_MIN_ENDPOINTS <= 2000
+    ids, weights = addresses(2000), [float(1 + i % 5) for i in range(2000)]
+    assert maglev.build_table(ids, weights, m) == maglev.build_table_reference(ids, weights, m)
+
+
+def test_the_same_table_with_skewed_weights_at_1000_endpoints() -> None:
+    """One heavy endpoint among many light ones: most rounds have a turn or two (the reference walks every
+    endpoint every round, so its cost grows with the skew; 1,000 endpoints keep it about a second)."""
+    same(addresses(1000), [100.0] + [1.0] * 999, maglev.table_size(1000))
