@@ -85,8 +85,10 @@ def build_table(ids: Sequence[str], weights: Sequence[float], m: int) -> list[in
     (`build_table_reference`) below, where it is the faster one.
     """
     if len(ids) >= NUMPY_MIN_ENDPOINTS:
-        table: list[int] = build_table_numpy(ids, weights, m).tolist()
-        return table
+        # One int object per endpoint, as in the reference's table: a million distinct ints from
+        # tolist() alone would make each pick a cache miss slower (measured ~90 vs ~55 ns per index).
+        shared = list(range(len(ids)))
+        return list(map(shared.__getitem__, build_table_numpy(ids, weights, m).tolist()))
     return build_table_reference(ids, weights, m)
 
 
