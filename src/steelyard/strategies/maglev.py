@@ -21,7 +21,7 @@ loop, mostly spent finding the last free slots. Below 2,000 endpoints (M < 200,0
 Python (`build_table_reference`) until few slots are left, then each endpoint's remaining claims come from
 sorting its positions of the free slots (same result, far fewer steps): 65,537 slots take a few tens of
 ms. From 2,000 endpoints on, `build_table_numpy` computes the same table, slot for slot, in NumPy (the
-method is described above it): about 4x faster at 2,000 endpoints and 5-7x at 10,000 (M = 1,000,003),
+method is described above it): about 4x faster at 2,000 endpoints and 6-8x at 10,000 (M = 1,000,003),
 where it still takes about 0.5-1 s, over the 100 ms target (see docs/benchmarks.md). The table is a list
 (a pick indexes it in ~100 ns), built once per endpoint set and shared by `explain`'s copy.
 """
