@@ -1,7 +1,7 @@
 """`python -m bench` (what `make bench` runs): the strategy benchmark, then the proxy benchmark.
 
-Minimal runner written by the proxy-benchmark helper; the strategies helper may replace it. Arguments
-are passed to the proxy benchmark (`python -m bench --quick`).
+Each rewrites its own section of docs/benchmarks.md. Arguments go to the proxy benchmark
+(`python -m bench --quick`).
 """
 
 from __future__ import annotations
