@@ -55,10 +55,13 @@ class PeakEWMA(BalancingStrategy):
         self._random = self.rng.random
         self._cells = Cells(lambda: [0, 0.0, self.clock(), 0.0])
         self._state: list[list[float]] = []
+        self._slots: list[int] = []  # the ticket table when weights allow (two draws, one random)
+        self._size = 0
 
     def set_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
         self._endpoints = usable(endpoints)
         self._draws.set_weights([e.weight for e in self._endpoints])
+        self._slots, self._size = self._draws.slots, self._draws.size
         self._state = self._cells.align(self._endpoints)
 
     @staticmethod
@@ -67,24 +70,23 @@ class PeakEWMA(BalancingStrategy):
         return cell[COST] * math.exp(-dt / DECAY_SECONDS) if dt > 0.0 else cell[COST]
 
     def pick(self, context: PickContext = NO_CONTEXT) -> Endpoint | None:
-        draws = self._draws
-        slots = draws.slots
+        slots = self._slots
         if slots:  # integer weights: two ticket draws from one random number (see TwoDraws)
-            size = draws.size
+            size = self._size
             x = self._random() * size
             i = int(x)
             first = slots[i]
             second = slots[int((x - i) * size)]
             if second == first:
-                second = draws.redraw(first, self._random)
+                second = self._draws.redraw(first, self._random)
         else:
-            n = draws.n
+            n = self._draws.n
             if n <= 1:
                 if not n:
                     return None
                 self._state[0][PENDING] += 1
                 return self._endpoints[0]
-            first, second = draws.alias_pair(self._random)
+            first, second = self._draws.alias_pair(self._random)
         state = self._state
         a = state[first]
         b = state[second]
