@@ -8,6 +8,7 @@ Backends answer with their name (HAProxy's reg-test habit) and act on the path:
   /status/NNN       answer status NNN
   /slow?ms=T        answer after T milliseconds
   /close            close the connection without answering
+  /close-reused     the same on a connection that served a request before (a keep-alive timeout race)
   /continue         answer 100 Continue first, then echo the body
   /headers          answer the request head as received, as the body
   /weight?w=W       answer with a `Steelyard-Weight: W` field (dynamic weights, Header mode)
@@ -74,16 +75,17 @@ class Backend:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self.writers.add(writer)
+        served = 0
         try:
-            while await self._one(reader, writer):
-                pass
+            while await self._one(reader, writer, served):
+                served += 1
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             self.writers.discard(writer)
             writer.close()
 
-    async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, served: int) -> bool:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
         except asyncio.IncompleteReadError:
@@ -138,7 +140,7 @@ class Backend:
             respond(self.mode, f"{self.name} {self.mode}".encode())
             await writer.drain()
             return True
-        if path == "/close":
+        if path == "/close" or (path == "/close-reused" and served):
             writer.transport.abort()
             return False
         if path == "/ws":

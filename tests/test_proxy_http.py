@@ -187,6 +187,35 @@ async def test_pipelined_local_answer_after_a_proxied_one_keeps_the_order() -> N
     await web.close()
 
 
+async def test_a_pooled_connection_closed_under_a_request_is_replaced_once() -> None:
+    """The endpoint closes a kept-alive connection just as a request goes out on it (its keep-alive timeout
+    racing ours): a bodiless idempotent request goes again on a fresh connection to the same endpoint, even
+    with one endpoint and no retries configured; anything else gets the 502 it always got."""
+    (a,) = await start_backends("a")
+    state = make_state([a], policy={"retries": {"attempts": 0}})
+    async with Harness(state) as h:
+        client = await h.connect()
+        assert (await client.request("GET", "/first")).status == 200  # the connection is now pooled
+        r = await client.request("GET", "/close-reused")
+        assert (r.status, r.text) == (200, "a")
+        assert a.connections == 2 and a.requests[-2:] == [("GET", "/close-reused")] * 2
+        assert h.proxy.stats.retries == 1
+        # A request with a body is not sent twice: its body is gone.
+        r = await client.request("PUT", "/close-reused", body=b"x")
+        assert r.status == 502
+        # Nor is a non-idempotent one, even without a body.
+        client = await h.connect()
+        assert (await client.request("GET", "/first")).status == 200
+        r = await client.request("POST", "/close-reused")
+        assert r.status == 502
+        # And a fresh connection that closes is the endpoint's failure: 502, not resent.
+        client = await h.connect()
+        r = await client.request("GET", "/close")
+        assert r.status == 502
+        client.close()
+    await a.close()
+
+
 async def test_routing_by_host_and_longest_segment_prefix() -> None:
     from steelyard.config.desired import Route, Upstream
 

@@ -185,6 +185,7 @@ class HttpRequest:
     next_attempt: Attempt | None = None
     tunnel_data = b""
     needs_host = False  # an HTTP/1.0 request without Host: sent with the endpoint's authority (see _send)
+    resent = False  # sent again on a fresh connection after a pooled one died under it (see connection_lost)
     logged_at = 0.0  # set (monotonic start time) only for requests the access log samples
     bytes_out = 0  # response body bytes, counted only for those
     # Set per request only when used: body bytes waiting for the upstream connection (a list once
@@ -757,6 +758,16 @@ class HttpProxyProtocol(asyncio.Protocol):
         if self.write_paused:
             conn.pause_reading()
 
+    def resend_fresh(self, req: HttpRequest, pool: EndpointPool) -> None:
+        """Send `req` again, on a new connection to the endpoint of its pick (see
+        UpstreamConnection.connection_lost); `connected()` takes it from there."""
+        req.conn = None
+        req.head_sent = False
+        runtime = req.runtime
+        assert runtime is not None
+        self.server.stats.retries += 1  # (counted with the retries: the request went out again)
+        self.server.open_upstream(pool, runtime.connect_timeout, req, self)
+
     def retry_attempt(self, req: HttpRequest) -> Attempt | None:
         """Another endpoint for `req` when retries are left and a retry is safe, else None."""
         runtime = req.runtime
@@ -1251,6 +1262,15 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.client = self.req = None
         self.pool.forget(self)
+        if (self.idle_since and not self.headers_done and not self.head_buf and not req.response_started
+                and req.body_kind == _BODY_NONE and req.idempotent and not req.resent):
+            # A pooled connection (it was idle before: idle_since is set) closed with no byte of an
+            # answer: most likely the endpoint's keep-alive timeout racing our request, not a failure of
+            # the endpoint. A bodiless idempotent request goes once more, on a fresh connection to the same
+            # endpoint, under the same pick (as HTTP clients do for the same race, e.g. Go's net/http).
+            req.resent = True
+            client.resend_fresh(req, self.pool)
+            return
         attempt = req.attempt
         if attempt is not None:
             attempt.done(ok=False, status=None)
