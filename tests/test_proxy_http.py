@@ -162,6 +162,13 @@ async def test_request_head_is_regenerated_with_forwarding_fields() -> None:
         assert "x-forwarded-proto: http\r\n" in head
         assert "x-forwarded-host: shop.example:8080\r\n" in head
         assert "x-custom: kept\r\n" in head
+        assert head.count("via:") == 1 and "via: 1.1 steelyard\r\n" in head  # RFC 9110 §7.6.3
+        # The client's own Via is kept, ours comes after it; an HTTP/1.0 request says so.
+        r = await client.request("GET", "/headers", headers="Via: 1.1 edge\r\n")
+        assert r.text.index("Via: 1.1 edge\r\n") < r.text.index("Via: 1.1 steelyard\r\n")
+        plain = await h.connect()
+        await plain.send(b"GET /headers HTTP/1.0\r\nHost: x\r\n\r\n")
+        assert "Via: 1.0 steelyard\r\n" in (await plain.response()).text
         # and the response: the backend's hop-by-hop Connection field is not passed on
         r = await client.request("GET", "/")
         assert r.header("Connection") is None and r.header("X-Backend") == "a"

@@ -108,6 +108,9 @@ _PAUSE_BUFFERING = 1  # a request waits (pipelined, or its upstream connection i
 _PAUSE_UPSTREAM_FULL = 2  # the upstream connection's write buffer is above its high-water mark
 _PAUSE_CLOSING = 4  # no further request will be read
 
+# RFC 9110 §7.6.3: a gateway sends Via in each request it forwards (received protocol, then a pseudonym).
+_VIA_11 = b"Via: 1.1 steelyard\r\n"
+_VIA_10 = b"Via: 1.0 steelyard\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 # A request line's bytes other than its target: method (llhttp's longest is 13), spaces, version, CRLF.
 _REQUEST_LINE_MAX = 32
@@ -457,7 +460,8 @@ class HttpProxyProtocol(asyncio.Protocol):
             if host != self._host_seen:
                 self._host_seen = host
                 self._host_line = b" HTTP/1.1\r\nHost: " + host + _CRLF  # type: ignore[operator]
-                self._forward_tail = self._forwarded + b"X-Forwarded-Host: " + host + b"\r\n\r\n"  # type: ignore[operator]
+                self._forward_tail = (self._forwarded + _VIA_11  # type: ignore[operator]
+                                      + b"X-Forwarded-Host: " + host + b"\r\n\r\n")
             if kept:
                 req.head = b"".join([method, b" ", url, self._host_line, *kept, self._forward_tail])
             else:
@@ -528,19 +532,17 @@ class HttpProxyProtocol(asyncio.Protocol):
         # then our own framing.
         if host is not None:
             parts = [method, b" ", url, b" HTTP/1.1\r\nHost: ", host, _CRLF, *kept]
-            if xff is None:
-                parts += (self._forwarded, b"X-Forwarded-Host: ", host, _CRLF)
-            else:
-                parts += (b"X-Forwarded-For: ", xff, b", ", self._client_ip_bytes,
-                          b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ", host, _CRLF)
         else:  # HTTP/1.0 without Host: forwarded as HTTP/1.1, which needs one (added by _send)
             req.needs_host = True
             parts = [method, b" ", url, b" HTTP/1.1\r\n", *kept]
-            if xff is None:
-                parts.append(self._forwarded)
-            else:
-                parts += (b"X-Forwarded-For: ", xff, b", ", self._client_ip_bytes,
-                          b"\r\nX-Forwarded-Proto: http\r\n")
+        if xff is None:
+            parts.append(self._forwarded)
+        else:
+            parts += (b"X-Forwarded-For: ", xff, b", ", self._client_ip_bytes,
+                      b"\r\nX-Forwarded-Proto: http\r\n")
+        parts.append(_VIA_11 if http11 else _VIA_10)
+        if host is not None:
+            parts += (b"X-Forwarded-Host: ", host, _CRLF)
         if req.upgrade:
             parts += (b"Connection: upgrade\r\nUpgrade: ", upgrade, _CRLF)  # type: ignore[arg-type]
         if req.body_kind == _BODY_CHUNKED:
