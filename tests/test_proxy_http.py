@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import uvloop
@@ -245,6 +246,11 @@ async def test_routing_by_host_and_longest_segment_prefix() -> None:
         assert (await client.request("GET", "/other/x", host="any.example")).text == "other"
         r = await client.request("GET", "/nothing", host="any.example")
         assert r.status == 404 and "no route" in r.text and "any.example" in r.text
+        # Steelyard is the origin of its own 4xx: it dates it (RFC 9110 §6.6.1), in IMF-fixdate.
+        from email.utils import parsedate_to_datetime
+        date = r.header("Date")
+        assert date is not None and date.endswith(" GMT")
+        assert abs(parsedate_to_datetime(date).timestamp() - time.time()) < 5
         assert (await client.request("GET", "/", host="shop.example")).text == "web"  # still open
         client.close()
     for b in (api, web, other):

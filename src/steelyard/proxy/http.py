@@ -39,6 +39,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from email.utils import formatdate
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
@@ -148,11 +149,23 @@ class _Reject(Exception):
         self.reason = reason
 
 
+_date_cache: list[object] = [0, b""]  # (second, its Date line)
+
+
+def _date_line() -> bytes:
+    """`Date: <IMF-fixdate>` for the current second (RFC 9110 §6.6.1), formatted once per second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[:] = [now, b"Date: %s\r\n" % formatdate(now, usegmt=True).encode()]
+    return _date_cache[1]  # type: ignore[return-value]
+
+
 def local_response(status: int, text: str, *, keep_alive: bool = False, head_only: bool = False) -> bytes:
-    """A response Steelyard writes itself: plain text, one line naming what went wrong."""
+    """A response Steelyard writes itself: plain text, one line naming what went wrong. It carries Date:
+    for these Steelyard is the origin (RFC 9110 §6.6.1: required with a 4xx, allowed with a 5xx)."""
     body = (text + "\n").encode("utf-8", "replace")
-    head = b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n%s\r\n" % (
-        status, _REASONS.get(status, "Error").encode(), len(body),
+    head = b"HTTP/1.1 %d %s\r\n%sContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n%s\r\n" % (
+        status, _REASONS.get(status, "Error").encode(), _date_line(), len(body),
         b"" if keep_alive else b"Connection: close\r\n",
     )
     return head if head_only else head + body
