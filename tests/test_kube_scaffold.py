@@ -81,6 +81,32 @@ def folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     return target
 
 
+def readme_commands(section: str) -> list[list[str]]:
+    """The `steelyard ...` lines of README's code block under `section` (continuations joined, comments
+    dropped), as argument lists."""
+    text = (ROOT / "README.md").read_text().split(section, 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    commands, line = [], ""
+    for raw in text.splitlines():
+        line += raw.split("  #", 1)[0].strip().rstrip("\\").strip() + " "
+        if raw.rstrip().endswith("\\"):
+            continue
+        if line.startswith("steelyard "):
+            commands.append(line.split()[1:])
+        line = ""
+    return commands
+
+
+def test_readme_kubernetes_tour_works_as_written(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every `steelyard` command of README's "Run it in Kubernetes" block, in order, in an empty folder."""
+    monkeypatch.chdir(tmp_path)
+    commands = readme_commands("### Run it in Kubernetes")
+    assert [c[0] for c in commands][:4] == ["init", "create", "create", "validate"]
+    for argv in commands:
+        code, out, err = steelyard(*argv, capsys=capsys)
+        assert code == 0, (argv, out, err)
+
+
 def test_init_scaffolds_a_valid_example(tmp_path: Path) -> None:
     """Through the installed `steelyard` entry point, as a user runs it."""
     folder = tmp_path / "lb"
