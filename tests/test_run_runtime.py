@@ -224,8 +224,18 @@ async def test_apply_reports_a_listener_it_cannot_bind_and_serves_the_rest() -> 
         report = await runtime.apply(_state_on(backend, taken, good))
         assert [x.port for x in report.bound] == [good]
         assert len(report.failed) == 1 and f"127.0.0.1:{taken}" in report.failed[0][1]
-        assert "FAILED" in report.summary()
+        assert "could not listen" in report.summary() and "retrying" in report.summary()
         assert (await request_on(good)).backend == "a"
+        assert set(runtime.unbound) == {("127.0.0.1", taken)}
+        await runtime.retry_unbound()  # still taken: still waiting
+        assert set(runtime.unbound) == {("127.0.0.1", taken)}
+        blocker.close()
+        await blocker.wait_closed()
+        await runtime.retry_unbound()  # the port is free now: bound and serving, nothing left to retry
+        assert not runtime.unbound and ("127.0.0.1", taken) in runtime.listeners
+        assert (await request_on(taken)).backend == "a"
+        await runtime.apply(_state_on(backend, good))  # a change that drops it forgets it too
+        assert not runtime.unbound and ("127.0.0.1", taken) not in runtime.listeners
     finally:
         blocker.close()
         runtime.stop_accepting()

@@ -212,8 +212,9 @@ class RuntimeSource:
             return False, "no configuration applied yet"
         if self.runtime is not None:
             wanted = {lst.key for lst in self.proxy.snapshot.state.listeners}
-            missing = wanted - set(self.runtime.listeners)
-            if missing:  # SIGTERM closed them (draining), or a reload could not bind one
+            # (a listener a reload could not bind is retried and does not count: see runtime/apply.py)
+            missing = wanted - set(self.runtime.listeners) - set(getattr(self.runtime, "unbound", ()))
+            if missing:  # SIGTERM closed them (draining)
                 return False, "not listening on " + ", ".join(f"{a}:{p}" for a, p in sorted(missing))
         return True, ""
 

@@ -9,6 +9,11 @@
    already accepted are untouched, so no in-flight request and no idle keep-alive connection is dropped;
 4. the health checker follows the new endpoints.
 
+A listener that cannot be bound (its port taken by another process) does not stop the rest of a change:
+it is reported, kept in `unbound`, and bound as soon as the port is free (`retry_unbound`, every
+BIND_RETRY_INTERVAL from the refresh task). Readiness does not wait for it: one port that another process
+holds must not take every replica's other ports out of service.
+
 A periodic task (`refresh-upstreams`) re-reads endpoint usability when time alone changes it (slow-start
 steps, ejection expiry: `tracker.next_change_at`), so the strategy sees it even without traffic.
 """
@@ -32,6 +37,7 @@ __all__ = ["ApplyReport", "HealthCheckerLike", "Runtime"]
 log = logging.getLogger("steelyard.runtime")
 
 REFRESH_INTERVAL = 0.25
+BIND_RETRY_INTERVAL = 2.0
 
 
 class _Registry(Protocol):
@@ -69,7 +75,8 @@ class ApplyReport:
         if self.closed:
             parts.append("closed " + ", ".join(f"{a}:{p}" for a, p in self.closed))
         if self.failed:
-            parts.append("FAILED " + "; ".join(reason for _, reason in self.failed))
+            parts.append("could not listen: " + "; ".join(reason for _, reason in self.failed)
+                         + f" (retrying every {BIND_RETRY_INTERVAL:g}s)")
         return "; ".join(parts)
 
 
@@ -91,6 +98,7 @@ class Runtime:
         self.state: DesiredState | None = None
         self.stopping = False  # SIGTERM arrived: not ready, listeners still open (--shutdown-delay)
         self.listeners: dict[ListenerKey, tuple[Listener, asyncio.AbstractServer]] = {}
+        self.unbound: dict[ListenerKey, tuple[Listener, str]] = {}  # wanted, but the bind failed (retried)
         self.after_apply: list[Callable[[DesiredState, ApplyReport], None]] = []  # admin API hooks
         self._health_policies: dict[str, Any] = {}
         self._lock = asyncio.Lock()
@@ -141,6 +149,11 @@ class Runtime:
         for listener in plan.to_keep:
             server = self.listeners[listener.key][1]
             self.listeners[listener.key] = (listener, server)  # routes may have changed
+        wanted = {listener.key for listener in state.listeners}
+        self.unbound = {key: entry for key, entry in self.unbound.items()
+                        if key in wanted and key not in self.listeners}
+        for listener, reason in report.failed:
+            self.unbound[listener.key] = (listener, reason)
         self._update_health(state)
         for hook in self.after_apply:
             try:
@@ -171,12 +184,34 @@ class Runtime:
                 refreshed += 1
         return refreshed
 
+    async def retry_unbound(self) -> None:
+        """Try again to bind the listeners a change could not bind; serve those that now can."""
+        async with self._lock:
+            for key, (listener, _) in list(self.unbound.items()):
+                try:
+                    sock = open_socket(listener, self.backlog)
+                except ListenerBindError as exc:
+                    self.unbound[key] = (listener, str(exc))
+                    continue
+                server = await serve_socket(sock, self.proxy.protocol_factory(listener), self.backlog)
+                old = self.listeners.get(key)
+                if old is not None:
+                    old[1].close()
+                self.listeners[key] = (listener, server)
+                del self.unbound[key]
+                log.info("now listening on %s (the port was taken when the configuration asked for it)",
+                         _describe(listener))
+
     async def refresh_forever(self, interval: float = REFRESH_INTERVAL) -> None:
-        """The `refresh-upstreams` task."""
+        """The `refresh-upstreams` task; also retries the binds that failed (BIND_RETRY_INTERVAL)."""
+        next_bind_retry = 0.0
         while True:
             await asyncio.sleep(interval)
             try:
                 self.refresh_due()
+                if self.unbound and not self.stopping and self.clock() >= next_bind_retry:
+                    next_bind_retry = self.clock() + BIND_RETRY_INTERVAL
+                    await self.retry_unbound()
             except Exception:  # one upstream's bug must not stop the others' refreshes
                 log.exception("refreshing upstreams failed")
 
@@ -185,6 +220,7 @@ class Runtime:
         for _, server in self.listeners.values():
             server.close()
         self.listeners.clear()
+        self.unbound.clear()
 
     async def close_health(self) -> None:
         if self.health is not None:
