@@ -86,3 +86,40 @@ async def test_a_silent_worker_makes_the_group_not_ready(group) -> None:  # type
     assert not ready and "worker(s) 2 not answering" in why
     async with aiohttp.ClientSession() as s, s.get(public.url + "/readyz") as r:
         assert r.status == 503
+
+
+async def test_counters_never_go_back_when_a_worker_falls_silent_or_is_replaced(group) -> None:  # type: ignore[no-untyped-def]
+    """Prometheus reads a drop as a counter reset: a silent worker keeps its last counts, and a worker the
+    supervisor restarted (a new admin URL) leaves its final counts in every later sum."""
+    workers, servers, aggregate, _ = group
+    for w in workers:
+        for _ in range(4):
+            w.serve(UP, latency=0.003)
+    await aggregate.poll()
+    assert aggregate.counters().requests == 12
+    assert sum(e.requests for e in aggregate.upstreams()[0].endpoints) == 12
+
+    await servers[2].stop()  # worker 2 dies: not answering
+    await aggregate.poll()
+    assert not aggregate.readiness()[0]
+    assert aggregate.counters().requests == 12
+    rows = aggregate.upstreams()[0]
+    assert sum(e.requests for e in rows.endpoints) == 12 and rows.requests == 12
+
+    fresh = FakeSource({UP: [(A, 1), (B, 1)]})  # the supervisor's replacement starts from zero
+    replacement = AdminServer(fresh, "127.0.0.1", 0, tick=3600)
+    await replacement.start()
+    try:
+        aggregate.urls[2] = replacement.url
+        fresh.serve(UP, latency=0.003)
+        await aggregate.poll()
+        assert aggregate.readiness() == (True, "")
+        assert aggregate.counters().requests == 13
+        rows = aggregate.upstreams()[0]
+        by_id = {e.id: e for e in rows.endpoints}
+        assert sum(e.requests for e in rows.endpoints) == 13
+        assert by_id[A].latency_counts is not None and sum(by_id[A].latency_counts) == by_id[A].requests
+        assert aggregate.counters().upstream_active == sum(w.counters().upstream_active
+                                                           for w in (workers[0], workers[1], fresh))
+    finally:
+        await replacement.stop()

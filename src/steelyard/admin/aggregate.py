@@ -9,6 +9,9 @@ the admin API, metrics and dashboard as if the group were one process:
   summed (histograms merge bucket by bucket, so p50/p99 and `/metrics` stay exact);
 - an endpoint is `healthy` when every worker can use it; otherwise its health reads e.g.
   `unhealthy in 1/4 workers`; the effective weight is the mean over workers;
+- counters never go backwards (Prometheus would read a drop as a reset): a worker that does not answer
+  still counts with its last views, and when the supervisor restarts one (its admin URL changes), the
+  old process's final counts are carried into every later sum;
 - ready only when every worker is ready (and every worker answered);
 - operations (weight, drain, undrain) go to every worker; `explain` asks worker 0 and says so, since
   each worker balances on its own state.
@@ -33,7 +36,8 @@ from steelyard.admin.source import (
     UpstreamView,
 )
 
-__all__ = ["AggregateSource", "merge_counters", "merge_upstreams", "raw_document", "views_from_raw"]
+__all__ = ["AggregateSource", "carry_counters", "carry_upstreams", "merge_counters", "merge_upstreams",
+           "raw_document", "views_from_raw"]
 
 log = logging.getLogger("steelyard.admin")
 
@@ -147,6 +151,54 @@ def merge_counters(counters: Sequence[ProcessCounters]) -> ProcessCounters:
     return ProcessCounters(**out)
 
 
+# The fields that only ever grow within one worker process: carried over when its process is gone.
+_COUNTER_FIELDS = ("requests", "upstream_connect_errors", "retries", "timeouts")
+
+
+def carry_counters(merged: ProcessCounters, gone: Sequence[ProcessCounters]) -> ProcessCounters:
+    """`merged` plus the counters (not the gauges) of processes that are no longer answering or alive."""
+    if not gone:
+        return merged
+    extra = {name: getattr(merged, name) + sum(getattr(c, name) for c in gone) for name in _COUNTER_FIELDS}
+    responses = _sum_maps([merged.responses, *(c.responses for c in gone)])
+    return dataclasses.replace(merged, **extra, responses=responses)
+
+
+def carry_upstreams(merged: Sequence[UpstreamView],
+                    gone: Sequence[Sequence[UpstreamView]]) -> list[UpstreamView]:
+    """`merged` with the request, failure, response, ejection and latency counts of processes no longer
+    answering or alive added to the upstreams and endpoints that still exist."""
+    if not gone:
+        return list(merged)
+    by_endpoint: dict[tuple[str, str], list[EndpointView]] = {}
+    by_upstream: dict[str, list[UpstreamView]] = {}
+    for views in gone:
+        for up in views:
+            by_upstream.setdefault(up.key, []).append(up)
+            for ep in up.endpoints:
+                by_endpoint.setdefault((up.key, ep.id), []).append(ep)
+    out = []
+    for up in merged:
+        old_ups = by_upstream.get(up.key, [])
+        endpoints = []
+        for ep in up.endpoints:
+            old = by_endpoint.get((up.key, ep.id), [])
+            if old:
+                latency = [r.latency_counts for r in (ep, *old) if r.latency_counts is not None]
+                ep = dataclasses.replace(
+                    ep, requests=ep.requests + sum(r.requests for r in old),
+                    failures=ep.failures + sum(r.failures for r in old),
+                    responses=_sum_maps([ep.responses, *(r.responses for r in old)]),
+                    ejections=ep.ejections + sum(r.ejections for r in old),
+                    latency_counts=tuple(map(sum, zip(*latency, strict=True))) if latency else None,
+                    latency_sum=ep.latency_sum + sum(r.latency_sum for r in old))
+            endpoints.append(ep)
+        out.append(dataclasses.replace(
+            up, endpoints=tuple(endpoints), requests=up.requests + sum(u.requests for u in old_ups),
+            no_endpoint=up.no_endpoint + sum(u.no_endpoint for u in old_ups)))
+    return out
+
+
 class AggregateSource:
     """`AdminSource` over worker admin URLs (`http://127.0.0.1:PORT`), refreshed by `poll()`."""
 
@@ -154,7 +206,10 @@ class AggregateSource:
         self.urls = worker_urls  # shared with the supervisor, which updates it when a worker restarts
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.timeout = aiohttp.ClientTimeout(total=timeout)
-        self.views: list[WorkerViews | None] = [None] * len(self.urls)
+        self.views: list[WorkerViews | None] = [None] * len(self.urls)  # None: did not answer the last poll
+        self.last: list[WorkerViews | None] = [None] * len(self.urls)  # the last answer of each worker
+        self.polled: list[str] = list(self.urls)  # the URL each `last` came from
+        self.retired: list[WorkerViews] = []  # final answers of worker processes since replaced
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
@@ -170,11 +225,21 @@ class AggregateSource:
         """Fetch every worker's views at once; a worker that does not answer shows as not ready."""
         if len(self.views) != len(self.urls):
             self.views = [None] * len(self.urls)
+            self.last = [None] * len(self.urls)
+            self.polled = list(self.urls)
+        for i, url in enumerate(self.urls):
+            if url != self.polled[i]:  # the supervisor replaced worker i: its old counts are final
+                old = self.last[i]
+                if old is not None:
+                    self.retired.append(old)
+                self.last[i] = None
+                self.polled[i] = url
+
         async def one(i: int, url: str) -> None:
             try:
                 async with self._client().get(url + "/api/v1/raw") as resp:
                     resp.raise_for_status()
-                    self.views[i] = views_from_raw(await resp.json())
+                    self.views[i] = self.last[i] = views_from_raw(await resp.json())
             except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
                 log.warning("worker %d admin %s did not answer: %s", i, url, exc)
                 self.views[i] = None
@@ -183,12 +248,19 @@ class AggregateSource:
     def _known(self) -> list[WorkerViews]:
         return [v for v in self.views if v is not None]
 
+    def _gone(self) -> list[WorkerViews]:
+        """Counts no live answer includes: retired processes, and workers silent since their last answer."""
+        silent = [last for view, last in zip(self.views, self.last, strict=True) if view is None and last]
+        return self.retired + silent
+
     def upstreams(self) -> list[UpstreamView]:
         known = self._known()
-        return merge_upstreams([v.upstreams for v in known]) if known else []
+        merged = merge_upstreams([v.upstreams for v in known]) if known else []
+        return carry_upstreams(merged, [v.upstreams for v in self._gone()])
 
     def counters(self) -> ProcessCounters:
-        return merge_counters([v.counters for v in self._known()])
+        return carry_counters(merge_counters([v.counters for v in self._known()]),
+                              [v.counters for v in self._gone()])
 
     def config(self) -> ConfigView:
         known = self._known()
