@@ -49,6 +49,17 @@ async def test_table_shows_endpoints(admin: tuple[AdminServer, FakeSource]) -> N
     assert "reload" in out and "test.yaml" in out
 
 
+async def test_piped_output_is_not_cut_to_80_columns(admin: tuple[AdminServer, FakeSource]) -> None:
+    server, _ = admin
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "steelyard", "status", "--admin", f"127.0.0.1:{server.port}", "--admin-token",
+        "tok", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env)
+    out = (await asyncio.wait_for(proc.communicate(), 30))[0].decode()
+    assert proc.returncode == 0, out
+    assert "…" not in out and "default/web · http (HTTP) · WeightedRoundRobin" in out
+
+
 async def test_clear_errors(admin: tuple[AdminServer, FakeSource]) -> None:
     server, _ = admin
     code, out = await status("--admin", f"127.0.0.1:{server.port}")

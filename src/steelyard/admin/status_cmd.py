@@ -107,8 +107,14 @@ def render(state: dict[str, Any]) -> Group:
     return Group(*parts)
 
 
+# Piped output (a log, `| less`) has no width to fit: rich would assume 80 columns and cut the headers.
+PIPED_WIDTH = 160
+
+
 def run(args: argparse.Namespace) -> int:
     console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=PIPED_WIDTH)
     try:
         if not args.watch:
             console.print(render(fetch_state(args.admin, args.admin_token)))
