@@ -210,6 +210,7 @@ class AggregateSource:
         self.last: list[WorkerViews | None] = [None] * len(self.urls)  # the last answer of each worker
         self.polled: list[str] = list(self.urls)  # the URL each `last` came from
         self.retired: list[WorkerViews] = []  # final answers of worker processes since replaced
+        self.silent: set[int] = set()  # workers whose last poll failed (logged once until they answer)
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
@@ -240,8 +241,13 @@ class AggregateSource:
                 async with self._client().get(url + "/api/v1/raw") as resp:
                     resp.raise_for_status()
                     self.views[i] = self.last[i] = views_from_raw(await resp.json())
+                if i in self.silent:
+                    self.silent.discard(i)
+                    log.info("worker %d admin %s answers again", i, url)
             except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
-                log.warning("worker %d admin %s did not answer: %s", i, url, exc)
+                if i not in self.silent:  # once per silence, not once per poll
+                    self.silent.add(i)
+                    log.warning("worker %d admin %s did not answer: %s", i, url, exc)
                 self.views[i] = None
         await asyncio.gather(*(one(i, u) for i, u in enumerate(self.urls)))
 
