@@ -71,11 +71,11 @@ async def test_drain_goes_to_every_worker_and_health_shows_disagreement(group) -
 
 async def test_explain_asks_worker_zero(group) -> None:  # type: ignore[no-untyped-def]
     workers, _, _, public = group
-    workers[0].serve(UP)  # worker 0's next pick is now B
+    workers[0].serve(UP)  # worker 1's next pick is now B
     status, doc = await get(public, "/api/v1/explain?lb=default/web")
     assert status == 200
     answer = doc["upstreams"][0]  # type: ignore[index]
-    assert answer["next_pick"] == B and "worker 0 of 3" in answer["note"]
+    assert answer["next_pick"] == B and "worker 1 of 3" in answer["note"]
 
 
 async def test_a_silent_worker_makes_the_group_not_ready(group) -> None:  # type: ignore[no-untyped-def]
@@ -83,7 +83,7 @@ async def test_a_silent_worker_makes_the_group_not_ready(group) -> None:  # type
     await servers[2].stop()
     await aggregate.poll()
     ready, why = aggregate.readiness()
-    assert not ready and "worker(s) 2 not answering" in why
+    assert not ready and "worker(s) 3 not answering" in why  # numbered from 1, as the supervisor's log
     async with aiohttp.ClientSession() as s, s.get(public.url + "/readyz") as r:
         assert r.status == 503
 

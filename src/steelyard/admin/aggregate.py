@@ -13,7 +13,7 @@ the admin API, metrics and dashboard as if the group were one process:
   still counts with its last views, and when the supervisor restarts one (its admin URL changes), the
   old process's final counts are carried into every later sum;
 - ready only when every worker is ready (and every worker answered);
-- operations (weight, drain, undrain) go to every worker; `explain` asks worker 0 and says so, since
+- operations (weight, drain, undrain) go to every worker; `explain` asks worker 1 and says so, since
   each worker balances on its own state.
 """
 
@@ -118,7 +118,7 @@ def _merge_endpoint(rows: Sequence[EndpointView], workers: int) -> EndpointView:
 
 
 def merge_upstreams(per_worker: Sequence[Sequence[UpstreamView]]) -> list[UpstreamView]:
-    """Upstreams and endpoints in the order worker 0 lists them, then any only others have."""
+    """Upstreams and endpoints in the order worker 1 lists them, then any only others have."""
     order: dict[str, list[UpstreamView]] = {}
     for views in per_worker:
         for up in views:
@@ -134,7 +134,7 @@ def merge_upstreams(per_worker: Sequence[Sequence[UpstreamView]]) -> list[Upstre
         merged.append(dataclasses.replace(
             first, endpoints=tuple(_merge_endpoint(rows, workers) for rows in endpoints.values()),
             requests=sum(u.requests for u in group), no_endpoint=sum(u.no_endpoint for u in group),
-            strategy_state={**first.strategy_state, "note": "worker 0's strategy state"}))
+            strategy_state={**first.strategy_state, "note": "worker 1's strategy state"}))
     return merged
 
 
@@ -243,11 +243,11 @@ class AggregateSource:
                     self.views[i] = self.last[i] = views_from_raw(await resp.json())
                 if i in self.silent:
                     self.silent.discard(i)
-                    log.info("worker %d admin %s answers again", i, url)
+                    log.info("worker %d admin %s answers again", i + 1, url)
             except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
                 if i not in self.silent:  # once per silence, not once per poll
                     self.silent.add(i)
-                    log.warning("worker %d admin %s did not answer: %s", i, url, exc)
+                    log.warning("worker %d admin %s did not answer: %s", i + 1, url, exc)
                 self.views[i] = None
         await asyncio.gather(*(one(i, u) for i, u in enumerate(self.urls)))
 
@@ -279,10 +279,10 @@ class AggregateSource:
     def readiness(self) -> tuple[bool, str]:
         missing = [i for i, v in enumerate(self.views) if v is None]
         if missing:
-            return False, f"worker(s) {', '.join(map(str, missing))} not answering"
+            return False, f"worker(s) {', '.join(str(i + 1) for i in missing)} not answering"
         not_ready = [(i, v.why) for i, v in enumerate(self.views) if v is not None and not v.ready]
         if not_ready:
-            return False, "; ".join(f"worker {i}: {why}" for i, why in not_ready)
+            return False, "; ".join(f"worker {i + 1}: {why}" for i, why in not_ready)
         return True, ""
 
     async def _broadcast(self, path: str, body: dict[str, Any]) -> None:
@@ -301,12 +301,12 @@ class AggregateSource:
                               {})
 
     async def explain(self, upstream: str, client_ip: str | None, hash_key: str | None) -> dict[str, object]:
-        """Worker 0's answer: each worker balances on its own state, so this is one worker's next pick."""
+        """Worker 1's answer: each worker balances on its own state, so this is one worker's next pick."""
         params = {"lb": upstream, "client_ip": client_ip or "", "hash_key": hash_key or ""}
         async with self._client().get(self.urls[0] + "/api/v1/explain", params=params) as resp:
             doc = await resp.json()
         if resp.status >= 400:
             raise LookupError(doc.get("error", f"worker answered {resp.status}"))
         answer: dict[str, object] = doc["upstreams"][0]
-        answer["note"] = f"worker 0 of {len(self.urls)}; every worker balances on its own state"
+        answer["note"] = f"worker 1 of {len(self.urls)}; every worker balances on its own state"
         return answer
