@@ -19,7 +19,7 @@ from steelyard.model import Protocol
 from steelyard.proxy import ProxyConfig, ProxyServer, UpstreamRegistry
 from steelyard.runtime.apply import Runtime
 from steelyard.runtime.file_provider import FileProvider, Loaded
-from steelyard.runtime.plan import plan_listeners
+from steelyard.runtime.plan import describe_changes, plan_listeners
 from steelyard.runtime.workers import Backoff
 
 
@@ -52,6 +52,25 @@ def test_plan_keeps_a_listener_whose_routes_changed() -> None:
 
 def test_plan_of_nothing_to_nothing_is_empty() -> None:
     assert plan_listeners({}, []).is_empty
+
+
+def test_changes_are_described_for_the_reload_log() -> None:
+    from steelyard.config.desired import BackendEndpoint
+
+    a, b, c = (BackendEndpoint("127.0.0.1", p) for p in (9001, 9002, 9003))
+    old = make_state([a, b], policy={"strategy": {"type": "LeastConnections"}})
+    assert describe_changes(None, old) == []
+    assert describe_changes(old, old) == []
+    heavier = dataclasses.replace(b, weight=5)
+    new = make_state([heavier, c], policy={"strategy": {"type": "Random"}})
+    assert describe_changes(old, new) == [
+        "default/web/http: strategy LeastConnections -> Random, +127.0.0.1:9003, -127.0.0.1:9001, "
+        "127.0.0.1:9002 weight 1 -> 5"]
+    retimed = make_state([a, b], policy={"strategy": {"type": "LeastConnections"},
+                                         "timeouts": {"connect": "1s"}})
+    assert describe_changes(old, retimed) == ["default/web/http: policy changed"]
+    other = make_state([a], key="default/api/http")
+    assert describe_changes(old, other) == ["+default/api/http", "-default/web/http"]
 
 
 def test_backoff_doubles_to_a_cap_and_resets_after_healthy_uptime() -> None:

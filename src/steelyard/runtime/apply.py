@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from steelyard.config.desired import DesiredState, Listener
 from steelyard.runtime.listeners import BACKLOG, ListenerBindError, open_socket, serve_socket
-from steelyard.runtime.plan import ListenerKey, ListenerPlan, plan_listeners
+from steelyard.runtime.plan import ListenerKey, ListenerPlan, describe_changes, plan_listeners
 
 __all__ = ["ApplyReport", "HealthCheckerLike", "Runtime"]
 
@@ -67,9 +67,12 @@ class ApplyReport:
     failed: list[tuple[Listener, str]] = field(default_factory=list)
     upstreams: int = 0
     endpoints: int = 0
+    changes: list[str] = field(default_factory=list)  # plan.describe_changes: what the change did
 
     def summary(self) -> str:
         parts = [f"{self.upstreams} upstream(s), {self.endpoints} endpoint(s)"]
+        if self.changes:
+            parts.append("changed " + "; ".join(self.changes))
         if self.bound:
             parts.append("listening on " + ", ".join(_describe(x) for x in self.bound))
         if self.closed:
@@ -127,6 +130,7 @@ class Runtime:
                 sock.close()
             raise
         self.proxy.snapshot = snapshot
+        report.changes = describe_changes(self.state, state)
         self.state = state
         report.upstreams = len(state.upstreams)
         report.endpoints = sum(len(u.endpoints) for u in state.upstreams.values())
