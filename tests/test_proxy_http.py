@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -293,6 +294,70 @@ async def test_connect_refused_is_502_and_slow_endpoint_is_504() -> None:
         client = await h.connect()
         r = await client.request("GET", "/slow?ms=3000")
         assert r.status == 504 and "did not answer within 0.3s" in r.text
+        client.close()
+    await a.close()
+
+
+async def test_a_client_that_stops_sending_its_body_gets_408_and_the_endpoint_is_not_blamed() -> None:
+    """A slow client is not a failing endpoint: with outlier detection ejecting after two failures, clients
+    that send part of a body and go silent each get 408 (and close) when the request timeout fires; the
+    endpoint counts no failure, is not ejected, and has nothing left in flight."""
+    (a,) = await start_backends("a")
+    policy = {"outlierDetection": {"consecutiveFailures": 2, "baseEjectionTime": "30s",
+                                   "maxEjectionPercent": 50},
+              "timeouts": {"request": "300ms"}}
+    async with Harness(make_state([a], policy=policy)) as h:
+        runtime = h.registry.get("default/web/http")
+        assert runtime is not None
+        for _ in range(3):
+            client = await h.connect()
+            await client.send(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+            r = await client.response(timeout=5)
+            assert (r.status, r.header("Connection")) == (408, "close"), r.text
+            assert r.text == "steelyard: request body not received within 0.3s\n"
+            assert await client.closed()
+        assert a.requests == [("POST", "/x")] * 3  # the heads went upstream: the exchanges were abandoned
+        (row,) = runtime.tracker.describe(runtime.clock())
+        assert (row["state"], row["ejections"], row["consecutive_failures"]) == ("healthy", 0, 0), row
+        stats = runtime.stats[a.endpoint.id]
+        assert (stats.failures, stats.in_flight) == (0, 0)
+        assert h.proxy.stats.timeouts == 3 and h.proxy.stats.local_responses == {408: 3}
+        client = await h.connect()
+        assert (await client.request()).status == 200  # still in service
+        # A client waiting, as it said it would, for the endpoint's 100 (Continue) is not late: 504.
+        await client.send(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n"
+                          b"Expect: 100-continue\r\n\r\n")
+        assert (await client.response(timeout=5)).status == 504
+        assert runtime.stats[a.endpoint.id].failures == 1
+        client.close()
+    await a.close()
+
+
+async def test_an_endpoint_that_does_not_read_the_body_is_still_the_one_timed_out() -> None:
+    """The body is incomplete because the endpoint stopped reading it (the proxy stopped reading the client
+    when its upstream buffer filled): 504, the endpoint's failure, not the client's 408."""
+    (a,) = await start_backends("a")
+    policy = {"timeouts": {"request": "300ms"}, "retries": {"attempts": 0}}
+    async with Harness(make_state([a], policy=policy)) as h:
+        runtime = h.registry.get("default/web/http")
+        assert runtime is not None
+        client = await h.connect()
+        size = 256 << 20
+        client.writer.write(b"POST /stall HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+
+        async def upload() -> None:
+            block = b"u" * (1 << 20)
+            for _ in range(size >> 20):
+                await client.send(block)
+
+        sender = asyncio.create_task(upload())
+        r = await client.response(timeout=10)
+        assert r.status == 504, r.text
+        assert runtime.stats[a.endpoint.id].failures == 1
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await sender
+        a.release.set()
         client.close()
     await a.close()
 

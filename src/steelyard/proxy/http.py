@@ -18,6 +18,10 @@ Rules (RFC 9110 / RFC 9112):
 - Ambiguous framing and any parser error (llhttp, strict) answer 400 and close (RFC 9112 §6.3, §11.2);
   HTTP/1.1 without exactly one Host is 400 (RFC 9112 §3.2); limits: URI 414, header section 431, body 413,
   a client slower than the header timeout 408; a transfer-coding other than chunked 501 (RFC 9112 §6.1).
+- A request body still incomplete when the upstream's request timeout fires is the client's fault (unless
+  the endpoint stopped taking it, or the client waits for its 100 Continue): 408 and close, the exchange
+  abandoned and the pick released without an outcome, so outlier detection never blames the endpoint.
+  The request timeout is thus also what bounds a stalled upload (the header timeout stops at the head).
 - Pipelined requests are answered in order, one at a time: while one is in flight, reading pauses and
   any further parsed request waits in a queue (bounded by one socket read).
 - Flow control both ways: a full upstream write buffer pauses reading the client, a full client write
@@ -1047,6 +1051,9 @@ class HttpProxyProtocol(asyncio.Protocol):
             return
         self._watch = self._watch_conn = None
         self.server.stats.timeouts += 1
+        if not req.request_complete and self._client_is_late(req):
+            self._client_timed_out(req, conn, runtime)
+            return
         conn.abandon()
         if req.attempt is not None:
             req.attempt.done(ok=False)
@@ -1057,6 +1064,35 @@ class HttpProxyProtocol(asyncio.Protocol):
             self._respond_local(req, 504, f"steelyard: load balancer {runtime.name}: endpoint "
                                           f"{req.tried[-1]} did not answer within "
                                           f"{runtime.request_timeout:g}s")
+
+    def _client_is_late(self, req: HttpRequest) -> bool:
+        """The request timeout fired before the request body was read whole: whether the client is the one
+        late. Not when the proxy stopped reading it because the endpoint does not take the body (its write
+        buffer is full), nor when the client waits, as told, for the endpoint's 100 (Continue)."""
+        if self.paused & _PAUSE_UPSTREAM_FULL:
+            return False
+        if not req.body_bytes and not req.response_started and req.http11:
+            for expect in _field_values(req, b"expect"):
+                if expect.strip().lower() == "100-continue":
+                    return False
+        return True
+
+    def _client_timed_out(self, req: HttpRequest, conn: UpstreamConnection, runtime: UpstreamRuntime) -> None:
+        """The client did not send its request body within the request timeout: 408 and close (RFC 9110
+        §15.5.9). The upstream exchange is abandoned and its pick released without an outcome: the endpoint
+        did nothing wrong, so neither the tracker (outlier detection) nor the strategy counts it."""
+        req.cancelled = True
+        conn.abandon()
+        req.conn = None
+        attempt = req.attempt
+        if attempt is not None:
+            attempt.cancel()
+        self.parsing = None
+        self.queue.clear()
+        self._pause(_PAUSE_CLOSING)
+        req.keep_alive = req.keep_plain = False
+        self._respond_local(req, 408, f"steelyard: request body not received within "
+                                      f"{runtime.request_timeout:g}s")
 
     def begin_shutdown(self) -> None:
         """Stop taking requests: close now when idle, else after the current response."""
