@@ -637,3 +637,30 @@ def test_maglev_keeps_its_table_while_weights_move_a_little() -> None:
     m.set_endpoints(endpoints(a=10.5, b=10))
     assert m._table is not table  # type: ignore[attr-defined]
     assert {m.pick(PickContext(hash_key=f"user{i}")).id for i in range(200)} == {"a", "b"}  # type: ignore[union-attr]
+
+
+def test_least_connections_one_request_at_a_time_all_go_to_the_heaviest() -> None:
+    """What the docstring says sets it apart from nginx's least_conn and Envoy's least request (which split
+    sequential traffic 5:1 by weight): (in flight + 1) / weight sends it all to the heaviest endpoint, and the
+    weight-1 endpoint gets its first request only while the weight-5 one has 5 in flight."""
+    s = make("LeastConnections")
+    s.set_endpoints(endpoints(a=5, b=1))
+    assert picks(s, 60) == ["a"] * 60
+    held = [s.pick() for _ in range(6)]
+    assert [e.id for e in held if e] == ["a"] * 5 + ["b"]
+
+
+@pytest.mark.parametrize("kind", ["RingHash", "Maglev"])
+def test_ring_hash_and_maglev_without_the_key_go_round_robin_not_by_client_address(kind: str) -> None:
+    """A request without the configured header or cookie (hash_key None) spreads round robin, as
+    docs/ARCHITECTURE.md says, even though its client address is known: it is not hashed on the address."""
+    s = make(kind, hashOn={"header": "x-user"})
+    s.set_endpoints(endpoints(a=1, b=1, c=1))
+    no_key = PickContext(client_ip="192.0.2.7")
+    assert picks(s, 6, no_key) == list("abcabc")
+    keyed_picks = {e.id for e in (s.pick(PickContext(client_ip="192.0.2.7", hash_key="user-1"))
+                                  for _ in range(20)) if e}
+    assert len(keyed_picks) == 1  # with the key: the same endpoint every time
+    source_ip = make("SourceIPHash")  # SourceIPHash keeps hashing the client address
+    source_ip.set_endpoints(endpoints(a=1, b=1, c=1))
+    assert len(set(picks(source_ip, 6, no_key))) == 1

@@ -1,9 +1,11 @@
 """What RingHash, SourceIPHash and Maglev share: a pick by request key, remembered per endpoint set.
 
-A pick hashes `key(context)` (hashOn's value, else the client address) to an endpoint through the
-subclass's structure (`_lookup`: a ring or a table); a pick with no key goes round robin. Clients and
-sessions repeat, and a dict lookup costs a fraction of hashing and searching, so answers are memoised:
-a new dict per endpoint set, emptied when full (no LRU bookkeeping).
+A pick hashes `key(context)` to an endpoint through the subclass's structure (`_lookup`: a ring or a
+table). For RingHash and Maglev the key is hashOn's value (the header, the cookie, or the client address
+for `sourceIP`); a request without it (no such header or cookie) goes round robin, as HAProxy's
+`balance hdr()` does, never to a hash of the client address. SourceIPHash's key is the client address.
+Clients and sessions repeat, and a dict lookup costs a fraction of hashing and searching, so answers are
+memoised: a new dict per endpoint set, emptied when full (no LRU bookkeeping).
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ class KeyedStrategy(BalancingStrategy):
         self._memo: dict[str, Endpoint] = {}  # key -> endpoint for the current endpoint set
 
     def key(self, context: PickContext) -> str | None:
-        return context.hash_key if context.hash_key is not None else context.client_ip
+        """The value to hash, None for round robin: `hash_key` as the proxy extracted it per hashOn (for
+        `sourceIP` it is the client address already); a missing header or cookie gives None."""
+        return context.hash_key
 
     def _lookup(self, key: str) -> Endpoint:
         """The endpoint for a key not in the memo (the endpoint set is not empty)."""

@@ -1,9 +1,22 @@
 """LeastConnections: the endpoint with the fewest picks in flight relative to its weight.
 
-Algorithm: score = (in flight + 1) / weight, lowest wins (HAProxy's `balance leastconn`, nginx's
-`least_conn`, Envoy's least request in its all-weights-equal form). In flight = picks not yet `on_done`.
-Ties go to the endpoint that has waited longest since its count last changed, so equal endpoints take
-turns instead of the first in order always winning.
+Algorithm: score = (in flight + 1) / weight, lowest wins (the formula the feature's issue specifies).
+In flight = picks not yet `on_done`. Ties go to the endpoint that has waited longest since its count last
+changed, so equal endpoints take turns instead of the first in order always winning.
+
+With equal weights this is what nginx's `least_conn` and Envoy's least request do: fewest in flight,
+ties in turn. With unequal weights it is not, and the difference shows at low load:
+- Here the `+ 1` lets the heavier endpoint win when nothing is in flight ((0+1)/5 < (0+1)/1). Traffic
+  that comes one request at a time (each done before the next) all goes to the heaviest endpoint; a
+  lighter one gets requests only when concurrency lifts the heavier one's score above its own (weights 5
+  and 1: the weight-1 endpoint gets its first request while the weight-5 one has 5 in flight).
+- nginx's `least_conn` compares in flight / weight and picks among the endpoints tied on it by weighted
+  round robin; with nothing in flight every endpoint ties at 0, so the same sequential traffic is split
+  by weight (5:1).
+- Envoy's least request with unequal weights schedules by weight / (active requests + 1)^bias
+  (`active_request_bias`, default 1.0) on its weighted scheduler, so at zero load it is weighted round
+  robin (5:1) as well.
+For weight-proportional spreading at low load use WeightedRoundRobin.
 
 Cost, O(1) in the usual case: endpoints of equal weight sit in buckets by in-flight count (HAProxy's
 `lb_fwlc.c` keeps a tree for the same reason), each bucket a FIFO queue. A pick takes the head of the
