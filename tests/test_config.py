@@ -321,3 +321,29 @@ def test_hash_on_takes_exactly_one() -> None:
     [msg, _ref] = messages(text)
     assert msg == (f"f.yaml:{line_of(text, 'hashOn')}: BalancerPolicy/p: spec.strategy.hashOn: hashOn takes "
                    "exactly one of header, cookie or sourceIP")
+
+
+# -- the operator's review: errors that used to pass silently ------------------------------------------
+
+
+ZERO_DURATIONS = [
+    ("timeouts", "connect", "0ms"), ("timeouts", "request", "0s"), ("timeouts", "idle", "0m"),
+    ("healthCheck", "interval", "0s"), ("healthCheck", "timeout", "0.0s"), ("slowStart", "window", "0s"),
+    ("outlierDetection", "baseEjectionTime", "0s"), ("strategy", "timeSlice", "0ms0s"),
+]
+
+
+@pytest.mark.parametrize(("block", "name", "value"), ZERO_DURATIONS, ids=lambda v: str(v))
+def test_durations_that_must_be_positive_refuse_zero(block: str, name: str, value: str) -> None:
+    strategy = "TimeSlicedRoundRobin" if name == "timeSlice" else "RoundRobin"
+    body = ("    type: TCP\n" if block == "healthCheck" else "") + f"    {name}: {value}\n"
+    extra = "" if block == "strategy" else f"  {block}:\n{body}"
+    text = docs(policy(strategy=strategy, extra=extra) + (body if block == "strategy" else ""), balancer())
+    out = messages(text)
+    assert out[0] == (f"f.yaml:{line_of(text, f'{name}: {value}')}: BalancerPolicy/p: spec.{block}.{name}: "
+                      f"{value!r} must be longer than 0 (0 does not mean 'none' or 'no limit' here: it would "
+                      "expire at once); leave the field out for its default")
+    fixed = text.replace(f"{name}: {value}", f"{name}: 1ms")
+    assert load_texts([("f.yaml", fixed)]).errors == ()
+
+

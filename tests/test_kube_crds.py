@@ -170,6 +170,12 @@ def _bp(**spec: Any) -> dict[str, Any]:
     _bp(slowStart={"window": "10s", "aggression": 0}),
     _bp(retries={"on": ["500"]}),
     _bp(healthCheck={"interval": 5}),
+    _bp(timeouts={"connect": "0ms"}),
+    _bp(timeouts={"request": "0s", "idle": "0m0s"}),
+    _bp(healthCheck={"type": "HTTP", "interval": "0.0s"}),
+    _bp(strategy={"type": "TimeSlicedRoundRobin", "timeSlice": "0s"}),
+    _bp(outlierDetection={"baseEjectionTime": "0s"}),
+    _bp(slowStart={"window": "0ms"}),
 ], ids=lambda d: str(d["spec"])[:60])
 def test_schema_refuses_what_the_model_refuses(doc: dict[str, Any]) -> None:
     assert list(validator(doc["kind"]).iter_errors(doc)), "the CRD schema accepted a bad resource"
@@ -185,6 +191,7 @@ def test_schema_refuses_what_the_model_refuses(doc: dict[str, Any]) -> None:
     _bp(strategy={"type": "RingHash", "hashOn": {"sourceIP": {}}}),
     _bp(retries={"on": ["502", 503, "reset"]}),
     _bp(slowStart={"window": "1m30s", "aggression": 0.5}),
+    _bp(timeouts={"connect": "0.5s", "request": "0s100ms", "idle": "1h"}),
 ], ids=lambda d: str(d["spec"])[:60])
 def test_schema_accepts_what_the_model_accepts(doc: dict[str, Any]) -> None:
     errors = list(validator(doc["kind"]).iter_errors(doc))

@@ -1,6 +1,12 @@
 """Pure data: the resources Steelyard is configured with. No I/O here."""
 
-from steelyard.model.durations import Duration, format_duration, parse_duration
+from steelyard.model.durations import (
+    Duration,
+    PositiveDuration,
+    format_duration,
+    parse_duration,
+    parse_positive_duration,
+)
 from steelyard.model.resources import (
     API_GROUP,
     API_VERSION,
@@ -36,5 +42,6 @@ __all__ = [
     "Duration", "DynamicWeightMode", "DynamicWeights", "HashOn", "HealthCheck", "HealthCheckType",
     "LabelSelector", "LoadBalancer", "LoadBalancerSpec", "ObjectMeta", "OutlierDetection", "PolicyRef",
     "PortSpec", "Protocol", "Resource", "Retries", "ServiceRef", "SlowStart", "StaticEndpoint", "Strategy",
-    "StrategyType", "Timeouts", "format_duration", "parse_duration",
+    "StrategyType", "Timeouts", "format_duration", "parse_duration", "PositiveDuration",
+    "parse_positive_duration",
 ]

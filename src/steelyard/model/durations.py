@@ -49,3 +49,25 @@ Duration = Annotated[
     PlainSerializer(format_duration, return_type=str),
     WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN}),
 ]
+
+
+def parse_positive_duration(value: Any) -> float:
+    """A duration that must be longer than zero: a timeout, an interval, a window."""
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"{value!r} must be longer than 0 (0 does not mean 'none' or 'no limit' here: "
+                         "it would expire at once); leave the field out for its default")
+    return seconds
+
+
+# At least one part of the duration has a non-zero digit (RE2, as the API server checks patterns).
+POSITIVE_DURATION_PATTERN = (r"^(0+(\.0+)?(ms|s|m|h))*(\d*[1-9]\d*(\.\d+)?|\d+\.\d*[1-9]\d*)(ms|s|m|h)"
+                             r"(\d+(\.\d+)?(ms|s|m|h))*$")
+
+PositiveDuration = Annotated[
+    float,
+    BeforeValidator(parse_positive_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": POSITIVE_DURATION_PATTERN}),
+]
+"""A `Duration` longer than zero; 0 is refused (a zero timeout or interval fires at once)."""

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from steelyard.model.durations import Duration
+from steelyard.model.durations import PositiveDuration
 
 API_GROUP = "steelyard.dev"
 API_VERSION = f"{API_GROUP}/v1alpha1"
@@ -65,7 +65,7 @@ class HashOn(_Spec):
 class Strategy(_Spec):
     type: StrategyType = StrategyType.ROUND_ROBIN
     # TimeSlicedRoundRobin: how long each backend takes all traffic (scaled by its weight).
-    time_slice: Duration = "1s"  # type: ignore[assignment]
+    time_slice: PositiveDuration = "1s"  # type: ignore[assignment]
     hash_on: HashOn | None = None
     choices: Annotated[int, Field(ge=2, le=10)] = 2
 
@@ -73,7 +73,7 @@ class Strategy(_Spec):
 class SlowStart(_Spec):
     """Envoy's ramp: weight x max(minWeightPercent/100, (t/window)^(1/aggression))."""
 
-    window: Duration
+    window: PositiveDuration
     aggression: Annotated[float, Field(gt=0)] = 1.0
     min_weight_percent: Annotated[float, Field(ge=0, le=100)] = 10.0
 
@@ -106,15 +106,15 @@ class HealthCheckType(StrEnum):
 class HealthCheck(_Spec):
     type: HealthCheckType = HealthCheckType.NONE
     path: str = "/healthz"
-    interval: Duration = "5s"  # type: ignore[assignment]
-    timeout: Duration = "1s"  # type: ignore[assignment]
+    interval: PositiveDuration = "5s"  # type: ignore[assignment]
+    timeout: PositiveDuration = "1s"  # type: ignore[assignment]
     healthy_threshold: Annotated[int, Field(ge=1)] = 2
     unhealthy_threshold: Annotated[int, Field(ge=1)] = 3
 
 
 class OutlierDetection(_Spec):
     consecutive_failures: Annotated[int, Field(ge=1)] = 5
-    base_ejection_time: Duration = "30s"  # type: ignore[assignment]
+    base_ejection_time: PositiveDuration = "30s"  # type: ignore[assignment]
     max_ejection_percent: Annotated[int, Field(ge=0, le=100)] = 50
 
 
@@ -127,9 +127,12 @@ class Retries(_Spec):
 
 
 class Timeouts(_Spec):
-    connect: Duration = "2s"  # type: ignore[assignment]
-    request: Duration = "30s"  # type: ignore[assignment]
-    idle: Duration = "60s"  # type: ignore[assignment]
+    """Every duration of a policy is longer than 0 (`PositiveDuration`): none of them reads 0 as "no
+    limit", and a 0 connect/request/idle timeout would fail every request at once."""
+
+    connect: PositiveDuration = "2s"  # type: ignore[assignment]
+    request: PositiveDuration = "30s"  # type: ignore[assignment]
+    idle: PositiveDuration = "60s"  # type: ignore[assignment]
 
 
 class BalancerPolicySpec(_Spec):
