@@ -236,7 +236,7 @@ def test_partial_mode_drops_only_the_broken_load_balancer() -> None:
 
 def test_routes_most_specific_first_and_hosts_normalised() -> None:
     text = docs(policy(), balancer("any"), balancer("api", prefix="/api/v1"), balancer("short", prefix="/a"),
-                balancer("host", hosts="['Example.COM:8080']"), balancer("hostapi", hosts="[example.com]",
+                balancer("host", hosts="['Example.COM.']"), balancer("hostapi", hosts="[example.com]",
                                                                           prefix="/api"))
     result = load_texts([("f.yaml", text)])
     assert result.errors == ()
@@ -326,6 +326,46 @@ def test_hash_on_takes_exactly_one() -> None:
 # -- the operator's review: errors that used to pass silently ------------------------------------------
 
 
+def test_a_key_given_twice_is_an_error_naming_it_and_both_lines() -> None:
+    text = balancer(policy_ref=None) + '  endpoints: [{address: "127.0.0.1:9002"}]\n'
+    first, again = line_of(text, "endpoints:"), line_of(text, "endpoints:", 2)
+    assert messages(text) == [
+        f"f.yaml:{again}: LoadBalancer/lb: spec.endpoints: key 'endpoints' is given twice in one mapping, on "
+        f"lines {first} and {again}: keep one (YAML would silently take the last; Kubernetes refuses the "
+        "object)",
+    ]
+    nested = docs(policy(extra="  retries:\n    attempts: 1\n    attempts: 3\n"), balancer())
+    out = messages(nested)
+    assert out[0].startswith(f"f.yaml:{line_of(nested, 'attempts: 3')}: BalancerPolicy/p: "
+                             "spec.retries.attempts: key 'attempts' is given twice")
+    # the policy is refused as a whole, so the load balancer using it says so
+    assert out[1].endswith("LoadBalancer/lb: spec.policyRef.name: BalancerPolicy 'default/p' has errors "
+                           "(see above)")
+
+
+def test_yaml_merge_keys_are_not_duplicates() -> None:
+    text = balancer(policy_ref=None, endpoints='[{<<: {weight: 2}, address: "127.0.0.1:9001"}]')
+    result = load_texts([("f.yaml", text)])
+    assert result.errors == () and result.state is not None
+    assert result.state.upstreams["default/lb/http"].endpoints[0].weight == 2
+
+
+def test_the_same_endpoint_twice_is_refused_naming_the_first() -> None:
+    text = docs(policy(), balancer(endpoints='[{address: "127.0.0.1:9001", weight: 1}, '
+                                             '{address: "127.0.0.1:9002"}, '
+                                             '{address: "127.0.0.1:9001", weight: 5}]'),
+                balancer("b", port=8081, target="9001",
+                         endpoints='[{address: "LocalHost"}, {address: "localhost:9001"}]'))
+    assert messages(text) == [
+        f"f.yaml:{line_of(text, 'weight: 5')}: LoadBalancer/lb: spec.endpoints[2].address: "
+        "'127.0.0.1:9001' is the same backend (127.0.0.1:9001) as spec.endpoints[0]: "
+        "list each endpoint once, with one weight",
+        f"f.yaml:{line_of(text, 'LocalHost')}: LoadBalancer/b: spec.endpoints[1].address: "
+        "'localhost:9001' is the same backend (localhost:9001) as spec.endpoints[0]: "
+        "list each endpoint once, with one weight",
+    ]
+
+
 ZERO_DURATIONS = [
     ("timeouts", "connect", "0ms"), ("timeouts", "request", "0s"), ("timeouts", "idle", "0m"),
     ("healthCheck", "interval", "0s"), ("healthCheck", "timeout", "0.0s"), ("slowStart", "window", "0s"),
@@ -347,3 +387,61 @@ def test_durations_that_must_be_positive_refuse_zero(block: str, name: str, valu
     assert load_texts([("f.yaml", fixed)]).errors == ()
 
 
+@pytest.mark.parametrize(("host", "why"), [
+    ("'*.example.com'", "'*.example.com': wildcards are not supported; list exact host names only"),
+    ("'example.com:8100'", "'example.com:8100' has a port: a host is a name without a port (the listener's "
+                           "port is spec.ports[].port)"),
+    ("'bad host!'", "'bad host!' is not a DNS name, an IPv4 address or a bracketed IPv6 address"),
+    ("'-bad.example.com'",
+     "'-bad.example.com' is not a DNS name, an IPv4 address or a bracketed IPv6 address"),
+    ("'::1'", "'::1': write an IPv6 address in brackets, as in a Host header: [::1]"),
+    ("'[::1]:8080'", "'[::1]:8080' has a port or is not closed: a host is a name without a port (the "
+                     "listener's port is spec.ports[].port); write an IPv6 address as [::1]"),
+    ("'300.1.1.1'", "'300.1.1.1' is not an IPv4 address"),
+])
+def test_hosts_are_exact_names_without_a_port(host: str, why: str) -> None:
+    text = docs(policy(), balancer(hosts=f"[ok.example.com, {host}]"))
+    assert messages(text) == [f"f.yaml:{line_of(text, 'hosts:')}: LoadBalancer/lb: spec.hosts[1]: {why}"]
+
+
+def test_hosts_accept_names_ipv4_and_bracketed_ipv6() -> None:
+    text = docs(policy(), balancer(hosts="[My-Domain.COM, example.com., 10.0.0.1, '[::1]', localhost]"))
+    result = load_texts([("f.yaml", text)])
+    assert result.errors == () and result.state is not None
+    [listener] = result.state.listeners
+    assert listener.routes[0].hosts == ("10.0.0.1", "[::1]", "example.com", "localhost", "my-domain.com")
+
+
+def test_schema_errors_and_reference_errors_in_one_run() -> None:
+    """A load balancer with a schema error still gets its reference and endpoint checks in the same run."""
+    text = docs(policy("other"), textwrap.dedent("""\
+        apiVersion: steelyard.dev/v1alpha1
+        kind: LoadBalancer
+        metadata:
+          name: lb
+        spec:
+          ports:
+            - {name: http, port: 99999}
+          policyRef: {name: missing}
+          endpoints:
+            - {address: "10.0.0.1"}
+            - {address: "10.0.0.2:99999"}
+            - {address: "10.0.0.3:80"}
+            - {address: "10.0.0.3:80", weight: 5}
+          bogus: 1
+        """))
+    assert messages(text) == [
+        f"f.yaml:{line_of(text, 'port: 99999')}: LoadBalancer/lb: spec.ports[0].port: 99999 is too large: "
+        "must be at most 65535",
+        f"f.yaml:{line_of(text, 'missing')}: LoadBalancer/lb: spec.policyRef.name: no BalancerPolicy "
+        "'missing' in namespace 'default'",
+        f"f.yaml:{line_of(text, '10.0.0.1')}: LoadBalancer/lb: spec.endpoints[0].address: '10.0.0.1' has no "
+        "port, so spec.ports[0].targetPort must be a port number",
+        f"f.yaml:{line_of(text, '10.0.0.2')}: LoadBalancer/lb: spec.endpoints[1].address: "
+        "'10.0.0.2:99999' is not host:port or host ('10.0.0.2:99999': port '99999' is not a number from 1 "
+        "to 65535)",
+        f"f.yaml:{line_of(text, 'weight: 5')}: LoadBalancer/lb: spec.endpoints[3].address: "
+        "'10.0.0.3:80' is the same backend (10.0.0.3:80) as spec.endpoints[2]: "
+        "list each endpoint once, with one weight",
+        f"f.yaml:{line_of(text, 'bogus')}: LoadBalancer/lb: spec.bogus: is not a known field",
+    ]

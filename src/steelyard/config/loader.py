@@ -33,6 +33,10 @@ from steelyard.model import (
     LoadBalancer,
     Protocol,
 )
+from steelyard.model.addresses import split_address
+
+__all__ = ["LoadResult", "build_state", "default_config_path", "endpoint_problems", "load_files",
+           "load_texts", "parse_documents", "split_address"]
 
 AnyResource = LoadBalancer | BalancerPolicy
 
@@ -155,6 +159,8 @@ def parse_documents(
     resources: list[AnyResource] = []
     errors: list[ConfigError] = []
     origin: dict[int, SourceDocument] = {}
+    policy_keys = frozenset(_document_key(d) for d in docs
+                            if isinstance(d.data, dict) and d.data.get("kind") == "BalancerPolicy")
     for doc in docs:
         data = doc.data
         if not isinstance(data, dict):
@@ -184,15 +190,61 @@ def parse_documents(
             err("is required" if got is None else f"{_shown(got)} is not {API_VERSION}", "apiVersion",
                 str(kind))
             continue
+        for path, first, again in doc.duplicates:
+            key = path.rsplit(".", 1)[-1]
+            errors.append(ConfigError(
+                f"key {key!r} is given twice in one mapping, on lines {first} and {again}: keep one (YAML "
+                "would silently take the last; Kubernetes refuses the object)",
+                file=doc.file, line=again, kind=str(kind), name=name, field=path))
         try:
             model: type[AnyResource] = LoadBalancer if kind == "LoadBalancer" else BalancerPolicy
             resource: AnyResource = model.model_validate(_normalised(data))
         except ValidationError as exc:
-            errors.extend(_validation_errors(exc, doc, str(kind), name))
+            found = _validation_errors(exc, doc, str(kind), name)
+            errors.extend(found)
+            if kind == "LoadBalancer":
+                errors.extend(_unvalidated_checks(doc, str(kind), name, policy_keys, found))
             continue
+        if doc.duplicates:
+            continue  # refused as a whole, as Kubernetes does
         resources.append(resource)
         origin[id(resource)] = doc
     return resources, errors, origin
+
+
+def _unvalidated_checks(doc: SourceDocument, kind: str, name: str, policy_keys: frozenset[str],
+                        reported: Sequence[ConfigError]) -> list[ConfigError]:
+    """The checks `build_state` makes, made on the raw data of a LoadBalancer that did not validate, as
+    far as they can be: its other errors show in the same run instead of after the schema errors are fixed.
+    """
+    data = doc.data
+    spec = data.get("spec") if isinstance(data, dict) else None
+    if not isinstance(spec, dict):
+        return []
+    out: list[ConfigError] = []
+    shown = {(e.field, e.message) for e in reported}
+
+    def add(path: str, message: str) -> None:
+        if (path, message) not in shown and not any(f == path for f, _ in shown):
+            out.append(ConfigError(message, file=doc.file, line=doc.line_of(path), kind=kind, name=name,
+                                   field=path))
+
+    ref = spec.get("policyRef")
+    meta = data.get("metadata")
+    namespace = (meta.get("namespace") if isinstance(meta, dict) else None) or "default"
+    if isinstance(ref, dict) and isinstance(ref.get("name"), str) and isinstance(namespace, str) \
+            and f"{namespace}/{ref['name']}" not in policy_keys:
+        add("spec.policyRef.name", f"no BalancerPolicy {ref['name']!r} in namespace {namespace!r}")
+    endpoints = spec.get("endpoints")
+    ports = spec.get("ports")
+    if isinstance(endpoints, list):
+        addresses = [e.get("address") if isinstance(e, dict) and isinstance(e.get("address"), str) else None
+                     for e in endpoints]
+        targets = [p.get("targetPort") if isinstance(p, dict) else UNKNOWN_TARGET
+                   for p in (ports if isinstance(ports, list) else [])]
+        for path, message in endpoint_problems(addresses, targets):
+            add(path, message)
+    return out
 
 
 # --- step 2: resources -> desired state ----------------------------------------------------------------
@@ -205,38 +257,63 @@ def _normal_host(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-def split_address(address: str) -> tuple[str, int | None]:
-    """`host:port`, `[v6]:port`, `host` or a bare IPv6 -> (host, port or None). Raises ValueError."""
-    text = address.strip()
-    if not text:
-        raise ValueError("is empty")
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ValueError(f"{text!r} has '[' without ']'")
-        host, rest = text[1:end], text[end + 1:]
-        if rest and not rest.startswith(":"):
-            raise ValueError(f"{text!r} is not host:port")
-        port_text = rest[1:] if rest else None
-    elif text.count(":") > 1:
-        ipaddress.IPv6Address(text)  # a bare IPv6 address
-        return text, None
-    elif ":" in text:
-        host, port_text = text.split(":", 1)
-    else:
-        host, port_text = text, None
-    if not host or any(c in host for c in " /@?#"):
-        raise ValueError(f"{text!r} is not host:port or host")
-    if port_text is None:
-        return host, None
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"{text!r}: port {port_text!r} is not a number from 1 to 65535")
-    return host, int(port_text)
-
-
 def _addresses_overlap(a: str, b: str) -> bool:
     wildcard = ("0.0.0.0", "::", "")
     return a == b or a in wildcard or b in wildcard
+
+
+UNKNOWN_TARGET = object()
+"""A port whose targetPort cannot be told (its entry did not validate): bare hosts are not checked on it."""
+
+
+def _same_host(host: str) -> str:
+    try:
+        return ipaddress.ip_address(host).compressed
+    except ValueError:
+        return host.lower().rstrip(".")
+
+
+def endpoint_problems(addresses: Sequence[str | None],
+                      target_ports: Sequence[object]) -> list[tuple[str, str]]:
+    """`(field path, message)` for static endpoints that do not make one backend each: an address that is
+    not `host[:port]`, a bare host on a port without a numeric targetPort, the same backend listed twice.
+
+    `addresses` are `spec.endpoints[i].address` (None: not a string, reported by the schema), and
+    `target_ports` the `spec.ports[j].targetPort` values (or UNKNOWN_TARGET). Works on validated
+    resources and on the raw data of a document that did not validate, so both kinds of errors show at once.
+    """
+    out: list[tuple[str, str]] = []
+
+    def add(path: str, message: str) -> None:
+        if (path, message) not in out:
+            out.append((path, message))
+
+    for port_index, target in enumerate(target_ports or (UNKNOWN_TARGET,)):
+        seen: dict[tuple[str, int], int] = {}
+        for i, address in enumerate(addresses):
+            if address is None:
+                continue
+            path = f"spec.endpoints[{i}].address"
+            try:
+                host, port = split_address(address)
+            except ValueError as exc:
+                add(path, f"{address!r} is not host:port or host ({exc})")
+                continue
+            if port is None:
+                if target is UNKNOWN_TARGET:
+                    continue
+                if not isinstance(target, int) or isinstance(target, bool):
+                    if port_index == 0 or target is not None:
+                        add(path, f"{address!r} has no port, so spec.ports[{port_index}].targetPort must be "
+                                  "a port number")
+                    continue
+                port = target
+            ident = (_same_host(host), port)
+            first = seen.setdefault(ident, i)
+            if first != i:
+                add(path, f"{address!r} is the same backend ({host}:{port}) as spec.endpoints[{first}]: list "
+                          "each endpoint once, with one weight")
+    return out
 
 
 class _Builder:
@@ -252,10 +329,11 @@ class _Builder:
 
     def error(self, res: AnyResource, path: str, message: str) -> None:
         doc = self.origin.get(id(res))
-        self.errors.append(ConfigError(message, file=doc.file if doc else None,
-                                       line=doc.line_of(path) if doc else None,
-                                       kind=res.kind, name=res.metadata.name
-                                       if res.metadata.namespace == "default" else res.key, field=path))
+        error = ConfigError(message, file=doc.file if doc else None, line=doc.line_of(path) if doc else None,
+                            kind=res.kind, name=res.metadata.name
+                            if res.metadata.namespace == "default" else res.key, field=path)
+        if error not in self.errors:
+            self.errors.append(error)
         self.broken.add(id(res))
 
     def build(self, source: str) -> LoadResult:
@@ -309,28 +387,21 @@ class _Builder:
                        f"is required for {strategy.type.value}: give {{header: NAME}}, {{cookie: NAME}} "
                        "or {sourceIP: {}}")
 
-    def _endpoints(self, lb: LoadBalancer, target_port: int | str | None,
-                   port_index: int) -> tuple[BackendEndpoint, ...] | None:
+    def _endpoints(self, lb: LoadBalancer,
+                   target_port: int | str | None) -> tuple[BackendEndpoint, ...] | None:
+        """One port's backends; None when an address cannot make one (see `endpoint_problems`)."""
         out: list[BackendEndpoint] = []
-        ok = True
-        for i, ep in enumerate(lb.spec.endpoints):
-            path = f"spec.endpoints[{i}].address"
+        for ep in lb.spec.endpoints:
             try:
                 host, port = split_address(ep.address)
-            except ValueError as exc:
-                self.error(lb, path, f"{ep.address!r} is not host:port or host ({exc})")
-                ok = False
-                continue
+            except ValueError:
+                return None
             if port is None:
                 if not isinstance(target_port, int):
-                    if port_index == 0 or target_port is not None:
-                        self.error(lb, path, f"{ep.address!r} has no port, so spec.ports[{port_index}]."
-                                   "targetPort must be a port number")
-                    ok = False
-                    continue
+                    return None
                 port = target_port
             out.append(BackendEndpoint(host=host, port=port, weight=ep.weight, name=ep.name or ""))
-        return tuple(out) if ok else None
+        return tuple(out)
 
     def _build_balancer(
         self, lb: LoadBalancer, policies: Mapping[str, BalancerPolicy]
@@ -354,6 +425,9 @@ class _Builder:
         if self.require_endpoints and not spec.endpoints and spec.selector is None and spec.service is None:
             self.error(lb, "spec.endpoints", "is required in file mode (no selector or service to find "
                        "backends): list them as [{address: 'host:port'}]")
+        for path, message in endpoint_problems([ep.address for ep in spec.endpoints],
+                                               [p.target_port for p in spec.ports]):
+            self.error(lb, path, message)
         names: set[str] = set()
         ports: list[tuple[int, str, int, Protocol, str]] = []
         upstreams: list[Upstream] = []
@@ -362,7 +436,7 @@ class _Builder:
                 self.error(lb, f"spec.ports[{i}].name", f"duplicate port name {p.name!r}")
                 continue
             names.add(p.name)
-            endpoints = self._endpoints(lb, p.target_port, i)
+            endpoints = self._endpoints(lb, p.target_port)
             if endpoints is None:
                 continue
             key = f"{lb.key}/{p.name}"

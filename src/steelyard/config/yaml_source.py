@@ -24,6 +24,9 @@ class SourceDocument:
     line: int
     data: Any
     lines: dict[str, int] = field(default_factory=dict)
+    # Keys given twice in one mapping: (field path, line of the first, line of the second). YAML keeps the
+    # last silently; Kubernetes' strict decoding refuses the object, and so does Steelyard.
+    duplicates: tuple[tuple[str, int, int], ...] = ()
 
     def line_of(self, path: str) -> int:
         """The line of `path`, or of its closest recorded parent, or of the document."""
@@ -48,18 +51,26 @@ _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
-def _record(node: yaml.Node, path: str, lines: dict[str, int]) -> None:
+def _record(node: yaml.Node, path: str, lines: dict[str, int],
+            duplicates: list[tuple[str, int, int]]) -> None:
     if isinstance(node, yaml.MappingNode):
+        first_seen: dict[str, int] = {}
         for key_node, value_node in node.value:
             key = str(key_node.value)
             child = f"{path}.{key}" if path else key
-            lines.setdefault(child, key_node.start_mark.line + 1)
-            _record(value_node, child, lines)
+            line = key_node.start_mark.line + 1
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key in first_seen:
+                    duplicates.append((child, first_seen[key], line))
+                else:
+                    first_seen[key] = line
+            lines.setdefault(child, line)
+            _record(value_node, child, lines, duplicates)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             child = f"{path}[{index}]"
             lines.setdefault(child, item.start_mark.line + 1)
-            _record(item, child, lines)
+            _record(item, child, lines, duplicates)
 
 
 def _problem_line(exc: yaml.YAMLError) -> int | None:
@@ -84,11 +95,12 @@ def read_documents(name: str, text: str) -> tuple[list[SourceDocument], list[Con
             if node is None:
                 continue
             lines: dict[str, int] = {}
-            _record(node, "", lines)
+            duplicates: list[tuple[str, int, int]] = []
+            _record(node, "", lines, duplicates)
             data = loader.construct_document(node)
             if data is None:
                 continue  # an empty document (`---` alone or comments only)
-            docs.append(SourceDocument(name, node.start_mark.line + 1, data, lines))
+            docs.append(SourceDocument(name, node.start_mark.line + 1, data, lines, tuple(duplicates)))
     except yaml.YAMLError as exc:
         return docs, [ConfigError(_problem_text(exc), file=name, line=_problem_line(exc))]
     finally:

@@ -1,5 +1,6 @@
 """Pure data: the resources Steelyard is configured with. No I/O here."""
 
+from steelyard.model.addresses import check_endpoint_address, check_host, split_address
 from steelyard.model.durations import (
     Duration,
     PositiveDuration,
@@ -43,5 +44,5 @@ __all__ = [
     "LabelSelector", "LoadBalancer", "LoadBalancerSpec", "ObjectMeta", "OutlierDetection", "PolicyRef",
     "PortSpec", "Protocol", "Resource", "Retries", "ServiceRef", "SlowStart", "StaticEndpoint", "Strategy",
     "StrategyType", "Timeouts", "format_duration", "parse_duration", "PositiveDuration",
-    "parse_positive_duration",
+    "parse_positive_duration", "check_endpoint_address", "check_host", "split_address",
 ]

@@ -10,9 +10,10 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from steelyard.model.addresses import check_endpoint_address, check_host
 from steelyard.model.durations import PositiveDuration
 
 API_GROUP = "steelyard.dev"
@@ -177,15 +178,22 @@ class LabelSelector(_Spec):
     match_expressions: tuple[LabelSelectorRequirement, ...] = ()
 
 
+Host = Annotated[str, AfterValidator(check_host)]
+"""An exact host name (DNS name, IPv4 or bracketed IPv6), without a port and without wildcards."""
+
+EndpointAddress = Annotated[str, AfterValidator(check_endpoint_address)]
+"""`host:port`, `[v6]:port`, `host` (the port from targetPort) or a bare IPv6."""
+
+
 class StaticEndpoint(_Spec):
-    address: str
+    address: EndpointAddress
     weight: Annotated[int, Field(ge=0, le=1000)] = 1
     name: str | None = None
 
 
 class LoadBalancerSpec(_Spec):
     ports: Annotated[tuple[PortSpec, ...], Field(min_length=1)]
-    hosts: tuple[str, ...] = ()
+    hosts: tuple[Host, ...] = ()
     path_prefix: str = "/"
     policy_ref: PolicyRef | None = None
     selector: LabelSelector | None = None
