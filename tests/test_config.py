@@ -105,7 +105,7 @@ def test_list_index_missing_field_and_range() -> None:
 
 
 def test_duration_unknown_field_and_target_port_messages() -> None:
-    text = docs(policy(extra="  healthCheck:\n    interval: 5\n    tiemout: 1s\n"),
+    text = docs(policy(extra="  healthCheck:\n    type: HTTP\n    interval: 5\n    tiemout: 1s\n"),
                 balancer(target="[1]"))
     out = messages(text)
     assert out[0] == (f"f.yaml:{line_of(text, 'interval')}: BalancerPolicy/p: spec.healthCheck.interval: "
@@ -410,6 +410,67 @@ def test_hosts_accept_names_ipv4_and_bracketed_ipv6() -> None:
     assert result.errors == () and result.state is not None
     [listener] = result.state.listeners
     assert listener.routes[0].hosts == ("10.0.0.1", "[::1]", "example.com", "localhost", "my-domain.com")
+
+
+def test_health_check_settings_without_a_type_are_an_error() -> None:
+    text = docs(policy(extra="  healthCheck: {path: /healthz, interval: 1s}\n"), balancer())
+    out = messages(text)
+    assert out[0] == (f"f.yaml:{line_of(text, 'healthCheck')}: BalancerPolicy/p: spec.healthCheck: "
+                      "healthCheck.path/interval set but type is None, so no checks run: set type: HTTP "
+                      "or TCP (or remove them)")
+    explicit = docs(policy(extra="  healthCheck:\n    type: None\n    timeout: 2s\n"), balancer())
+    assert messages(explicit)[0] == (
+        f"f.yaml:{line_of(explicit, 'type: None')}: BalancerPolicy/p: spec.healthCheck.type: "
+        "healthCheck.timeout set but type is None, so no checks run: set type: HTTP or TCP (or remove them)")
+    for fine in ("  healthCheck: {type: None}\n", "  healthCheck: {type: TCP, interval: 1s}\n"):
+        assert load_texts([("f.yaml", docs(policy(extra=fine), balancer()))]).errors == ()
+
+
+def _strategy(kind: str, params: str) -> str:
+    return docs(policy(strategy=kind, extra=params), balancer())
+
+
+@pytest.mark.parametrize(("kind", "param", "why"), [
+    ("RoundRobin", "choices: 2", "spec.strategy.choices: only used by PowerOfTwoChoices (this strategy is "
+                                 "RoundRobin): remove it"),
+    ("PeakEWMA", "choices: 3", "spec.strategy.choices: only used by PowerOfTwoChoices (this strategy is "
+                               "PeakEWMA): remove it"),
+    ("WeightedRoundRobin", "timeSlice: 1s", "spec.strategy.timeSlice: only used by TimeSlicedRoundRobin "
+                                            "(this strategy is WeightedRoundRobin): remove it"),
+    ("LeastConnections", "hashOn: {header: X-User}", "spec.strategy.hashOn: only used by RingHash and Maglev "
+                                                     "(this strategy is LeastConnections): remove it"),
+    ("SourceIPHash", "hashOn: {cookie: s}", "spec.strategy.hashOn: SourceIPHash always hashes the client's "
+                                            "address: to hash a header or a cookie use RingHash or Maglev"),
+])
+def test_strategy_parameters_that_do_not_apply_are_errors(kind: str, param: str, why: str) -> None:
+    text = _strategy(kind, f"    {param}\n")
+    out = messages(text)
+    assert out[0] == f"f.yaml:{line_of(text, param)}: BalancerPolicy/p: {why}"
+
+
+def test_strategy_parameters_that_apply_or_are_defaults_pass() -> None:
+    for kind, param in (("PowerOfTwoChoices", "choices: 3"), ("TimeSlicedRoundRobin", "timeSlice: 2s"),
+                        ("RingHash", "hashOn: {cookie: s}"), ("SourceIPHash", "hashOn: {sourceIP: {}}")):
+        result = load_texts([("f.yaml", _strategy(kind, f"    {param}\n"))])
+        assert result.errors == (), (kind, param)
+
+
+def test_kubernetes_mode_does_not_flag_what_the_api_server_defaulted() -> None:
+    """The API server writes the CRD's defaults (choices: 2, timeSlice: 1s, healthCheck.path ...) into every
+    object: in partial (Kubernetes) mode only values other than the defaults count as written."""
+    text = _strategy("RoundRobin", "    choices: 2\n    timeSlice: 1s\n  healthCheck:\n    path: /healthz\n"
+                                   "    interval: 5s\n")
+    sources, syntax = read_documents("k8s", text)
+    resources, errors, origin = parse_documents(sources)
+    assert syntax == [] and errors == []
+    result = build_state(resources, "kubernetes", partial=True, origin=origin)
+    assert result.errors == ()
+    file_mode = build_state(resources, "file", origin=origin).errors
+    assert [e.field for e in file_mode if e.kind == "BalancerPolicy"] == [
+        "spec.strategy.choices", "spec.strategy.timeSlice", "spec.healthCheck"]
+    changed = parse_documents(read_documents("k8s", text.replace("choices: 2", "choices: 4"))[0])[0]
+    kube = build_state(changed, "kubernetes", partial=True)
+    assert [e.field for e in kube.errors if e.kind == "BalancerPolicy"] == ["spec.strategy.choices"]
 
 
 def test_schema_errors_and_reference_errors_in_one_run() -> None:

@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from steelyard.config import default_config_path
+from steelyard.config import build_state, default_config_path
 from steelyard.kube import crds
 from steelyard.model import BalancerPolicy, BalancerPolicySpec, LoadBalancer
 
@@ -107,6 +107,23 @@ def test_api_server_defaulting_matches_pydantic_defaults(kind: str) -> None:
         assert filled["ports"][0]["address"] == "0.0.0.0"
     if kind == "BalancerPolicy":
         assert BalancerPolicySpec.model_validate(crds.apply_defaults(spec_schema, {})) == BalancerPolicySpec()
+
+
+def test_defaults_the_api_server_writes_are_not_taken_as_given() -> None:
+    """The API server fills in `choices: 2`, `timeSlice: 1s` and the health check's path and interval on
+    every BalancerPolicy; the checks for parameters that do not apply (strategy parameters, health check
+    settings without a type) must not flag them in Kubernetes (partial) mode."""
+    spec_schema = schema_of("BalancerPolicy")["properties"]["spec"]
+    for strategy in ({}, {"type": "LeastConnections"}, {"type": "RingHash", "hashOn": {"header": "X-User"}}):
+        filled = crds.apply_defaults(spec_schema, {"strategy": strategy, "healthCheck": {}})
+        assert filled["strategy"]["choices"] == 2 and filled["healthCheck"]["path"] == "/healthz"
+        policy = BalancerPolicy.model_validate(_bp(**filled))
+        result = build_state([policy], "kubernetes", partial=True, require_endpoints=False)
+        assert result.errors == (), [str(e) for e in result.errors]
+    given = BalancerPolicy.model_validate(_bp(**crds.apply_defaults(spec_schema,
+                                                                    {"strategy": {"choices": 3}})))
+    flagged = build_state([given], "kubernetes", partial=True, require_endpoints=False).errors
+    assert [e.field for e in flagged] == ["spec.strategy.choices"]
 
 
 def _go_keys(value: Any) -> Any:

@@ -131,3 +131,60 @@ def test_a_folder_without_kustomization_takes_every_yaml(tmp_path: Path,
     empty.mkdir()
     assert main(["validate", str(empty)]) == 1
     assert "no resource files in" in capsys.readouterr().err
+
+
+REVIEW = """\
+apiVersion: steelyard.dev/v1alpha1
+kind: BalancerPolicy
+metadata: {name: p}
+spec:
+  strategy: {type: RoundRobin, choices: 3}
+  healthCheck: {path: /healthz, interval: 1s}
+  timeouts: {connect: 0ms}
+---
+apiVersion: steelyard.dev/v1alpha1
+kind: LoadBalancer
+metadata: {name: web}
+spec:
+  ports: [{name: http, port: 8080, address: 127.0.0.1}]
+  hosts: ["*.example.com", "example.com:8100"]
+  policyRef: {name: missing}
+  endpoints: [{address: "127.0.0.1:9001", weight: 1}, {address: "127.0.0.1:9001", weight: 5}]
+---
+apiVersion: steelyard.dev/v1alpha1
+kind: LoadBalancer
+metadata: {name: site}
+spec:
+  ports: [{name: http, port: 8081, address: 127.0.0.1}]
+  endpoints: [{address: "127.0.0.1:9002"}]
+  endpoints: [{address: "127.0.0.1:9003"}]
+"""
+
+
+def test_review_findings_all_reported_in_one_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A strategy parameter that does not apply, health check settings without a type, a zero timeout,
+    wildcard and port hosts, a dangling policyRef, an endpoint listed twice, a key given twice: each a
+    FILE:LINE: kind/name: field: why line, schema and reference errors in one run."""
+    f = tmp_path / "review.yaml"
+    f.write_text(REVIEW)
+    assert main(["validate", str(f)]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        f"{f}:5: BalancerPolicy/p: spec.strategy.choices: only used by PowerOfTwoChoices (this strategy is "
+        "RoundRobin): remove it",
+        f"{f}:6: BalancerPolicy/p: spec.healthCheck: healthCheck.path/interval set but type is None, so no "
+        "checks run: set type: HTTP or TCP (or remove them)",
+        f"{f}:7: BalancerPolicy/p: spec.timeouts.connect: '0ms' must be longer than 0 (0 does not mean "
+        "'none' or 'no limit' here: it would expire at once); leave the field out for its default",
+        f"{f}:14: LoadBalancer/web: spec.hosts[0]: '*.example.com': wildcards are not supported; list exact "
+        "host names only",
+        f"{f}:14: LoadBalancer/web: spec.hosts[1]: 'example.com:8100' has a port: a host is a name without a "
+        "port (the listener's port is spec.ports[].port)",
+        f"{f}:15: LoadBalancer/web: spec.policyRef.name: no BalancerPolicy 'missing' in namespace 'default'",
+        f"{f}:16: LoadBalancer/web: spec.endpoints[1].address: '127.0.0.1:9001' is the same backend "
+        "(127.0.0.1:9001) as spec.endpoints[0]: list each endpoint once, with one weight",
+        f"{f}:24: LoadBalancer/site: spec.endpoints: key 'endpoints' is given twice in one mapping, on "
+        "lines 23 and 24: keep one (YAML would silently take the last; Kubernetes refuses the object)",
+        f"8 errors in {f}",
+    ]
+    assert "Traceback" not in "\n".join(lines)

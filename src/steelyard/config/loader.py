@@ -20,7 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from steelyard.config.desired import BackendEndpoint, ConfigError, DesiredState, Listener, Route, Upstream
 from steelyard.config.yaml_source import SourceDocument, read_documents
@@ -30,8 +30,12 @@ from steelyard.model import (
     KINDS,
     BalancerPolicy,
     BalancerPolicySpec,
+    HealthCheck,
+    HealthCheckType,
     LoadBalancer,
     Protocol,
+    Strategy,
+    StrategyType,
 )
 from steelyard.model.addresses import split_address
 
@@ -204,12 +208,45 @@ def parse_documents(
             errors.extend(found)
             if kind == "LoadBalancer":
                 errors.extend(_unvalidated_checks(doc, str(kind), name, policy_keys, found))
+            else:
+                errors.extend(_unvalidated_policy_checks(doc, str(kind), name, found))
             continue
         if doc.duplicates:
             continue  # refused as a whole, as Kubernetes does
         resources.append(resource)
         origin[id(resource)] = doc
     return resources, errors, origin
+
+
+def _names_given(block: object, model: type[BaseModel]) -> list[str]:
+    """The YAML names of `model`'s fields that the raw mapping `block` gives, in model order."""
+    if not isinstance(block, dict):
+        return []
+    return [n for n in (info.alias or name for name, info in model.model_fields.items()) if n in block]
+
+
+def _unvalidated_policy_checks(doc: SourceDocument, kind: str, name: str,
+                               reported: Sequence[ConfigError]) -> list[ConfigError]:
+    """`policy_problems` on the raw data of a BalancerPolicy that did not validate, where it can tell."""
+    spec = doc.data.get("spec") if isinstance(doc.data, dict) else None
+    if not isinstance(spec, dict):
+        return []
+    raw_strategy = spec.get("strategy", {})
+    raw_check = spec.get("healthCheck", {})
+    if not isinstance(raw_strategy, dict) or not isinstance(raw_check, dict):
+        return []
+    strategy = raw_strategy.get("type", StrategyType.ROUND_ROBIN.value)
+    check_type = raw_check.get("type", HealthCheckType.NONE.value)
+    if not isinstance(strategy, str) or strategy not in set(StrategyType) \
+            or not isinstance(check_type, str) or check_type not in set(HealthCheckType):
+        return []  # reported by the schema; what applies is unknown
+    hash_on = raw_strategy.get("hashOn")
+    problems = policy_problems(strategy, _names_given(raw_strategy, Strategy), hash_on is not None,
+                               isinstance(hash_on, dict) and hash_on.get("sourceIP") is not None, check_type,
+                               _names_given(raw_check, HealthCheck), "type" in raw_check)
+    shown = {e.field for e in reported}
+    return [ConfigError(message, file=doc.file, line=doc.line_of(path), kind=kind, name=name, field=path)
+            for path, message in problems if path not in shown]
 
 
 def _unvalidated_checks(doc: SourceDocument, kind: str, name: str, policy_keys: frozenset[str],
@@ -316,6 +353,38 @@ def endpoint_problems(addresses: Sequence[str | None],
     return out
 
 
+def policy_problems(strategy: str, strategy_given: Sequence[str], has_hash_on: bool, hash_on_source_ip: bool,
+                    check_type: str, check_given: Sequence[str],
+                    check_type_given: bool) -> list[tuple[str, str]]:
+    """`(field path, message)` for a policy's settings that would be missing or silently ignored: hashOn
+    missing for a hash strategy, one strategy's parameter given to another, health check settings with
+    no check type. `*_given` are the YAML names the resource gives. Works on a validated resource and on
+    the raw data of one that did not validate, so both kinds of errors show in one run."""
+    out: list[tuple[str, str]] = []
+    if strategy in HASH_STRATEGIES and not has_hash_on:
+        out.append(("spec.strategy.hashOn", f"is required for {strategy}: give {{header: NAME}}, "
+                                            "{cookie: NAME} or {sourceIP: {}}"))
+    if "choices" in strategy_given and strategy != StrategyType.POWER_OF_TWO_CHOICES:
+        out.append(("spec.strategy.choices",
+                    f"only used by PowerOfTwoChoices (this strategy is {strategy}): remove it"))
+    if "timeSlice" in strategy_given and strategy != StrategyType.TIME_SLICED_ROUND_ROBIN:
+        out.append(("spec.strategy.timeSlice",
+                    f"only used by TimeSlicedRoundRobin (this strategy is {strategy}): remove it"))
+    if "hashOn" in strategy_given and has_hash_on and strategy not in HASH_STRATEGIES:
+        if strategy != StrategyType.SOURCE_IP_HASH:
+            out.append(("spec.strategy.hashOn",
+                        f"only used by RingHash and Maglev (this strategy is {strategy}): remove it"))
+        elif not hash_on_source_ip:  # {sourceIP: {}} is what SourceIPHash does anyway
+            out.append(("spec.strategy.hashOn", "SourceIPHash always hashes the client's address: to hash a "
+                                                "header or a cookie use RingHash or Maglev"))
+    unused = [f for f in check_given if f != "type"]
+    if check_type == HealthCheckType.NONE and unused:
+        out.append(("spec.healthCheck.type" if check_type_given else "spec.healthCheck",
+                    f"healthCheck.{'/'.join(unused)} set but type is None, so no checks run: set type: HTTP "
+                    "or TCP (or remove them)"))
+    return out
+
+
 class _Builder:
     def __init__(self, resources: Sequence[AnyResource], origin: Mapping[int, SourceDocument],
                  partial: bool, require_endpoints: bool, invalid_policies: frozenset[str]) -> None:
@@ -380,12 +449,25 @@ class _Builder:
             listeners=tuple(listener_list), source=source, errors=tuple(self.errors))
         return LoadResult(state, tuple(self.errors), tuple(self.resources))
 
+    def _written(self, value: BaseModel, default: BaseModel) -> list[str]:
+        """The YAML names of the fields of `value` the resource gives (`model_fields_set`), in model order.
+
+        In partial (Kubernetes) mode the API server has written the CRD's defaults into the object, so a
+        value equal to its default is not taken as given there.
+        """
+        fields = type(value).model_fields
+        return [info.alias or name for name, info in fields.items() if name in value.model_fields_set
+                and not (self.partial and getattr(value, name) == getattr(default, name))]
+
     def _check_policy(self, policy: BalancerPolicy) -> None:
         strategy = policy.spec.strategy
-        if strategy.type in HASH_STRATEGIES and strategy.hash_on is None:
-            self.error(policy, "spec.strategy.hashOn",
-                       f"is required for {strategy.type.value}: give {{header: NAME}}, {{cookie: NAME}} "
-                       "or {sourceIP: {}}")
+        check = policy.spec.health_check
+        hash_on = strategy.hash_on
+        for path, message in policy_problems(
+                strategy.type.value, self._written(strategy, Strategy()), hash_on is not None,
+                hash_on is not None and hash_on.source_ip is not None, check.type.value,
+                self._written(check, HealthCheck()), "type" in check.model_fields_set):
+            self.error(policy, path, message)
 
     def _endpoints(self, lb: LoadBalancer,
                    target_port: int | str | None) -> tuple[BackendEndpoint, ...] | None:
