@@ -9,9 +9,9 @@ Ring size: 160 virtual nodes per endpoint of average weight (ketama's figure), a
 131,072 in all (so 10,000 endpoints still build in well under 100 ms; they get about 13 nodes each, which
 spreads keys within roughly +-30 % per endpoint). Node positions come from blake2b of the endpoint id and
 the node number (top 53 bits: a ring of 2^53 points), so an endpoint's nodes do not depend on the
-other endpoints. The key is
-`context.hash_key` (the header, the cookie or the client address, per `hashOn`); a request without it
-goes round robin (see `_keyed`). Key hash: CRC-32 spread to 64 bits (see `_common.key_hash`), stable across processes.
+other endpoints. The key is `context.hash_key` (the header, the cookie or the client address, per
+`hashOn`); a request without it goes round robin (see `_keyed`). Key hash: CRC-32 spread to 64 bits
+(see `_common.key_hash`), stable across processes.
 
 Cost: one key hash and a bisect over the ring, O(log ring), for a key not seen since the last endpoint
 change; a key seen before is one dict lookup (a memo of up to 16,384 keys, emptied when full).
