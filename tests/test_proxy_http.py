@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 
 import pytest
 import uvloop
 
 from proxy_support import Harness, make_state, start_backends
+from steelyard.proxy.http import failure_log
 
 pytestmark = pytest.mark.filterwarnings("ignore:Overriding the .event_loop_policy. fixture")
 
@@ -279,23 +281,62 @@ async def _free_port() -> int:
     return port
 
 
-async def test_connect_refused_is_502_and_slow_endpoint_is_504() -> None:
+def _logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "steelyard.proxy" and r.levelno == logging.WARNING]
+
+
+async def test_connect_refused_is_502_and_slow_endpoint_is_504(caplog: pytest.LogCaptureFixture) -> None:
+    """The answer names the load balancer and a generic reason, never the endpoint's address or the OS
+    error: those go to the log."""
     from steelyard.config.desired import BackendEndpoint
 
+    caplog.set_level(logging.WARNING, logger="steelyard.proxy")
+    failure_log.clear()
     dead = BackendEndpoint("127.0.0.1", await _free_port())
     async with Harness(make_state([dead], policy={"retries": {"attempts": 0}})) as h:
         client = await h.connect()
         r = await client.request()
-        assert r.status == 502 and "refused" in r.text and dead.id in r.text
+        assert r.status == 502
+        reason = "the endpoint refused or failed the connection"
+        assert r.text == f"steelyard: load balancer default/web: {reason}\n"
+        assert "127.0.0.1" not in r.text and str(dead.port) not in r.text
+        line = f"load balancer default/web: endpoint {dead.id}: {reason} (Connection refused)"
+        assert line in _logged(caplog)
         client.close()
     (a,) = await start_backends("a")
     policy = {"timeouts": {"request": "300ms"}, "retries": {"attempts": 0}}
     async with Harness(make_state([a], policy=policy)) as h:
         client = await h.connect()
         r = await client.request("GET", "/slow?ms=3000")
-        assert r.status == 504 and "did not answer within 0.3s" in r.text
+        assert r.status == 504
+        assert r.text == "steelyard: load balancer default/web: the endpoint did not answer within 0.3s\n"
+        assert str(a.port) not in r.text
+        line = f"load balancer default/web: endpoint {a.endpoint.id}: the endpoint did not answer within 0.3s"
+        assert line in _logged(caplog)
         client.close()
     await a.close()
+
+
+async def test_endpoint_failures_are_logged_at_most_once_a_second_per_endpoint_and_reason(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A dead endpoint under load: one log line, then one a second at most, counting those held back."""
+    from steelyard.config.desired import BackendEndpoint
+
+    caplog.set_level(logging.WARNING, logger="steelyard.proxy")
+    failure_log.clear()
+    dead = BackendEndpoint("127.0.0.1", await _free_port())
+    async with Harness(make_state([dead], policy={"retries": {"attempts": 0}})) as h:
+        client = await h.connect()
+        for _ in range(20):
+            assert (await client.request()).status == 502
+        lines = [m for m in _logged(caplog) if dead.id in m]
+        assert len(lines) == 1 and "more since the last line" not in lines[0]
+        await asyncio.sleep(1.1)
+        assert (await client.request()).status == 502
+        lines = [m for m in _logged(caplog) if dead.id in m]
+        assert len(lines) == 2 and lines[1].endswith(" [19 more since the last line]"), lines
+        client.close()
 
 
 async def test_a_client_that_stops_sending_its_body_gets_408_and_the_endpoint_is_not_blamed() -> None:
@@ -362,13 +403,19 @@ async def test_an_endpoint_that_does_not_read_the_body_is_still_the_one_timed_ou
     await a.close()
 
 
-async def test_malformed_upstream_response_is_502() -> None:
+async def test_malformed_upstream_response_is_502(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="steelyard.proxy")
+    failure_log.clear()
     (a,) = await start_backends("a")
     a.mode = "garbage"
     async with Harness(make_state([a])) as h:
         client = await h.connect()
         r = await client.request()
-        assert r.status == 502 and "malformed response" in r.text
+        assert r.status == 502
+        assert r.text == "steelyard: load balancer default/web: invalid response from the endpoint\n"
+        # llhttp's reason and the address are for the log
+        assert (f"load balancer default/web: endpoint {a.endpoint.id}: invalid response from the endpoint "
+                "(Invalid status code)" in _logged(caplog)), _logged(caplog)
         client.close()
     await a.close()
 
@@ -734,21 +781,26 @@ async def test_invalid_response_heads_are_rejected_by_llhttp(head: bytes) -> Non
     async with Harness(_scripted_state(port)) as h:
         client = await h.connect()
         r = await client.request()
-        assert r.status == 502 and "malformed response" in r.text
+        assert r.status == 502 and r.text.endswith(": invalid response from the endpoint\n")
         client.close()
     await backend.close()
 
 
-async def test_too_many_response_fields_is_a_502() -> None:
+async def test_too_many_response_fields_is_a_502(caplog: pytest.LogCaptureFixture) -> None:
     from steelyard.proxy import ProxyConfig
 
+    caplog.set_level(logging.WARNING, logger="steelyard.proxy")
+    failure_log.clear()
     head = b"HTTP/1.1 200 OK\r\n" + b"a:\r\n" * 21 + b"Content-Length: 2\r\n\r\n"
     backend = _ScriptedBackend([[head + b"ok"], [head.replace(b"a:\r\n" * 21, b"a:\r\n" * 19) + b"ok"]])
     port = await backend.start()
     async with Harness(_scripted_state(port), ProxyConfig(max_headers=20, sweep_interval=0.05)) as h:
         client = await h.connect()
         r = await client.request()
-        assert r.status == 502 and "too many response header fields" in r.text
+        # Steelyard's own reason may be shown (llhttp's may not, see above); the endpoint is logged
+        reason = "invalid response from the endpoint (too many response header fields)"
+        assert r.status == 502 and r.text == f"steelyard: load balancer default/web: {reason}\n"
+        assert f"load balancer default/web: endpoint 127.0.0.1:{port}: {reason}" in _logged(caplog)
         client.close()
         client = await h.connect()
         assert (await client.request()).body == b"ok"  # 20 fields: allowed

@@ -33,12 +33,16 @@ Rules (RFC 9110 / RFC 9112):
   (connect failure), or the method is idempotent and no body byte was sent. A retried status response is
   dropped whole, never half-forwarded.
 - Latency reported to `Attempt.done()` is measured to the end of the response (to the 101 for tunnels).
+- Steelyard's own error answers are one line naming the load balancer and a generic reason; what would tell a
+  client about the inside (the endpoint's address, the OS error, llhttp's reason) goes to the log instead
+  (`failure_log`: WARNING, at most one line per load balancer, endpoint and reason a second).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import time
 from collections import deque
@@ -58,6 +62,8 @@ if TYPE_CHECKING:
     from steelyard.proxy.server import ProxyServer
 
 __all__ = ["HttpProxyProtocol", "UpstreamConnection"]
+
+log = logging.getLogger("steelyard.proxy")
 
 # Request fields the proxy regenerates or removes; everything else is copied as is.
 _HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
@@ -142,6 +148,47 @@ def _status_line(status: int) -> bytes:
     if line is None:
         line = _STATUS_LINES[status] = b"HTTP/1.1 %d \r\n" % status
     return line
+
+
+class _FailureLog:
+    """Endpoint failures, logged at WARNING with what the client's answer leaves out (the endpoint's address,
+    the OS error, llhttp's reason). At most one line per (load balancer, endpoint, reason) per `interval`: a
+    dead endpoint under load must not flood the log; the next line for the same key counts those held back."""
+
+    def __init__(self, interval: float = 1.0, max_keys: int = 4096):
+        self.interval = interval
+        self.max_keys = max_keys
+        self.last: dict[tuple[str, str, str], list[float]] = {}  # key -> [when logged, lines held back]
+
+    def failed(self, load_balancer: str, endpoint: str, reason: str, detail: str = "") -> None:
+        now = time.monotonic()
+        key = (load_balancer, endpoint, reason)
+        last = self.last
+        entry = last.get(key)
+        if entry is not None and now - entry[0] < self.interval:
+            entry[1] += 1
+            return
+        if entry is None and len(last) >= self.max_keys:
+            for stale in [k for k, v in last.items() if now - v[0] >= self.interval]:
+                del last[stale]
+        last[key] = [now, 0.0]
+        held = int(entry[1]) if entry is not None else 0
+        log.warning("load balancer %s: endpoint %s: %s%s%s", load_balancer, endpoint, reason,
+                    f" ({detail})" if detail else "",
+                    f" [{held} more since the last line]" if held else "")
+
+    def clear(self) -> None:
+        self.last.clear()
+
+
+failure_log = _FailureLog()
+
+
+def _failed(req: HttpRequest, reason: str, detail: str = "") -> None:
+    """Log an endpoint's failure on `req` (its latest attempt); the client sees `reason` only."""
+    runtime = req.runtime
+    failure_log.failed(runtime.name if runtime is not None else "?", req.tried[-1] if req.tried else "?",
+                       reason, detail)
 
 
 class _Reject(Exception):
@@ -735,17 +782,17 @@ class HttpProxyProtocol(asyncio.Protocol):
         if conn is None:
             runtime = req.runtime
             assert runtime is not None and req.attempt is not None
-            endpoint = req.attempt.endpoint.id
             req.attempt.done(ok=False)
+            if timed_out:
+                status = 504
+                reason = f"the endpoint did not accept a connection within {runtime.connect_timeout:g}s"
+                _failed(req, reason)
+            else:
+                status, reason = 502, "the endpoint refused or failed the connection"
+                _failed(req, reason, error or "")
             if runtime.retry_on_connect and self._retry(req):
                 return
-            if timed_out:
-                self._respond_local(req, 504, f"steelyard: load balancer {runtime.name}: endpoint "
-                                              f"{endpoint} did not accept a connection within "
-                                              f"{runtime.connect_timeout:g}s")
-            else:
-                self._respond_local(req, 502, f"steelyard: load balancer {runtime.name}: endpoint {endpoint} "
-                                              f"refused or failed the connection ({error})")
+            self._respond_local(req, status, f"steelyard: load balancer {runtime.name}: {reason}")
             return
         self._send(req, conn)
 
@@ -1057,13 +1104,13 @@ class HttpProxyProtocol(asyncio.Protocol):
         conn.abandon()
         if req.attempt is not None:
             req.attempt.done(ok=False)
+        reason = f"the endpoint did not answer within {runtime.request_timeout:g}s"
+        _failed(req, reason)
         if req.response_started:
             self.upstream_broken(req)
         else:
             req.conn = None
-            self._respond_local(req, 504, f"steelyard: load balancer {runtime.name}: endpoint "
-                                          f"{req.tried[-1]} did not answer within "
-                                          f"{runtime.request_timeout:g}s")
+            self._respond_local(req, 504, f"steelyard: load balancer {runtime.name}: {reason}")
 
     def _client_is_late(self, req: HttpRequest) -> bool:
         """The request timeout fired before the request body was read whole: whether the client is the one
@@ -1266,7 +1313,11 @@ class UpstreamConnection(asyncio.Protocol):
                 self.upstream_keep_alive = False
                 self._finish()
                 return
-            self._malformed(str(exc.__context__ or exc))
+            reject = exc.__context__
+            if isinstance(reject, _Reject):  # one of Steelyard's own checks: its words may be shown
+                self._malformed(reject.reason, shown=True)
+            else:  # llhttp's reason: for the log only
+                self._malformed(str(exc))
             return
         if self.message_done:
             self._finish()  # flushes
@@ -1279,7 +1330,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.head_buf = self.data
             self.head_bytes += len(data)
             if self.head_bytes > self.config.max_header_bytes:
-                self._malformed("response header section too large")
+                self._malformed("response header section too large", shown=True)
 
     def eof_received(self) -> bool | None:
         client = self.client
@@ -1326,14 +1377,13 @@ class UpstreamConnection(asyncio.Protocol):
         if attempt is not None:
             attempt.done(ok=False, status=None)
         if req.response_started:
+            _failed(req, "the endpoint closed the connection during its response", str(exc) if exc else "")
             client.upstream_broken(req)
             return
         runtime = req.runtime
         retriable = runtime is not None and runtime.retry_on_reset
-        endpoint = req.tried[-1] if req.tried else "?"
-        reason = f"endpoint {endpoint} closed the connection before answering"
-        if exc is not None:
-            reason += f" ({exc})"
+        reason = "the endpoint closed the connection before answering"
+        _failed(req, reason, str(exc) if exc is not None else "")
         client.upstream_failed(req, 502, reason, retriable=retriable)
 
     def pause_writing(self) -> None:
@@ -1583,9 +1633,10 @@ class UpstreamConnection(asyncio.Protocol):
             self._release(reusable)
             next_attempt, req.next_attempt = req.next_attempt, None
             req.conn = None
+            reason = f"the endpoint answered {status}"
+            _failed(req, reason)
             if not client._retry(req, next_attempt):
-                client.upstream_failed(req, 502, f"endpoint {req.tried[-1]} answered {status}",
-                                       retriable=False)
+                client.upstream_failed(req, 502, reason, retriable=False)
             return
         if chunked_out:
             self.chunked_out = False
@@ -1632,7 +1683,7 @@ class UpstreamConnection(asyncio.Protocol):
         if client is None or req is None:
             return
         if self.status != 101 or not req.upgrade:
-            self._malformed("unexpected protocol switch")
+            self._malformed("unexpected protocol switch", shown=True)
             return
         parts = self.headers_out
         self.headers_out = []
@@ -1648,7 +1699,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.server.stats.responses_by_class[1] += 1
         client.start_tunnel(self, req)
 
-    def _malformed(self, why: str) -> None:
+    def _malformed(self, why: str, *, shown: bool = False) -> None:
+        """An invalid response: `why` goes to the log, and to the client only when `shown` (a reason of
+        Steelyard's own wording, e.g. "too many response header fields"; never llhttp's)."""
         client, req = self.client, self.req
         self.client = self.req = None
         self.body_to = None
@@ -1661,10 +1714,10 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if req.attempt is not None:
             req.attempt.done(ok=False)
+        _failed(req, "invalid response from the endpoint", why)
         if req.response_started:
             client.upstream_broken(req)
         else:
-            endpoint = req.tried[-1] if req.tried else "?"
-            client.upstream_failed(req, 502, f"endpoint {endpoint} sent a malformed response ({why})",
-                                   retriable=False)
+            client.upstream_failed(req, 502, f"invalid response from the endpoint ({why})" if shown
+                                   else "invalid response from the endpoint", retriable=False)
 
