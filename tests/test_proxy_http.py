@@ -150,6 +150,55 @@ async def test_upgrade_tunnels_bytes_both_ways_with_half_close() -> None:
     await a.close()
 
 
+async def test_only_websocket_upgrades_are_tunnelled() -> None:
+    """h2c (or any Upgrade but websocket) is not tunnelled, which would let a client bypass path routing
+    through the endpoint: the request goes as a plain one, without Upgrade nor `upgrade` in Connection, and
+    the connection carries on with the next request (its body, if any, forwarded as usual)."""
+    (a,) = await start_backends("a")
+    async with Harness(make_state([a])) as h:
+        client = await h.connect()
+        h2c = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAA\r\n"
+        await client.send(b"GET /headers HTTP/1.1\r\nHost: x\r\n" + h2c + b"\r\n"
+                          b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        first, second = await client.responses(2)
+        assert first.status == 200 and first.body.startswith(b"GET /headers HTTP/1.1\r\n")
+        sent = first.body.lower()
+        assert b"upgrade" not in sent and b"http2-settings" not in sent and b"\r\nconnection:" not in sent
+        assert (second.status, second.body) == (200, b"a")
+        # with a body, by length or chunked: the body is forwarded, then the next request is read
+        await client.send(b"POST /echo HTTP/1.1\r\nHost: x\r\n" + h2c + b"Content-Length: 5\r\n\r\nhello"
+                          b"POST /echo HTTP/1.1\r\nHost: x\r\n" + h2c
+                          + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+                          b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        r1, r2, r3 = await client.responses(3)
+        assert [(r.status, r.body) for r in (r1, r2, r3)] == [(200, b"hello"), (200, b"abcde"), (200, b"a")]
+        # a body split across reads, after the head
+        await client.send(b"POST /echo HTTP/1.1\r\nHost: x\r\n" + h2c + b"Content-Length: 6\r\n\r\nsp")
+        await asyncio.sleep(0.05)
+        await client.send(b"lit!")
+        assert (await client.response()).body == b"split!"
+        # websocket in a list with another protocol is not a websocket upgrade either
+        both = "Connection: upgrade\r\nUpgrade: websocket, h2c\r\n"
+        r = await client.request("GET", "/headers", headers=both)
+        assert r.status == 200 and b"upgrade" not in r.body.lower()
+        # an endpoint that switches protocols anyway is not followed: 502
+        await client.send(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n")
+        r = await client.response()
+        assert r.status == 502 and r.text.endswith("from the endpoint (unexpected protocol switch)\n")
+        assert h.proxy.stats.tunnels == 0
+        client.close()
+        # websocket, in any case, is tunnelled as before
+        tunnel = await h.connect()
+        await tunnel.send(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\nConnection: upgrade\r\n\r\n")
+        head = await asyncio.wait_for(tunnel.reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        await tunnel.send(b"ping")
+        assert await asyncio.wait_for(tunnel.reader.readexactly(4), 5) == b"ping"
+        assert b"Upgrade: WebSocket\r\n" in a.heads[-1]
+        tunnel.close()
+    await a.close()
+
+
 async def test_request_head_is_regenerated_with_forwarding_fields() -> None:
     (a,) = await start_backends("a")
     async with Harness(make_state([a])) as h:

@@ -27,7 +27,10 @@ Rules (RFC 9110 / RFC 9112):
 - Flow control both ways: a full upstream write buffer pauses reading the client, a full client write
   buffer pauses reading the upstream; both resume on drain.
 - Responses to HEAD and 204/304 carry no body (RFC 9110 §6.4.1); 1xx are forwarded to HTTP/1.1 clients;
-  a 101 to an `Upgrade` request turns both connections into a raw byte tunnel.
+  a 101 to a websocket `Upgrade` request turns both connections into a raw byte tunnel. Only websocket
+  (`Upgrade: websocket`, any case, as Envoy by default) is tunnelled: any other Upgrade (h2c, whose tunnel
+  would bypass routing) is ignored (RFC 9110 §7.8 allows it), the request forwarded as a plain one without
+  Upgrade and without `upgrade` in Connection.
 - Retries: a request that failed before any response byte reached the client (connect failure, reset,
   a status listed in `retries.on`) goes to another endpoint when safe: nothing of the request was sent
   (connect failure), or the method is idempotent and no body byte was sent. A retried status response is
@@ -114,6 +117,8 @@ def _field_kind(name: bytes, kinds_lower: dict[bytes, int], plain_names: set[byt
 _IDEMPOTENT = frozenset((b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"))
 
 _BODY_NONE, _BODY_LENGTH, _BODY_CHUNKED = 0, 1, 2
+# A chunked body behind an ignored Upgrade, until _read_skipped_body reads it (llhttp skipped it: see there)
+_BODY_CHUNKED_SKIPPED = 3
 # Reasons to stop reading the client (bits); reading resumes when none is left.
 _PAUSE_BUFFERING = 1  # a request waits (pipelined, or its upstream connection is not ready)
 _PAUSE_UPSTREAM_FULL = 2  # the upstream connection's write buffer is above its high-water mark
@@ -232,7 +237,8 @@ class HttpRequest:
     http11 = True
     keep_alive = True
     keep_plain = True  # keep_alive and http11: the common response's one test (cleared with either)
-    upgrade = False
+    upgrade = False  # a websocket upgrade, tunnelled after a 101
+    skipped_body = False  # an ignored Upgrade with a body, which llhttp did not read (see _read_skipped_body)
     is_head = False
     idempotent = True
     body_kind = _BODY_NONE
@@ -367,10 +373,7 @@ class HttpProxyProtocol(asyncio.Protocol):
         except HttpParserUpgrade as exc:
             self._upgrade_requested(data[exc.args[0]:])
         except HttpParserError as exc:
-            reject = exc.__context__ if isinstance(exc.__context__, _Reject) else None
-            if reject is None:
-                reject = _Reject(400, f"bad request: {exc}")
-            self._parse_failed(reject)
+            self._parse_failed(self._rejection(exc))
             return
         parsing = self.parsing
         if parsing is not None and not parsing.head:
@@ -486,7 +489,8 @@ class HttpProxyProtocol(asyncio.Protocol):
             connection = req.connection_field
             req.connection_field = value if connection is None else connection + b"," + value
         elif kind == _UPGRADE:
-            req.upgrade_field = value
+            upgrade = req.upgrade_field
+            req.upgrade_field = value if upgrade is None else upgrade + b", " + value
         elif kind == _XFF:
             xff = req.xff_field
             req.xff_field = value if xff is None else xff + b", " + value
@@ -588,9 +592,14 @@ class HttpProxyProtocol(asyncio.Protocol):
                 if named:
                     kept = _drop_named(kept, named)
                 if upgrade is not None and b"upgrade" in tokens:
-                    req.upgrade = True
-                    # after a refused upgrade the connection is closed
-                    req.keep_alive = req.keep_plain = False
+                    if upgrade.strip().lower() == b"websocket":
+                        req.upgrade = True
+                        # after a refused upgrade the connection is closed
+                        req.keep_alive = req.keep_plain = False
+                    elif req.body_kind != _BODY_NONE:
+                        # Ignored, forwarded without it; but llhttp still ends the request at its head (see
+                        # _read_skipped_body), and must not end a chunked body before it is read.
+                        req.skipped_body = True
 
         # The head sent upstream: request line, Host, the client's end-to-end fields, forwarding fields,
         # then our own framing.
@@ -611,6 +620,8 @@ class HttpProxyProtocol(asyncio.Protocol):
             parts += (b"Connection: upgrade\r\nUpgrade: ", upgrade, _CRLF)  # type: ignore[arg-type]
         if req.body_kind == _BODY_CHUNKED:
             parts.append(b"Transfer-Encoding: chunked\r\n\r\n")
+            if req.skipped_body:
+                req.body_kind = _BODY_CHUNKED_SKIPPED
         elif content_length is not None:
             parts += (b"Content-Length: ", content_length.strip(), b"\r\n\r\n")
         else:
@@ -950,17 +961,58 @@ class HttpProxyProtocol(asyncio.Protocol):
         else:
             self.queue.append(req)
 
+    def _rejection(self, exc: HttpParserError) -> _Reject:
+        """The answer to a request llhttp (or a callback of ours) found invalid."""
+        reject = exc.__context__
+        if isinstance(reject, _Reject):
+            return reject
+        return _Reject(400, f"bad request: {exc}")
+
     def _upgrade_requested(self, rest: bytes) -> None:
-        """llhttp stopped after an Upgrade (or CONNECT) request head; `rest` is tunnel data."""
-        req = self.current if self.current is not None and self.current.upgrade else None
-        if req is None:
-            for queued in self.queue:
-                if queued.upgrade:
-                    req = queued
-        if req is None:
-            return  # rejected already (CONNECT), or handled by the error path
-        req.tunnel_data += rest
-        self._pause(_PAUSE_CLOSING)
+        """llhttp stopped after a request head with Upgrade (and `upgrade` in Connection); `rest` is what
+        followed it in the read: tunnel data for a websocket upgrade, else HTTP again."""
+        while True:
+            req = self.current if self.current is not None and self.current.upgrade else None
+            if req is None:
+                for queued in self.queue:
+                    if queued.upgrade:
+                        req = queued
+            if req is not None:
+                req.tunnel_data += rest
+                self._pause(_PAUSE_CLOSING)
+                return
+            if self.closing:
+                return  # rejected or answered already, and the connection closes
+            # An Upgrade ignored: the request went on as a plain one; what follows is its body, if it has
+            # one, then the next request.
+            for waiting in (self.current, *self.queue):
+                if waiting is not None and waiting.skipped_body:
+                    self._read_skipped_body(waiting)
+            if not rest:
+                return
+            try:
+                self.parser.feed_data(rest)
+            except HttpParserUpgrade as exc:
+                rest = rest[exc.args[0]:]
+                continue
+            except HttpParserError as exc:
+                self._parse_failed(self._rejection(exc))
+            return
+
+    def _read_skipped_body(self, req: HttpRequest) -> None:
+        """httptools makes llhttp end any upgrade request at its head (its on_headers_complete asks llhttp to
+        skip the body): for an ignored Upgrade, the body that follows is read by a new parser, fed first a
+        made-up head with the request's framing, its callbacks passed on to ours (`_SkippedBody`)."""
+        req.skipped_body = False
+        req.request_complete = False
+        self.parsing = req
+        if req.body_kind == _BODY_CHUNKED_SKIPPED:
+            req.body_kind = _BODY_CHUNKED
+            head = b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        else:
+            head = b"PUT / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % req.content_length
+        self.parser = HttpRequestParser(_SkippedBody(self))
+        self.parser.feed_data(head)
 
     def start_tunnel(self, conn: UpstreamConnection, req: HttpRequest) -> None:
         """A 101 arrived: from now on bytes are copied both ways unchanged."""
@@ -1152,6 +1204,37 @@ class HttpProxyProtocol(asyncio.Protocol):
 
     def is_idle(self) -> bool:
         return self.current is None and self.parsing is None and self.tunnel is None
+
+
+class _SkippedBody:
+    """Request parser callbacks after an ignored Upgrade with a body (see `_read_skipped_body`): the made-up
+    head is dropped, the body goes to the proxy as usual, and so does every message after it."""
+
+    __slots__ = ("live", "proxy")
+
+    def __init__(self, proxy: HttpProxyProtocol):
+        self.proxy = proxy
+        self.live = False  # past the made-up head
+
+    def on_url(self, url: bytes) -> None:
+        if self.live:
+            self.proxy.on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.live:
+            self.proxy.on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self.live:
+            self.proxy.on_headers_complete()
+        else:
+            self.live = True
+
+    def on_body(self, body: bytes) -> None:
+        self.proxy.on_body(body)
+
+    def on_message_complete(self) -> None:
+        self.proxy.on_message_complete()
 
 
 class _Sink(list[bytes]):
@@ -1683,6 +1766,9 @@ class UpstreamConnection(asyncio.Protocol):
         if client is None or req is None:
             return
         if self.status != 101 or not req.upgrade:
+            # (the 101 head was held back, not written: the client can still have an answer, a 502)
+            self.headers_out = []
+            req.response_started = False
             self._malformed("unexpected protocol switch", shown=True)
             return
         parts = self.headers_out
