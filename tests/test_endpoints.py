@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from steelyard.config.desired import BackendEndpoint
-from steelyard.endpoints import RECOMPUTE_INTERVAL, EndpointTracker
+from steelyard.endpoints import RECOMPUTE_INTERVAL, EndpointTracker, Transition
 from steelyard.model import BalancerPolicySpec
 
 
@@ -267,3 +267,78 @@ def test_an_endpoint_back_from_ejection_starts_with_a_clean_slate() -> None:
     assert usable(t, 11) == {A: 100.0, B: 100.0}  # back, its failures forgotten: full weight
     row = next(r for r in t.describe(11) if r["id"] == B)
     assert row["error_rate"] == 0.0 and row["consecutive_failures"] == 0
+
+
+# -- transitions (what the runtime logs) ------------------------------------------------------------------
+
+
+def test_transitions_name_down_and_up_with_their_reasons() -> None:
+    check = {"type": "TCP", "unhealthyThreshold": 3, "healthyThreshold": 2}
+    t = EndpointTracker(policy(healthCheck=check), 0)
+    t.set_endpoints(eps(1, 1), 0)
+    before, generation = t.looks(), t.generation
+    for i in range(2):
+        t.on_health_check(A, i, False, "Connection refused")
+    assert t.generation == generation  # no flip yet: nothing to compare
+    assert t.on_health_check(A, 2, False, "Connection refused")
+    assert t.generation != generation
+    down = t.looks()
+    assert t.transitions(before, down) == [
+        Transition(A, "up", "down", "is DOWN (3 failed health checks: Connection refused)")]
+    for i in range(5):  # further failures change nothing
+        assert not t.on_health_check(A, 3 + i, False, "Connection refused")
+    assert t.transitions(down, t.looks()) == []
+    t.on_health_check(A, 9, True)
+    t.on_health_check(A, 10, True)
+    assert t.transitions(down, t.looks()) == [
+        Transition(A, "down", "up", "is UP again (2 passed health checks)")]
+
+
+def test_transitions_name_ejections_and_returns() -> None:
+    t = EndpointTracker(policy(outlierDetection={"consecutiveFailures": 5, "baseEjectionTime": "30s"}), 0)
+    t.set_endpoints(eps(1, 1), 0)
+    before, generation = t.looks(), t.generation
+    for _ in range(4):
+        t.on_outcome(A, 1, ok=False, latency=0.01)
+    assert t.generation == generation  # outcomes that eject nobody leave the generation alone
+    assert t.on_outcome(A, 1, ok=False, latency=0.01)
+    assert t.generation != generation
+    usable(t, 1)
+    ejected = t.looks()
+    assert t.transitions(before, ejected) == [
+        Transition(A, "not ejected", "ejected", "ejected for 30s (5 consecutive failures, ejection 1)")]
+    usable(t, 31)  # the ejection ends in usable()
+    back = t.looks()
+    assert t.transitions(ejected, back) == [
+        Transition(A, "ejected", "not ejected", "returned from ejection (after 30s)")]
+    for _ in range(5):
+        t.on_outcome(A, 32, ok=False, latency=0.01)
+    assert t.transitions(back, t.looks())[0].reason == "ejected for 60s (5 consecutive failures, ejection 2)"
+
+
+def test_transitions_name_operator_overrides_and_ignore_configuration_changes() -> None:
+    t = EndpointTracker(policy(), 0)
+    t.set_endpoints(eps(1, 1), 0)
+    before = t.looks()
+    t.set_override(A, drained=True)
+    t.set_override(B, weight=5)
+    after = t.looks()
+    assert t.transitions(before, after) == [
+        Transition(A, "not drained", "drained", "drained by an operator"),
+        Transition(B, "weight 1", "weight 5", "weight set to 5 by an operator (configured 1)")]
+    t.set_override(A, weight=None, drained=False)
+    t.set_override(B, weight=None)
+    assert [c.reason for c in t.transitions(after, t.looks())] == [
+        "undrained by an operator", "weight override removed (configured weight 1)"]
+    t.set_endpoints(eps(1, 1, 1), 1)  # an endpoint added by configuration is not a transition
+    assert t.transitions(before, t.looks()) == []
+
+
+def test_turning_checks_off_brings_endpoints_up_with_that_reason() -> None:
+    t = EndpointTracker(policy(healthCheck={"type": "TCP", "unhealthyThreshold": 1}), 0)
+    t.set_endpoints(eps(1), 0)
+    t.on_health_check(A, 1, False, "HTTP 503")
+    down = t.looks()
+    t.set_policy(policy(), 2)
+    assert t.transitions(down, t.looks()) == [
+        Transition(A, "down", "up", "is UP again (health checks turned off)")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Sequence
 from types import MappingProxyType
@@ -189,3 +190,104 @@ def test_cancelled_attempt_reports_nothing_and_frees_its_slot() -> None:
     stats = runtime.stats["127.0.0.1:2"]
     assert (stats.in_flight, stats.requests, stats.failures, runtime.requests) == (0, 0, 0, 0)
     assert outcomes == []
+
+
+# -- transitions in the log (logger steelyard.upstream) ---------------------------------------------------
+
+OUTLIERS = {"outlierDetection": {"consecutiveFailures": 5, "baseEjectionTime": "30s",
+                                 "maxEjectionPercent": 100}}
+
+
+def lines(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "steelyard.upstream" and text in r.getMessage()]
+
+
+def serve(runtime: UpstreamRuntime, requests: int, failing: set[int]) -> None:
+    """`requests` picks through the runtime; endpoints whose port is in `failing` fail every request."""
+    for _ in range(requests):
+        attempt = runtime.pick()
+        if attempt is not None:
+            attempt.done(ok=attempt.endpoint.port not in failing, status=200)
+
+
+def test_ejection_and_return_are_logged_once_each(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    clock = Clock()
+    runtime = UpstreamRuntime(upstream(1, 2, 3, key="default/web/http", policy=OUTLIERS), clock=clock)
+    serve(runtime, 60, failing={2})
+    ejected = lines(caplog, "ejected for")
+    assert [r.getMessage() for r in ejected] == [
+        "default/web/http: endpoint 127.0.0.1:2 ejected for 30s (5 consecutive failures, ejection 1); "
+        "2 of 3 endpoints usable"]
+    assert ejected[0].levelno == logging.WARNING
+    clock.now += 30
+    serve(runtime, 60, failing=set())
+    returned = lines(caplog, "returned from ejection")
+    assert [r.getMessage() for r in returned] == [
+        "default/web/http: endpoint 127.0.0.1:2 returned from ejection (after 30s); 3 of 3 endpoints usable"]
+    assert returned[0].levelno == logging.INFO
+    clock.now += 1
+    serve(runtime, 60, failing={2})
+    assert len(lines(caplog, "ejected for")) == 2
+    second = lines(caplog, "ejected for")[1].getMessage()
+    assert "ejected for 60s (5 consecutive failures, ejection 2)" in second
+    assert not lines(caplog, "no usable endpoint")
+
+
+def test_no_usable_endpoint_is_logged_once_and_so_is_the_recovery(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    clock = Clock()
+    runtime = UpstreamRuntime(upstream(1, 2, 3, key="default/web/http", policy=OUTLIERS), clock=clock)
+    serve(runtime, 200, failing={1, 2, 3})  # every endpoint ejected, then 503s: no line per request
+    assert runtime.no_endpoint > 100
+    assert len(lines(caplog, "ejected for")) == 3
+    down = lines(caplog, "no usable endpoint")
+    assert [r.getMessage() for r in down] == [
+        "default/web/http: no usable endpoint: 3 configured, 3 ejected by outlier detection"]
+    assert down[0].levelno == logging.ERROR
+    assert "0 of 3 endpoints usable" in lines(caplog, "ejected for")[-1].getMessage()
+    clock.now += 30
+    serve(runtime, 50, failing=set())
+    assert len(lines(caplog, "returned from ejection")) == 3
+    assert [r.getMessage() for r in lines(caplog, "usable endpoints again")] == [
+        "default/web/http: usable endpoints again (3 of 3)"]
+    assert len(lines(caplog, "no usable endpoint")) == 1
+
+
+def test_health_check_transitions_are_logged_once_with_the_probe_detail(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    runtime = UpstreamRuntime(upstream(1, 2, policy={"healthCheck": {"type": "TCP"}}), clock=Clock())
+    for _ in range(10):
+        runtime.on_health_check("127.0.0.1:2", False, "Connection refused")
+    assert [r.getMessage() for r in lines(caplog, "endpoint")] == [
+        "ns/lb/http: endpoint 127.0.0.1:2 is DOWN (3 failed health checks: Connection refused); "
+        "1 of 2 endpoints usable"]
+    for _ in range(10):
+        runtime.on_health_check("127.0.0.1:2", True)
+    assert [r.getMessage() for r in lines(caplog, "UP again")] == [
+        "ns/lb/http: endpoint 127.0.0.1:2 is UP again (2 passed health checks); 2 of 2 endpoints usable"]
+
+
+def test_operator_overrides_are_logged_and_configuration_changes_are_not(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    runtime = UpstreamRuntime(upstream(1, 2), clock=Clock())
+    runtime.tracker.set_override("127.0.0.1:1", weight=None, drained=True)  # what the admin API does
+    runtime.refresh()
+    runtime.refresh()
+    assert [r.getMessage() for r in lines(caplog, "endpoint")] == [
+        "ns/lb/http: endpoint 127.0.0.1:1 drained by an operator; 1 of 2 endpoints usable"]
+    runtime.update(upstream(1, 2, 3))
+    runtime.update(upstream(2, 3))
+    assert len(lines(caplog, "endpoint")) == 1
+
+
+def test_outcomes_that_change_no_state_do_no_transition_work() -> None:
+    runtime = UpstreamRuntime(upstream(1, 2, policy=OUTLIERS), clock=Clock())
+    looked: list[int] = []
+    looks = runtime.tracker.looks
+    runtime.tracker.looks = lambda: looked.append(1) or looks()  # type: ignore[method-assign]
+    serve(runtime, 100, failing=set())
+    runtime.refresh()
+    assert looked == []

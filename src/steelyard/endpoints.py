@@ -23,18 +23,23 @@ Choices where the spec is silent (what Envoy and HAProxy do by default):
 - `terminating` endpoints serve only when no other endpoint is usable (kube-proxy, KEP-1669);
 - dynamic weights are recomputed at most every `RECOMPUTE_INTERVAL`, never per request, so the strategy
   is not rebuilt on every response.
+
+Transitions (down, up again, ejected, back from ejection, drained, weight override) are data for the
+runtime's log: `generation` changes whenever one may have happened, `looks()` is the per-endpoint state they
+are about, and `transitions(before, after)` names the differences with their reasons (no I/O here).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 from steelyard.config.desired import BackendEndpoint
 from steelyard.model import BalancerPolicySpec, DynamicWeightMode, HealthCheckType
 from steelyard.strategies import Endpoint
 
-__all__ = ["EndpointTracker", "RECOMPUTE_INTERVAL", "SLOW_START_STEP"]
+__all__ = ["EndpointTracker", "Look", "RECOMPUTE_INTERVAL", "SLOW_START_STEP", "Transition"]
 
 RECOMPUTE_INTERVAL = 0.5  # seconds between dynamic-weight recomputations
 SLOW_START_STEP = 20  # a ramp is re-evaluated this many times per window (at least every 50 ms)
@@ -43,13 +48,29 @@ EWMA_ALPHA = 0.1  # per sample, for latency and error rate (Latency mode)
 MIN_FACTOR = 0.05  # Latency mode never lowers an endpoint below this share of its weight
 
 
+# What a logged transition is about, per endpoint: (healthy, ejected, drained by an operator, weight override)
+Look = tuple[bool, bool, bool, int | None]
+
+
+class Transition(NamedTuple):
+    """One change of one endpoint. `old`/`new` name the states ("up"/"down", "not ejected"/"ejected",
+    "not drained"/"drained", "weight N"); `reason` is the whole phrase for a log line, e.g.
+    "is DOWN (3 failed health checks: Connection refused)"."""
+
+    endpoint_id: str
+    old: str
+    new: str
+    reason: str
+
+
 class _State:
     """Everything known about one endpoint. Plain attributes: `on_outcome` runs once per request."""
 
     __slots__ = (
         "config", "healthy", "check_passes", "check_failures", "consecutive_failures", "ejected_until",
         "ejection_multiplier", "ejections", "returned_at", "ramp_from", "latency", "errors", "samples",
-        "hint", "dynamic_weight", "override_weight", "drained",
+        "hint", "dynamic_weight", "override_weight", "drained", "check_detail", "ejected_after",
+        "ejected_for",
     )
 
     def __init__(self, config: BackendEndpoint, ramp_from: float | None):
@@ -70,6 +91,9 @@ class _State:
         self.dynamic_weight: float | None = None  # last recomputed dynamic weight
         self.override_weight: int | None = None
         self.drained = False
+        self.check_detail: str | None = None  # what the last failed probe said ("Connection refused")
+        self.ejected_after = 0  # consecutive failures that caused the last ejection
+        self.ejected_for = 0.0  # and how long it was for
 
     def ejected(self, now: float) -> bool:
         return self.ejected_until is not None and now < self.ejected_until
@@ -81,6 +105,9 @@ class EndpointTracker:
     def __init__(self, policy: BalancerPolicySpec, now: float):
         self._states: dict[str, _State] = {}
         self._configured = False
+        # Public: changes whenever a `looks()` may have changed (never per request): the runtime compares
+        # looks only then.
+        self.generation = 0
         self._next_recompute = now
         self.set_policy(policy, now)
 
@@ -88,6 +115,7 @@ class EndpointTracker:
 
     def set_policy(self, policy: BalancerPolicySpec, now: float) -> None:
         self.policy = policy
+        self.generation += 1
         self._checked = policy.health_check.type != HealthCheckType.NONE
         if not self._checked:
             for state in self._states.values():
@@ -123,6 +151,7 @@ class EndpointTracker:
             new[config.id] = state
         self._states = new
         self._configured = True
+        self.generation += 1
 
     def set_override(self, endpoint_id: str, *, weight: int | None = None,
                      drained: bool | None = None) -> bool:
@@ -134,6 +163,7 @@ class EndpointTracker:
         state.dynamic_weight = None  # Latency mode scales the new weight at its next recomputation
         if drained is not None:
             state.drained = drained
+        self.generation += 1
         return True
 
     def endpoint(self, endpoint_id: str) -> BackendEndpoint | None:
@@ -142,8 +172,9 @@ class EndpointTracker:
 
     # -- facts ---------------------------------------------------------------------------------------------
 
-    def on_health_check(self, endpoint_id: str, now: float, healthy: bool) -> bool:
-        """One probe's result. Returns True when the endpoint's usability changed."""
+    def on_health_check(self, endpoint_id: str, now: float, healthy: bool, detail: str | None = None) -> bool:
+        """One probe's result (`detail`: what a failed one said, for the log). Returns True when the
+        endpoint's usability changed."""
         state = self._states.get(endpoint_id)
         if state is None or not self._checked:
             return False
@@ -154,13 +185,16 @@ class EndpointTracker:
             if not state.healthy and state.check_passes >= check.healthy_threshold:
                 state.healthy = True
                 self._returned(state, now)
+                self.generation += 1
                 return True
         else:
             state.check_passes = 0
             state.check_failures += 1
+            state.check_detail = detail
             if state.healthy and state.check_failures >= check.unhealthy_threshold:
                 state.healthy = False
                 state.ramp_from = None
+                self.generation += 1
                 return True
         return False
 
@@ -210,10 +244,13 @@ class EndpointTracker:
             state.ejection_multiplier = max(0, state.ejection_multiplier - served)
         state.ejection_multiplier += 1
         state.ejections += 1
-        state.ejected_until = now + min(base * state.ejection_multiplier, max(MAX_EJECTION_TIME, base))
+        state.ejected_for = min(base * state.ejection_multiplier, max(MAX_EJECTION_TIME, base))
+        state.ejected_until = now + state.ejected_for
+        state.ejected_after = state.consecutive_failures
         state.consecutive_failures = 0
         state.ramp_from = None
         state.returned_at = None
+        self.generation += 1
         return True
 
     def _returned(self, state: _State, now: float) -> None:
@@ -294,6 +331,7 @@ class EndpointTracker:
                 state.ejected_until = None
                 state.returned_at = now
                 self._returned(state, now)
+                self.generation += 1
             if not self._serving(state, now):
                 continue
             weight = self._weight(state, now)
@@ -349,6 +387,60 @@ class EndpointTracker:
             return "slow-start"
         return "healthy"
 
+    def looks(self) -> dict[str, Look]:
+        """Per endpoint, what `transitions()` compares. Take it right after `usable()`, which ends the
+        ejections that are over."""
+        return {endpoint_id: (s.healthy, s.ejected_until is not None, s.drained, s.override_weight)
+                for endpoint_id, s in self._states.items()}
+
+    def transitions(self, before: Mapping[str, Look], after: Mapping[str, Look]) -> list[Transition]:
+        """What changed between two `looks()` of the same endpoints, with the reasons the state still holds
+        (so `after` should be the current one). Endpoints added or removed by configuration are not
+        transitions."""
+        changes: list[Transition] = []
+        for endpoint_id, now_look in after.items():
+            was = before.get(endpoint_id)
+            if was is None or was == now_look:
+                continue
+            state = self._states.get(endpoint_id)
+            if state is None:
+                continue
+            (healthy, ejected, drained, override), (was_healthy, was_ejected, was_drained, was_override) = (
+                now_look, was)
+            if healthy != was_healthy:
+                if not healthy:
+                    why = _plural(state.check_failures, "failed health check")
+                    if state.check_detail:
+                        why += f": {state.check_detail}"
+                    changes.append(Transition(endpoint_id, "up", "down", f"is DOWN ({why})"))
+                else:
+                    why = (_plural(state.check_passes, "passed health check") if self._checked
+                           else "health checks turned off")
+                    changes.append(Transition(endpoint_id, "down", "up", f"is UP again ({why})"))
+            if ejected != was_ejected:
+                if ejected:
+                    why = (f"{_plural(state.ejected_after, 'consecutive failure')}, "
+                           f"ejection {state.ejections}")
+                    changes.append(Transition(endpoint_id, "not ejected", "ejected",
+                                              f"ejected for {state.ejected_for:g}s ({why})"))
+                else:
+                    why = (f"after {state.ejected_for:g}s" if self._outliers is not None
+                           else "outlier detection turned off")
+                    changes.append(Transition(endpoint_id, "ejected", "not ejected",
+                                              f"returned from ejection ({why})"))
+            if drained != was_drained:
+                changes.append(Transition(endpoint_id, "not drained", "drained", "drained by an operator")
+                               if drained else
+                               Transition(endpoint_id, "drained", "not drained", "undrained by an operator"))
+            if override != was_override:
+                configured = state.config.weight
+                old = f"weight {configured if was_override is None else was_override}"
+                new = f"weight {configured if override is None else override}"
+                reason = (f"weight override removed (configured weight {configured})" if override is None
+                          else f"weight set to {override} by an operator (configured {configured})")
+                changes.append(Transition(endpoint_id, old, new, reason))
+        return changes
+
     def describe(self, now: float) -> list[dict[str, object]]:
         """One row per configured endpoint for the admin API and `explain`."""
         rows: list[dict[str, object]] = []
@@ -381,6 +473,10 @@ class EndpointTracker:
                 row["reported_weight"] = state.hint
             rows.append(row)
         return rows
+
+
+def _plural(n: int, what: str) -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"
 
 
 def _forget_measurements(state: _State) -> None:

@@ -8,14 +8,21 @@ tracker (outlier detection, dynamic weights) and the counters the admin API read
 
 The strategy only ever sees `tracker.usable()`; `refresh()` re-reads it when an outcome, a health
 check or the passage of time (`next_change_at`) may have changed it, never per pick.
+
+`refresh()` is also where state transitions are logged (logger `steelyard.upstream`), one line each: an
+endpoint DOWN or UP again (health checks), ejected or back (outlier detection), drained or re-weighted by an
+operator, and the upstream left with no usable endpoint or usable again. Only when the tracker's
+`generation` moved are the endpoints' looks compared, so nothing is added per request.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Collection
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 from steelyard.config.desired import BackendEndpoint, Upstream
@@ -24,7 +31,7 @@ from steelyard.runtime.access_log import LATENCY_BUCKETS, LatencyHistogram
 from steelyard.strategies import NO_CONTEXT, BalancingStrategy, Endpoint, PickContext, create
 
 if TYPE_CHECKING:
-    from steelyard.endpoints import EndpointTracker
+    from steelyard.endpoints import EndpointTracker, Look, Transition
 
 Clock = Callable[[], float]
 
@@ -33,7 +40,13 @@ STATUS_CLASS: dict[int | None, int] = {status: status // 100 for status in range
 # the same for any status llhttp reports (0-999) as a tuple: an index instead of a dict.get() call
 STATUS_CLASSES: tuple[int, ...] = tuple(STATUS_CLASS.get(status, 0) for status in range(1000))
 
-__all__ = ["STATUS_CLASS", "STATUS_CLASSES", "Attempt", "EndpointStats", "UpstreamRuntime"]
+__all__ = ["HEALTH_DETAIL", "STATUS_CLASS", "STATUS_CLASSES", "Attempt", "EndpointStats", "UpstreamRuntime"]
+
+log = logging.getLogger("steelyard.upstream")
+
+# What the probe being reported said ("Connection refused"): set by `HealthChecker` around its callback,
+# read by `on_health_check`, so the callback keeps its (upstream key, endpoint id, healthy) signature.
+HEALTH_DETAIL: ContextVar[str | None] = ContextVar("steelyard_health_detail", default=None)
 
 _new_attempt = object.__new__
 
@@ -145,6 +158,9 @@ class UpstreamRuntime:
         self.no_endpoint = 0  # picks that found no usable endpoint (the 503s)
         self._usable: tuple[Endpoint, ...] = ()
         self._next_change: float | None = None
+        self._generation = -1  # the tracker's generation self._looks was taken at
+        self._looks: dict[str, Look] = {}
+        self._none_usable = False  # whether "no usable endpoint" was the last thing logged about the upstream
         self._derive(upstream)
         self.refresh()
 
@@ -222,16 +238,49 @@ class UpstreamRuntime:
         self.refresh()
 
     def refresh(self) -> None:
-        """Hand the strategy the usable set when it changed; remember when time alone may change it."""
+        """Hand the strategy the usable set when it changed; remember when time alone may change it; log
+        the transitions since the last refresh."""
         now = self.clock()
-        usable = tuple(self.tracker.usable(now))
+        tracker = self.tracker
+        usable = tuple(tracker.usable(now))
         if usable != self._usable:
             self._usable = usable
             self.strategy.set_endpoints(usable)
-        self._next_change = self.tracker.next_change_at(now)
+        self._next_change = tracker.next_change_at(now)
+        if tracker.generation != self._generation:  # a transition may have happened (never per request)
+            self._generation = tracker.generation
+            before, self._looks = self._looks, tracker.looks()
+            if before:
+                changes = tracker.transitions(before, self._looks)
+                if changes:
+                    self._log_transitions(changes, len(usable))
+        none_usable = not usable
+        if none_usable is not self._none_usable:
+            self._none_usable = none_usable
+            configured = len(self.upstream.endpoints)
+            if not none_usable:
+                log.info("%s: usable endpoints again (%d of %d)", self.key, len(usable), configured)
+            elif configured:  # "no usable endpoint: 3 configured, 2 failing health checks, 1 ejected ..."
+                log.error("%s: %s", self.key, tracker.unavailable_reason(now))
+            else:
+                log.warning("%s: no usable endpoint (no endpoints configured)", self.key)
 
-    def on_health_check(self, endpoint_id: str, healthy: bool) -> None:
-        if self.tracker.on_health_check(endpoint_id, self.clock(), healthy):
+    def _log_transitions(self, changes: list[Transition], usable: int) -> None:
+        configured = len(self.upstream.endpoints)
+        for change in changes:
+            endpoint = self._endpoints.get(change.endpoint_id)
+            name = change.endpoint_id
+            if endpoint is not None and endpoint.name and endpoint.name != name:
+                name += f" ({endpoint.name})"
+            log.log(logging.WARNING if change.new in ("down", "ejected") else logging.INFO,
+                    "%s: endpoint %s %s; %d of %d endpoints usable", self.key, name, change.reason, usable,
+                    configured)
+
+    def on_health_check(self, endpoint_id: str, healthy: bool, detail: str | None = None) -> None:
+        """One probe's result; `detail` (else `HEALTH_DETAIL`) is what it said, for the DOWN line."""
+        if detail is None:
+            detail = HEALTH_DETAIL.get()
+        if self.tracker.on_health_check(endpoint_id, self.clock(), healthy, detail):
             self.refresh()
 
     def pick(self, ctx: PickContext = NO_CONTEXT, exclude: Collection[str] = ()) -> Attempt | None:
