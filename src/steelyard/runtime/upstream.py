@@ -26,7 +26,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 from steelyard.config.desired import BackendEndpoint, Upstream
-from steelyard.model import DynamicWeightMode
+from steelyard.model import DynamicWeightMode, StrategyType
 from steelyard.runtime.access_log import LATENCY_BUCKETS, LatencyHistogram
 from steelyard.strategies import NO_CONTEXT, BalancingStrategy, Endpoint, PickContext, create
 
@@ -196,7 +196,8 @@ class UpstreamRuntime:
             else frozenset(range(200, 600)) - {204, 304} - self.retry_statuses
         )
         self.name = upstream.load_balancer
-        self.needs_context = hash_on is not None
+        # SourceIPHash hashes the client address with or without hashOn: it needs the context too.
+        self.needs_context = hash_on is not None or policy.strategy.type == StrategyType.SOURCE_IP_HASH
         # Whether outcomes can change anything in the tracker (outlier detection, dynamic weights); when
         # not, done() skips the call. Read after the tracker took the policy; unknown means yes.
         self.tracker_listens = self.tracker.listens
