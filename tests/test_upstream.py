@@ -291,3 +291,19 @@ def test_outcomes_that_change_no_state_do_no_transition_work() -> None:
     serve(runtime, 100, failing=set())
     runtime.refresh()
     assert looked == []
+
+
+def test_an_admin_read_after_an_ejection_expired_hands_the_return_to_the_strategy(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The tracker ends an expired ejection when asked for the usable set: a reader outside the hot path
+    (the admin API, every second) must not end it behind the strategy's back (usable_now refreshes)."""
+    caplog.set_level(logging.INFO)
+    clock = Clock()
+    runtime = UpstreamRuntime(upstream(1, 2, 3, key="default/web/http", policy=OUTLIERS), clock=clock)
+    serve(runtime, 60, failing={2})
+    assert "127.0.0.1:2" not in {e.id for e in runtime.usable_now()}
+    clock.now += 30
+    assert "127.0.0.1:2" in {e.id for e in runtime.usable_now()}  # the admin's read
+    picked = {e.id for e in (runtime.strategy.pick() for _ in range(6)) if e is not None}
+    assert picked == {"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"}  # the strategy has it back, no pick needed
+    assert len(lines(caplog, "returned from ejection")) == 1

@@ -162,7 +162,7 @@ class RuntimeSource:
         up = runtime.upstream
         now = runtime.clock()
         rows = {str(_first(r, "id", "endpoint", default="")): r for r in runtime.tracker.describe(now)}
-        usable = {e.id: float(e.weight) for e in runtime.tracker.usable(now)}
+        usable = {e.id: float(e.weight) for e in runtime.usable_now()}
         endpoints = tuple(self._endpoint_view(runtime, ep, rows.get(ep.id, {}), usable)
                           for ep in up.endpoints)
         return UpstreamView(
@@ -265,10 +265,8 @@ class RuntimeSource:
         if runtime is None:
             raise LookupError(f"no upstream {upstream!r}")
         now = runtime.clock()
-        usable = list(runtime.tracker.usable(now))
+        usable = list(runtime.usable_now())  # (the strategy has this set now)
         trial = copy.deepcopy(runtime.strategy)  # a copy: the real strategy's counters stay untouched
-        if tuple(usable) != getattr(runtime, "_usable", ()):  # what refresh() would hand it before a pick
-            trial.set_endpoints(usable)
         spec = runtime.upstream.policy.strategy
         if hash_key is None and spec.hash_on is not None and spec.hash_on.source_ip is not None:
             hash_key = client_ip  # what the proxy hashes for `hashOn: {sourceIP: {}}`

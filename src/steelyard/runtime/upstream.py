@@ -277,6 +277,13 @@ class UpstreamRuntime:
                     "%s: endpoint %s %s; %d of %d endpoints usable", self.key, name, change.reason, usable,
                     configured)
 
+    def usable_now(self) -> tuple[Endpoint, ...]:
+        """The usable set, brought up to date first. Readers outside the hot path (the admin API) use
+        this, not `tracker.usable()`: that call also ends expired ejections, and whoever ends one must
+        hand the result to the strategy (and log the return), which `refresh()` does."""
+        self.refresh()
+        return self._usable
+
     def on_health_check(self, endpoint_id: str, healthy: bool, detail: str | None = None) -> None:
         """One probe's result; `detail` (else `HEALTH_DETAIL`) is what it said, for the DOWN line."""
         if detail is None:
