@@ -41,7 +41,25 @@ CASES = [
     ("obsolete-line-folding", 400, b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n folded\r\n\r\n"),
     ("bare-lf", 400, b"GET / HTTP/1.1\nHost: x\n\n"),
     ("bad-method", 400, b"G(T / HTTP/1.1\r\nHost: x\r\n\r\n"),
-    ("bad-version", 400, b"GET / HTTP/9.9\r\nHost: x\r\n\r\n"),
+    # RFC 9110 §9.1, §15.6.2: a method (a token) the proxy does not know is 501
+    ("unknown-method", 501, b"BAN / HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ("unknown-method-underscore", 501, b"FOO_BAR / HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ("lowercase-method", 501, b"get / HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ("not-a-request-line", 400, b"BANANA\r\n\r\n"),
+    # RFC 9110 §15.6.6: a well-formed version other than 1.0 and 1.1 is 505; a malformed one 400
+    ("bad-version", 505, b"GET / HTTP/9.9\r\nHost: x\r\n\r\n"),
+    ("http2-version", 505, b"GET / HTTP/2.0\r\nHost: x\r\n\r\n"),
+    ("http09-version", 505, b"GET / HTTP/0.9\r\nHost: x\r\n\r\n"),
+    ("http2-preface", 505, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+    ("malformed-version", 400, b"GET / HTTP/1.x\r\nHost: x\r\n\r\n"),
+    # RFC 9112 §3.2: a Host that is not uri-host[:port] is 400
+    ("host-with-path", 400, b"GET / HTTP/1.1\r\nHost: raw.test/../x\r\n\r\n"),
+    ("host-with-space", 400, b"GET / HTTP/1.1\r\nHost: raw test\r\n\r\n"),
+    ("host-with-userinfo", 400, b"GET / HTTP/1.1\r\nHost: user@raw.test\r\n\r\n"),
+    ("host-with-bad-port", 400, b"GET / HTTP/1.1\r\nHost: raw.test:8o\r\n\r\n"),
+    ("host-with-bad-ip-literal", 400, b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n"),
+    ("host-invalid-with-body", 400, b"POST / HTTP/1.1\r\nHost: a/b\r\nContent-Length: 2\r\n\r\nok"),
+    ("host-invalid-http10", 400, b"GET / HTTP/1.0\r\nHost: a b\r\n\r\n"),
     ("missing-host", 400, b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n"),
     ("two-hosts", 400, b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
     ("connect", 405, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"),
@@ -71,6 +89,41 @@ async def test_malformed_request_gets_status_and_close(name: str, status: int, r
         client.close()
     if status != 413:  # a 413 by chunk count may happen after the head was forwarded
         assert a.requests == []
+    await a.close()
+
+
+async def test_host_is_validated_when_it_changes_on_a_connection() -> None:
+    """Valid Host forms pass (checked once per change: the common path caches the last Host seen); the first
+    invalid one on the same connection is 400 and closes it."""
+    (a,) = await start_backends("a")
+    async with Harness(make_state([a]), CONFIG) as h:
+        client = await h.connect()
+        for host in ("example.com", "example.com", "[::1]:8080", "127.0.0.1", "127.0.0.1:", "",
+                     "a-b.c_d~!$&'()*+,;=%41:80", "[v1.x]", "example.com"):
+            r = await client.request(host=host)
+            assert (r.status, r.body) == (200, b"a"), host
+        r = await client.request(host="raw.test/../x")
+        assert r.status == 400 and r.text == "steelyard: invalid Host header\n"
+        assert await client.closed()
+        # the same on the general path (a request with a body)
+        client = await h.connect()
+        assert (await client.request("POST", "/", host="[::1]:80", body=b"ok")).status == 200
+        r = await client.request("POST", "/", host="a\\b", body=b"ok")
+        assert r.status == 400 and await client.closed()
+    assert len(a.requests) == 10
+    await a.close()
+
+
+async def test_unknown_method_after_a_good_request_is_501() -> None:
+    (a,) = await start_backends("a")
+    async with Harness(make_state([a]), CONFIG) as h:
+        client = await h.connect()
+        assert (await client.request()).status == 200
+        r = await client.request("BAN")
+        assert (r.status, r.header("Connection")) == (501, "close")
+        assert r.text == "steelyard: method not implemented\n"
+        assert await client.closed()
+    assert a.requests == [("GET", "/")]
     await a.close()
 
 

@@ -15,8 +15,11 @@ Rules (RFC 9110 / RFC 9112):
   those named in `Connection` are removed and its framing fields regenerated; the common response (an
   HTTP/1.1 Content-Length one, nothing hop-by-hop but a plain `Connection`) keeps its status line and
   end-to-end field lines as read, any other has its head rebuilt field by field.
-- Ambiguous framing and any parser error (llhttp, strict) answer 400 and close (RFC 9112 §6.3, §11.2);
-  HTTP/1.1 without exactly one Host is 400 (RFC 9112 §3.2); limits: URI 414, header section 431, body 413,
+- Ambiguous framing and any parser error (llhttp, strict) answer 400 and close (RFC 9112 §6.3, §11.2), but
+  an HTTP version other than 1.0 and 1.1 is 505 (RFC 9110 §15.6.6) and a method llhttp does not know 501
+  (RFC 9110 §9.1; 400 when not even a token, or when it follows another request in the same read).
+  HTTP/1.1 without exactly one Host is 400, and so is a Host that is not uri-host[:port] (RFC 9112 §3.2),
+  checked when a connection's Host changes, not per request; limits: URI 414, header section 431, body 413,
   a client slower than the header timeout 408; a transfer-coding other than chunked 501 (RFC 9112 §6.1).
 - A request body still incomplete when the upstream's request timeout fires is the client's fault (unless
   the endpoint stopped taking it, or the client waits for its 100 Continue): 408 and close, the exchange
@@ -54,7 +57,14 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
-from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, HttpResponseParser, parse_url
+from httptools import (
+    HttpParserError,
+    HttpParserInvalidMethodError,
+    HttpParserUpgrade,
+    HttpRequestParser,
+    HttpResponseParser,
+    parse_url,
+)
 
 from steelyard.runtime.upstream import STATUS_CLASSES, Attempt, UpstreamRuntime
 from steelyard.strategies import NO_CONTEXT, PickContext
@@ -139,7 +149,15 @@ _REASONS = {
     400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
     413: "Content Too Large", 414: "URI Too Long", 431: "Request Header Fields Too Large",
     501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
 }
+# RFC 9112 §3.2, RFC 3986 §3.2.2: Host = uri-host [ ":" port ]; uri-host = IP-literal / IPv4address / reg-name
+# (reg-name's characters include IPv4's).
+_valid_host = re.compile(
+    rb"(?:\[[0-9A-Za-z:._~!$&'()*+,;=%-]+\]|(?:[0-9A-Za-z._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?"
+).fullmatch
+# RFC 9110 §5.6.2: a method is a token.
+_is_token = re.compile(rb"[0-9A-Za-z!#$%&'*+.^_`|~-]+").fullmatch
 # Status lines are regenerated with the standard reason phrase (RFC 9112 §4: clients ignore it), which
 # spares a parser callback per response.
 _STATUS_LINES: dict[int, bytes] = {
@@ -373,7 +391,8 @@ class HttpProxyProtocol(asyncio.Protocol):
         except HttpParserUpgrade as exc:
             self._upgrade_requested(data[exc.args[0]:])
         except HttpParserError as exc:
-            self._parse_failed(self._rejection(exc))
+            # (where the failed request starts is known when no other ended in this read)
+            self._parse_failed(self._rejection(exc, data if self._completed == completed_before else None))
             return
         parsing = self.parsing
         if parsing is not None and not parsing.head:
@@ -526,6 +545,8 @@ class HttpProxyProtocol(asyncio.Protocol):
             # client's fields and the forwarding fields; the pieces that depend only on this connection
             # and its Host are joined once per connection.
             if host != self._host_seen:
+                if _valid_host(host) is None:  # type: ignore[arg-type]
+                    raise _Reject(400, "invalid Host header")
                 self._host_seen = host
                 self._host_line = b" HTTP/1.1\r\nHost: " + host + _CRLF  # type: ignore[operator]
                 self._forward_tail = (self._forwarded + _VIA_11  # type: ignore[operator]
@@ -563,14 +584,18 @@ class HttpProxyProtocol(asyncio.Protocol):
         if connection is not None or not keep_alive:
             version = self.parser.get_http_version()
             if version != "1.1":
-                if version != "1.0":
-                    raise _Reject(400, "unsupported HTTP version")
+                if version != "1.0":  # (llhttp lets 0.9 and 2.0 through)
+                    raise _Reject(505, f"HTTP/{version} is not supported")
                 http11 = req.http11 = req.keep_plain = False
 
         if host_count != 1 and (http11 or host_count > 1):
             raise _Reject(400, "missing Host header" if host_count == 0 else "more than one Host header")
+        if host is not None and host != self._host_seen and _valid_host(host) is None:
+            raise _Reject(400, "invalid Host header")
         if url[:1] != b"/":
             url, host = self._absolute_form(url, host)
+            if host is not None and _valid_host(host) is None:
+                raise _Reject(400, "invalid request target")
             req.url = url
             req.host_field = host
         if transfer_encoding is not None:
@@ -961,11 +986,26 @@ class HttpProxyProtocol(asyncio.Protocol):
         else:
             self.queue.append(req)
 
-    def _rejection(self, exc: HttpParserError) -> _Reject:
-        """The answer to a request llhttp (or a callback of ours) found invalid."""
+    def _rejection(self, exc: HttpParserError, start: bytes | None = None) -> _Reject:
+        """The answer to a request llhttp (or a callback of ours) found invalid; `start`: the bytes the
+        request starts with, when known."""
         reject = exc.__context__
         if isinstance(reject, _Reject):
             return reject
+        if isinstance(exc, HttpParserInvalidMethodError):
+            # llhttp knows a fixed list of methods: a request line starting with another token and a space
+            # has a method not implemented (RFC 9110 §9.1); anything else, or a request whose start in the
+            # read is unknown (after another request in the same read), is a malformed request line.
+            if start is not None:
+                method, space, _ = start.lstrip(b"\r\n").partition(b" ")
+                if space and _is_token(method):
+                    return _Reject(501, "method not implemented")
+        else:
+            reason = str(exc)
+            if reason == "Invalid HTTP version":  # a well-formed version other than 0.9, 1.0, 1.1, 2.0
+                return _Reject(505, "HTTP version not supported")
+            if reason == "Pause on PRI/Upgrade":  # the HTTP/2 connection preface (RFC 9113 §3.4)
+                return _Reject(505, "HTTP/2 is not supported")
         return _Reject(400, f"bad request: {exc}")
 
     def _upgrade_requested(self, rest: bytes) -> None:
