@@ -105,12 +105,17 @@ async def test_host_is_validated_when_it_changes_on_a_connection() -> None:
         r = await client.request(host="raw.test/../x")
         assert r.status == 400 and r.text == "steelyard: invalid Host header\n"
         assert await client.closed()
+        # an absolute-form target's authority becomes the Host: an IPv6 one keeps its brackets
+        client = await h.connect()
+        await client.send(b"GET http://[::1]:8080/headers HTTP/1.1\r\nHost: ignored\r\n\r\n")
+        r = await client.response()
+        assert r.status == 200 and r.body.startswith(b"GET /headers HTTP/1.1\r\nHost: [::1]:8080\r\n")
         # the same on the general path (a request with a body)
         client = await h.connect()
         assert (await client.request("POST", "/", host="[::1]:80", body=b"ok")).status == 200
         r = await client.request("POST", "/", host="a\\b", body=b"ok")
         assert r.status == 400 and await client.closed()
-    assert len(a.requests) == 10
+    assert len(a.requests) == 11
     await a.close()
 
 

@@ -699,7 +699,10 @@ class HttpProxyProtocol(asyncio.Protocol):
             raise _Reject(400, "invalid request target") from None
         if parsed.host is None:
             raise _Reject(400, "invalid request target")
-        authority = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
+        host = parsed.host
+        if b":" in host:  # an IPv6 address, which parse_url gives without its brackets
+            host = b"[" + host + b"]"
+        authority = host + (b":%d" % parsed.port if parsed.port else b"")
         origin = parsed.path or b"/"
         if parsed.query:
             origin += b"?" + parsed.query
