@@ -217,3 +217,14 @@ async def test_a_local_resource_error_does_not_count_against_the_endpoint(
         assert len(local) == 1 and "Too many open files" in local[0]  # rate-limited: one line, many probes
         assert messages(caplog, "endpoint") == []
         assert messages(caplog, "fail", logger="steelyard.health") == []
+
+
+@pytest.mark.parametrize("code", [errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL])
+async def test_every_local_errno_is_the_proxys_problem(code: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def failing(*args: object, **kwargs: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    async with server(answering(200)) as endpoint:
+        monkeypatch.setattr(asyncio, "open_connection", failing)
+        with pytest.raises(LocalResourceError):
+            await probe(endpoint, HTTP)

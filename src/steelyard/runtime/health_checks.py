@@ -7,7 +7,7 @@ the thresholds (`healthyThreshold`, `unhealthyThreshold`) are applied by `steely
 pure and tested with a scripted clock.
 
 A probe that fails for want of a LOCAL resource (EMFILE/ENFILE: the proxy is out of file descriptors;
-ENOBUFS/ENOMEM) says nothing about the endpoint: it is not reported at all (the tracker's state stays as it
+ENOBUFS/ENOMEM; EADDRNOTAVAIL: out of local ports) says nothing about the endpoint: it is not reported at all (the tracker's state stays as it
 was), and logged as the proxy's own problem at most once a minute (`LOCAL_LOG_INTERVAL`).
 
 The state transitions themselves (an endpoint DOWN after `unhealthyThreshold` failures, UP again) are logged
@@ -41,7 +41,8 @@ OnResult = Callable[[str, str, bool], None]  # (upstream key, endpoint id, healt
 _Checked = tuple[BackendEndpoint, HealthCheck]
 
 # errors of this process, not of the endpoint: out of file descriptors (ours, the system's), buffers, memory
-LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# (EADDRNOTAVAIL on connect: the proxy ran out of local ports, TIME_WAIT piling up)
+LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL})
 LOCAL_LOG_INTERVAL = 60.0  # seconds between two log lines about skipped probes
 
 
