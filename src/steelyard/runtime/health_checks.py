@@ -7,8 +7,9 @@ the thresholds (`healthyThreshold`, `unhealthyThreshold`) are applied by `steely
 pure and tested with a scripted clock.
 
 A probe that fails for want of a LOCAL resource (EMFILE/ENFILE: the proxy is out of file descriptors;
-ENOBUFS/ENOMEM; EADDRNOTAVAIL: out of local ports) says nothing about the endpoint: it is not reported at all (the tracker's state stays as it
-was), and logged as the proxy's own problem at most once a minute (`LOCAL_LOG_INTERVAL`).
+ENOBUFS/ENOMEM; EADDRNOTAVAIL: out of local ports) says nothing about the endpoint: it is not reported at
+all (the tracker's state stays as it was), and logged as the proxy's own problem at most once a minute
+(`LOCAL_LOG_INTERVAL`).
 
 The state transitions themselves (an endpoint DOWN after `unhealthyThreshold` failures, UP again) are logged
 by `UpstreamRuntime`, which is told what the probe said through `HEALTH_DETAIL`; this module logs only when
