@@ -97,6 +97,12 @@ def _sum_maps(maps: Sequence[Any]) -> dict[str, int]:
     return out
 
 
+def _sum_latency(rows: Sequence[EndpointView]) -> tuple[int, ...] | None:
+    """Latency histograms added bucket by bucket (None when no row has one)."""
+    latency = [r.latency_counts for r in rows if r.latency_counts is not None]
+    return tuple(map(sum, zip(*latency, strict=True))) if latency else None
+
+
 def _merge_endpoint(rows: Sequence[EndpointView], workers: int) -> EndpointView:
     first = rows[0]
     usable = sum(1 for r in rows if r.healthy)
@@ -105,14 +111,13 @@ def _merge_endpoint(rows: Sequence[EndpointView], workers: int) -> EndpointView:
     else:
         worst = next((r.health for r in rows if not r.healthy), first.health)
         health = f"{worst} in {workers - usable}/{workers} workers" if usable < workers else "mixed"
-    latency = [r.latency_counts for r in rows if r.latency_counts is not None]
     return dataclasses.replace(
         first, health=health, healthy=usable == workers,
         effective_weight=sum(r.effective_weight for r in rows) / workers,
         drained=all(r.drained for r in rows), in_flight=sum(r.in_flight for r in rows),
         requests=sum(r.requests for r in rows), failures=sum(r.failures for r in rows),
         responses=_sum_maps([r.responses for r in rows]), ejections=sum(r.ejections for r in rows),
-        latency_counts=tuple(map(sum, zip(*latency, strict=True))) if latency else None,
+        latency_counts=_sum_latency(rows),
         latency_sum=sum(r.latency_sum for r in rows), detail={"workers": len(rows)},
     )
 
@@ -184,13 +189,12 @@ def carry_upstreams(merged: Sequence[UpstreamView],
         for ep in up.endpoints:
             old = by_endpoint.get((up.key, ep.id), [])
             if old:
-                latency = [r.latency_counts for r in (ep, *old) if r.latency_counts is not None]
                 ep = dataclasses.replace(
                     ep, requests=ep.requests + sum(r.requests for r in old),
                     failures=ep.failures + sum(r.failures for r in old),
                     responses=_sum_maps([ep.responses, *(r.responses for r in old)]),
                     ejections=ep.ejections + sum(r.ejections for r in old),
-                    latency_counts=tuple(map(sum, zip(*latency, strict=True))) if latency else None,
+                    latency_counts=_sum_latency((ep, *old)),
                     latency_sum=ep.latency_sum + sum(r.latency_sum for r in old))
             endpoints.append(ep)
         out.append(dataclasses.replace(

@@ -502,17 +502,13 @@ class HttpProxyProtocol(asyncio.Protocol):
         if kind == _CONTENT_LENGTH:
             req.length_field = value  # llhttp rejects differing repeats
         elif kind == _TRANSFER_ENCODING:
-            coding = req.coding_field
-            req.coding_field = value if coding is None else coding + b"," + value
+            req.coding_field = _combined(req.coding_field, value, b",")
         elif kind == _CONNECTION:
-            connection = req.connection_field
-            req.connection_field = value if connection is None else connection + b"," + value
+            req.connection_field = _combined(req.connection_field, value, b",")
         elif kind == _UPGRADE:
-            upgrade = req.upgrade_field
-            req.upgrade_field = value if upgrade is None else upgrade + b", " + value
+            req.upgrade_field = _combined(req.upgrade_field, value, b", ")
         elif kind == _XFF:
-            xff = req.xff_field
-            req.xff_field = value if xff is None else xff + b", " + value
+            req.xff_field = _combined(req.xff_field, value, b", ")
 
     def on_headers_complete(self) -> None:
         req = self.parsing
@@ -1290,6 +1286,11 @@ class _Sink(list[bytes]):
 _TRAILER_SINK = _Sink()
 
 
+def _combined(current: bytes | None, value: bytes, separator: bytes) -> bytes:
+    """A list-valued field given on several lines, as one value (RFC 9110 §5.3)."""
+    return value if current is None else current + separator + value
+
+
 def _field_values(req: HttpRequest, lname: bytes) -> list[str]:
     """The values of the request fields named `lname` (lowercase), as text, in order."""
     if lname == b"host" or lname == b"x-forwarded-for":
@@ -1550,11 +1551,9 @@ class UpstreamConnection(asyncio.Protocol):
             elif kind == _TRANSFER_ENCODING:
                 self.chunked_in = True  # llhttp accepts it in a response only with chunked last
             elif kind == _CONNECTION:
-                connection: bytes | None = self.connection
-                self.connection = value if connection is None else connection + b"," + value
+                self.connection = _combined(self.connection, value, b",")
             elif kind == _UPGRADE:
-                upgrade: bytes | None = self.upgrade
-                self.upgrade = value if upgrade is None else upgrade + b", " + value
+                self.upgrade = _combined(self.upgrade, value, b", ")
         return parts
 
     def on_headers_complete(self) -> None:
