@@ -136,11 +136,7 @@ class Runtime:
         report.endpoints = sum(len(u.endpoints) for u in state.upstreams.values())
 
         for listener, sock in opened:
-            old = self.listeners.get(listener.key)
-            server = await serve_socket(sock, self.proxy.protocol_factory(listener), self.backlog)
-            if old is not None:  # protocol changed: the new socket accepts before the old one closes
-                old[1].close()
-            self.listeners[listener.key] = (listener, server)
+            await self._serve(listener, sock)
             report.bound.append(listener)
         rebinding = {listener.key for listener in plan.to_bind}
         for key in plan.to_close:
@@ -165,6 +161,14 @@ class Runtime:
             except Exception:
                 log.exception("after-apply hook failed")
         return report
+
+    async def _serve(self, listener: Listener, sock: socket.socket) -> None:
+        """Start accepting on a newly bound socket; a listener it replaces (protocol changed) closes after."""
+        old = self.listeners.get(listener.key)
+        server = await serve_socket(sock, self.proxy.protocol_factory(listener), self.backlog)
+        if old is not None:  # the new socket accepts before the old one closes
+            old[1].close()
+        self.listeners[listener.key] = (listener, server)
 
     def _update_health(self, state: DesiredState) -> None:
         """Start checks for new endpoints and stop those of removed ones (an empty endpoint list)."""
@@ -197,11 +201,7 @@ class Runtime:
                 except ListenerBindError as exc:
                     self.unbound[key] = (listener, str(exc))
                     continue
-                server = await serve_socket(sock, self.proxy.protocol_factory(listener), self.backlog)
-                old = self.listeners.get(key)
-                if old is not None:
-                    old[1].close()
-                self.listeners[key] = (listener, server)
+                await self._serve(listener, sock)
                 del self.unbound[key]
                 log.info("now listening on %s (the port was taken when the configuration asked for it)",
                          _describe(listener))
