@@ -55,12 +55,16 @@ def test_many_distinct_shares_take_the_lockstep_path() -> None:
     same(addresses(n), [1.0 + i / n for i in range(n)], 10007)
 
 
-def test_the_same_table_with_2000_endpoints() -> None:
-    """The size from which build_table hands over to NumPy (the reference needs seconds at 10,000)."""
+def test_the_same_table_with_2000_endpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The size from which build_table hands over to NumPy when the C build is missing (the reference
+    needs seconds at 10,000)."""
     m = maglev.table_size(2000)
     assert m == 200_003 and maglev.NUMPY_MIN_ENDPOINTS <= 2000
     ids, weights = addresses(2000), [float(1 + i % 5) for i in range(2000)]
-    assert maglev.build_table(ids, weights, m) == maglev.build_table_reference(ids, weights, m)
+    reference = maglev.build_table_reference(ids, weights, m)
+    assert _maglev_numpy.build_table_numpy(ids, weights, m).tolist() == reference
+    monkeypatch.setattr(maglev, "_maglev_fill", None)
+    assert maglev.build_table(ids, weights, m) == reference
 
 
 def test_the_same_table_with_skewed_weights_at_1000_endpoints() -> None:

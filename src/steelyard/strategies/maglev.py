@@ -17,20 +17,25 @@ stay within about 1 % of each other). 10,000 endpoints need M >= 1,000,000 (1,00
 
 Cost: a pick is one key hash and one list index, O(1); a key seen since the last endpoint change is one
 dict lookup (a memo of up to 16,384 keys, as in RingHash). Building costs about M ln M probes in the paper's
-loop, mostly spent finding the last free slots. Below 2,000 endpoints (M < 200,003) the loop runs in pure
-Python (`build_table_reference`) until few slots are left, then each endpoint's remaining claims come from
-sorting its positions of the free slots (same result, far fewer steps): 65,537 slots take a few tens of
-ms. From 2,000 endpoints on, `_maglev_numpy.build_table_numpy` computes the same table, slot for slot,
-in NumPy (the method is described there; NumPy is imported only then): about 4x faster at 2,000
-endpoints and 6-8x at 10,000 (M = 1,000,003), where it still takes about 0.5-1 s, over the 100 ms target
-(see docs/benchmarks.md). The table is a list (a pick indexes it in ~100 ns), built once per endpoint set
-and shared by `explain`'s copy.
+loop, mostly spent finding the last free slots. Three builds give the same table, slot for slot:
+- `_maglev_fill` (C, built by setup.py when a compiler is present): the loop over a bitmap of taken
+  slots, and an endgame for the last ~sqrt(M) free slots (below); ~30 ms at 10,000 endpoints
+  (M = 1,000,003), under 1 ms at the default 65,537 slots;
+- without it, from 2,000 endpoints on, `_maglev_numpy.build_table_numpy` (NumPy, imported only then):
+  ~0.5 s at 10,000 endpoints, over the 100 ms target;
+- otherwise `build_table_reference`, the loop in pure Python until few slots are left, then each
+  endpoint's remaining claims come from sorting its positions of the free slots: tens of ms for 65,537
+  slots. It is the reference the other two are tested against.
+Each endpoint's two preference hashes are kept by id across rebuilds (blake2b: ~2 us each).
+The table is a list (a pick indexes it in ~100 ns), built once per endpoint set and shared by `explain`'s
+copy.
 """
 
 from __future__ import annotations
 
 import random
 import time
+import types
 from collections.abc import Sequence
 from itertools import compress
 from math import isqrt
@@ -39,6 +44,12 @@ from steelyard.model import Strategy as StrategySpec
 from steelyard.strategies._common import id_hashes, key_hash, usable
 from steelyard.strategies._keyed import KeyedStrategy
 from steelyard.strategies.base import Clock, Endpoint, register
+
+_maglev_fill: types.ModuleType | None
+try:  # the C build (optional: setup.py builds it when a compiler is present)
+    from steelyard.strategies import _maglev_fill
+except ImportError:  # pragma: no cover - tests hide it with monkeypatch instead
+    _maglev_fill = None
 
 DEFAULT_TABLE_SIZE = 65537
 NUMPY_MIN_ENDPOINTS = 2000  # from here on the NumPy build is the faster one (measured, see the docstring)
@@ -77,12 +88,27 @@ def table_size(endpoints: int) -> int:
     return m
 
 
-def build_table(ids: Sequence[str], weights: Sequence[float], m: int) -> list[int]:
+def preference_hashes(endpoint_id: str) -> tuple[int, int]:
+    """The two 64-bit hashes behind an endpoint's offset and skip (the same in every process)."""
+    a, b = id_hashes(endpoint_id, 2, b"steelyard-maglev")
+    return a, b
+
+
+def build_table(ids: Sequence[str], weights: Sequence[float], m: int,
+                hashes: Sequence[tuple[int, int]] | None = None) -> list[int]:
     """The Maglev lookup table: slot -> index into `ids`. Deterministic in (ids, weights, m).
 
-    The same table either way: the NumPy build from NUMPY_MIN_ENDPOINTS endpoints on, the paper's loop
-    (`build_table_reference`) below, where it is the faster one.
+    The same table whichever build runs: C when built, else NumPy from NUMPY_MIN_ENDPOINTS endpoints on,
+    else the paper's loop (`build_table_reference`). `hashes`: `preference_hashes` of each id, if known.
     """
+    if _maglev_fill is not None and ids:
+        if hashes is None:
+            hashes = [preference_hashes(endpoint_id) for endpoint_id in ids]
+        top = max(weights)
+        shares = None if all(w == top for w in weights) else [w / top for w in weights]
+        table: list[int] = _maglev_fill.fill([a % m for a, _ in hashes], [b % (m - 1) + 1 for _, b in hashes],
+                                            shares, m)
+        return table
     if len(ids) >= NUMPY_MIN_ENDPOINTS:
         # Imported here: NumPy costs ~0.1 s and ~20 MB per process, paid only by very large upstreams.
         from steelyard.strategies._maglev_numpy import build_table_numpy
@@ -104,7 +130,7 @@ def build_table_reference(ids: Sequence[str], weights: Sequence[float], m: int) 
         return [0] * m
     offsets, skips = [], []
     for endpoint_id in ids:
-        a, b = id_hashes(endpoint_id, 2, b"steelyard-maglev")
+        a, b = preference_hashes(endpoint_id)
         offsets.append(a % m)
         skips.append(b % (m - 1) + 1)
     top = max(weights)
@@ -176,13 +202,14 @@ def build_table_reference(ids: Sequence[str], weights: Sequence[float], m: int) 
 @register
 class Maglev(KeyedStrategy):
     name = "Maglev"
-    shared_on_copy = frozenset({"_table", "_memo"})
+    shared_on_copy = frozenset({"_table", "_memo", "_hashes"})  # replaced on change, never mutated
 
     def __init__(self, spec: StrategySpec, clock: Clock = time.monotonic, rng: random.Random | None = None):
         super().__init__(spec, clock, rng)
         self._table: list[int] = []
         self._size = 0
         self._built_for: tuple[tuple[str, float], ...] = ()
+        self._hashes: dict[str, tuple[int, int]] = {}  # preference_hashes of the current ids
 
     def set_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
         new = usable(endpoints)
@@ -196,7 +223,10 @@ class Maglev(KeyedStrategy):
             self._table, self._size = [], 0
             return
         self._size = table_size(len(new))
-        self._table = build_table([e.id for e in new], [e.weight for e in new], self._size)
+        known = self._hashes
+        self._hashes = {e.id: known.get(e.id) or preference_hashes(e.id) for e in new}
+        self._table = build_table([e.id for e in new], [e.weight for e in new], self._size,
+                                  list(self._hashes.values()))
 
     def _lookup(self, key: str) -> Endpoint:
         return self._endpoints[self._table[key_hash(key) % self._size]]
