@@ -158,6 +158,9 @@ def test_image_runs_as_the_deployments_user() -> None:
     assert int(uid) == pod_security["runAsUser"] != 0
     assert int(gid or uid) == pod_security["runAsGroup"]
     assert re.search(r"^RUN pip install .* \.\s*$", dockerfile, re.MULTILINE)
+    # setup.py declares the C extension: without it (or without gcc) the image would silently fall back.
+    assert re.search(r"^COPY .*\bsetup\.py\b", dockerfile, re.MULTILINE)
+    assert re.search(r"^RUN apt-get .*install .*\bgcc\b", dockerfile, re.MULTILINE)
     assert 'ENTRYPOINT ["steelyard"]' in dockerfile
 
 
