@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench lint venv clean install deploy
 
-$(STAMP): pyproject.toml setup.py src/steelyard/strategies/_maglev_fill.c
+$(STAMP): pyproject.toml setup.py $(wildcard src/steelyard/strategies/*.c)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
