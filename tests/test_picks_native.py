@@ -123,3 +123,69 @@ def test_unexpected_values_are_left_to_the_python() -> None:
         assert function(*args) == -1
         assert repr(args) == before  # nothing counted
     assert two_choices(slots, counts, [1.0, 1.0], 0.3) in (0, 1) and sum(counts) == 1
+
+
+def edf_run(ops: list[tuple[Any, ...]], weights: list[float], *, native: bool,
+            monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[dict[str, tuple[int, int]]]]:
+    from steelyard.strategies import weighted_round_robin as wrr
+
+    real = wrr._EdfHeap
+    assert real is not None, "the C extension is not built (pip install -e . with a compiler)"
+    monkeypatch.setattr(wrr, "_EdfHeap", real if native else None)
+    strategy = create(StrategySpec.model_validate({"type": "WeightedRoundRobin"}), rng=random.Random(7))
+    assert isinstance(strategy, wrr.WeightedRoundRobin)
+    endpoints = [Endpoint(f"10.0.0.{i}:80", w) for i, w in enumerate(weights)]
+    strategy.set_endpoints(endpoints)
+    assert strategy._edf and (strategy._queue is not None) == native
+    picked: list[str] = []
+    deadlines = []
+    for op in ops:
+        if op[0] == "pick":
+            e = strategy.pick()
+            assert e is not None
+            picked.append(e.id)
+        elif op[0] == "set":  # drop a quarter, or change one weight (deadlines carry over, rescaled)
+            changed = [Endpoint(e.id, e.weight * (1.5 if i == op[1] else 1.0))
+                       for i, e in enumerate(endpoints)]
+            strategy.set_endpoints([e for i, e in enumerate(changed) if i % 4 != op[1] % 4] or changed)
+            deadlines.append(strategy._deadlines())
+    deadlines.append(strategy._deadlines())
+    monkeypatch.setattr(wrr, "_EdfHeap", real)
+    return picked, deadlines
+
+
+@settings(max_examples=100, deadline=None)
+@given(ops=st.lists(st.one_of(st.tuples(st.just("pick")), st.tuples(st.just("set"), st.integers(0, 11))),
+                    min_size=1, max_size=200),
+       weights=st.lists(st.floats(0.05, 50.0), min_size=9, max_size=12, unique=True))
+def test_the_edf_heap_gives_the_python_heaps_order(ops: list[tuple[Any, ...]], weights: list[float]) -> None:
+    """More than 8 distinct weights: EDF mode. The same picks and the same deadlines, native or not."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        assert edf_run(ops, weights, native=True, monkeypatch=monkeypatch) == edf_run(
+            ops, weights, native=False, monkeypatch=monkeypatch)
+
+
+def test_the_edf_heap_renormalizes_instead_of_overflowing() -> None:
+    """Strides of ~2^56 pass 2^63 within a few hundred picks: the keys it reports stay exact."""
+    import copy
+    import heapq
+
+    from steelyard.strategies._picks import EdfHeap
+
+    bits = 4
+    strides = [((1 << 52) + i * 977) << bits for i in range(9)]
+    python = [(((1 << 50) + i) << bits) | i for i in range(9)]
+    heapq.heapify(python)
+    native = EdfHeap(python, strides, bits)
+    for step in range(5000):
+        key = python[0]
+        heapq.heapreplace(python, key + strides[key & 15])
+        assert native.pop_push() == key & 15, step
+    assert python[0] > 1 << 64  # far past what 64 bits hold
+    assert sorted(native.keys()) == sorted(python)
+    twin = copy.deepcopy(native)  # explain's copy of a strategy
+    assert [twin.pop_push() for _ in range(50)] == [native.pop_push() for _ in range(50)]
+    with pytest.raises(ValueError):
+        EdfHeap([0, 1 << 70], [16, 16], bits)  # keys too far apart for one array
+    with pytest.raises(ValueError):
+        EdfHeap([0, 1], [16, 17], bits)  # a stride that would change the index bits

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import types
 from collections.abc import Sequence
 from math import exp, log
 
@@ -37,10 +38,12 @@ from steelyard.model import Strategy as StrategySpec
 from steelyard.strategies._common import Cells, TwoDraws, usable
 from steelyard.strategies.base import NO_CONTEXT, BalancingStrategy, Clock, Endpoint, PickContext, register
 
-try:  # the C pick (optional: setup.py builds it when a compiler is present)
-    from steelyard.strategies._picks import peak_ewma as _peak_ewma_native
-except ImportError:  # pragma: no cover - tests switch it off with monkeypatch instead
-    _peak_ewma_native = None
+_picks: types.ModuleType | None
+try:  # the C picks (optional: setup.py builds them when a compiler is present)
+    from steelyard.strategies import _picks
+except ImportError:  # pragma: no cover - tests switch them off with monkeypatch instead
+    _picks = None
+_peak_ewma_native = None if _picks is None else _picks.peak_ewma
 
 DECAY_SECONDS = 10.0  # tau, Finagle's default decay time
 FAILURE_FLOOR_SECONDS = 1.0
@@ -81,7 +84,7 @@ class PeakEWMA(BalancingStrategy):
         if slots:  # integer weights: two ticket draws from one random number (see TwoDraws)
             u = self._random()
             if _peak_ewma_native is not None:  # the same choice in C, or -1: decide it here
-                best = _peak_ewma_native(slots, self._state, u)
+                best: int = _peak_ewma_native(slots, self._state, u)
                 if best >= 0:
                     return self._endpoints[best]
             size = self._size

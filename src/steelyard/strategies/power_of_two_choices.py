@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import random
 import time
+import types
 from bisect import bisect_right
 from collections.abc import Sequence
 
@@ -32,10 +33,12 @@ from steelyard.model import Strategy as StrategySpec
 from steelyard.strategies._common import InFlight, TwoDraws, draw, usable
 from steelyard.strategies.base import NO_CONTEXT, BalancingStrategy, Clock, Endpoint, PickContext, register
 
-try:  # the C pick (optional: setup.py builds it when a compiler is present)
-    from steelyard.strategies._picks import two_choices as _two_choices_native
-except ImportError:  # pragma: no cover - tests switch it off with monkeypatch instead
-    _two_choices_native = None
+_picks: types.ModuleType | None
+try:  # the C picks (optional: setup.py builds them when a compiler is present)
+    from steelyard.strategies import _picks
+except ImportError:  # pragma: no cover - tests switch them off with monkeypatch instead
+    _picks = None
+_two_choices_native = None if _picks is None else _picks.two_choices
 
 
 def draw_excluding(cum: list[float], weights: list[float], total: float, taken: list[int], u: float) -> int:
@@ -82,7 +85,7 @@ class PowerOfTwoChoices(BalancingStrategy):
         if slots:  # two choices, integer weights: two ticket draws from one random number
             u = self._random()
             if _two_choices_native is not None:  # the same choice in C, or -1: decide it here
-                best = _two_choices_native(slots, self._counts, self._weights, u)
+                best: int = _two_choices_native(slots, self._counts, self._weights, u)
                 if best >= 0:
                     return self._endpoints[best]
             size = self._size
