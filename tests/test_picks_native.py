@@ -115,8 +115,9 @@ def test_unexpected_values_are_left_to_the_python() -> None:
         (two_choices, (slots, [0, 2**60], [1.0, 1.0], 0.3)),  # a count beyond exact doubles
         (two_choices, (slots, counts, [1.0], 0.3)),  # weights and counts disagree
         (two_choices, ([0, 5], counts, [1.0, 1.0], 0.3)),  # a slot beyond the endpoints
-        (native_ewma, (slots, [[0, 0.5, 0.0, 0.1], [0, 0.0, 0.0, 0.0]], 0.3)),  # one measured: clock
-        (native_ewma, (slots, [[0, 0.5, 0.0, 0.1], [0, 1, 0.0, 0.0]], 0.3)),  # an int estimate
+        (native_ewma, (slots, [0, 0], [0.1, None], 0.3)),  # one measured: the clock is needed
+        (native_ewma, (slots, [0, 0], [0.1, 1], 0.3)),  # an int key
+        (native_ewma, (slots, [0, 0], [0.1], 0.3)),  # keys and in-flight counts disagree
     ]
     for function, args in cases:
         before = repr(args)

@@ -289,11 +289,10 @@ def test_peak_ewma_compares_loads_as_decayed_to_now() -> None:
         s.pick()
         s.on_done(e, r.uniform(0.001, 0.5), r.random() < 0.9)
         clock.now += r.uniform(0, 3)
-    state = s._state  # type: ignore[attr-defined]
+    cells, pending = s._cells, s._pending  # type: ignore[attr-defined]
     for _ in range(200):
         i, j = r.sample(range(4), 2)
-        a, b = state[i], state[j]
-        load = [c[1] * math.exp((c[2] - clock.now) / 10.0) * (c[0] + 1) for c in (a, b)]
+        load = [cells[k][0] * math.exp((cells[k][1] - clock.now) / 10.0) * (pending[k] + 1) for k in (i, j)]
         if abs(load[0] - load[1]) < 1e-9 * max(load):
             continue
         want = j if load[1] < load[0] else i

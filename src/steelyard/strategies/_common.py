@@ -1,4 +1,4 @@
-"""Pieces several strategies share: the usable filter, in-flight cells, weighted draws, stable hashes.
+"""Pieces several strategies share: the usable filter, in-flight counts, weighted draws, stable hashes.
 
 Nothing here is a strategy; the modules that register strategies import from here.
 """
@@ -32,35 +32,6 @@ def usable(endpoints: Sequence[Endpoint]) -> list[Endpoint]:
             seen.add(e.id)
             out.append(e)
     return out
-
-
-class Cells:
-    """Per-endpoint mutable state (a small list, slot 0 = picks in flight), keyed by endpoint id.
-
-    `align()` gives one cell per usable endpoint in order, reusing the cell of an id that stays, so
-    counts and estimates survive `set_endpoints`. A departed endpoint's cell is kept while picks are
-    still in flight on it, so their `on_done` lands somewhere and a quick return finds the right count.
-    """
-
-    def __init__(self, new_cell: Callable[[], list[float]]):
-        self._new_cell = new_cell
-        self.by_id: dict[str, list[float]] = {}
-
-    def align(self, endpoints: Sequence[Endpoint]) -> list[list[float]]:
-        old = self.by_id
-        by_id: dict[str, list[float]] = {}
-        aligned = []
-        for e in endpoints:
-            cell = old.get(e.id)
-            if cell is None:
-                cell = self._new_cell()
-            by_id[e.id] = cell
-            aligned.append(cell)
-        for endpoint_id, cell in old.items():
-            if endpoint_id not in by_id and cell[0] > 0:
-                by_id[endpoint_id] = cell
-        self.by_id = by_id
-        return aligned
 
 
 class InFlight:

@@ -106,55 +106,47 @@ two_choices(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromSsize_t(best);
 }
 
-/* peak_ewma(slots, state, u) -> index or -1: PeakEWMA.pick's ticket path.
- * A cell: [in flight (int), estimate (float), stamp, ln(estimate) + stamp / tau (float)]. */
+/* peak_ewma(slots, pending, keys, u) -> index or -1: PeakEWMA.pick's ticket path.
+ * pending: picks in flight (ints); keys: ln(estimate) + stamp / tau (floats), None while unmeasured. */
 static PyObject *
 peak_ewma(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "peak_ewma(slots, state, u)");
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "peak_ewma(slots, pending, keys, u)");
         return NULL;
     }
-    PyObject *state = args[1];
-    if (!PyList_CheckExact(state) || !PyFloat_CheckExact(args[2]))
+    PyObject *pending = args[1], *keys = args[2];
+    if (!PyList_CheckExact(pending) || !PyList_CheckExact(keys) || !PyFloat_CheckExact(args[3]))
+        return NOT_DECIDED;
+    Py_ssize_t n = PyList_GET_SIZE(pending);
+    if (PyList_GET_SIZE(keys) != n)
         return NOT_DECIDED;
     Py_ssize_t first, second;
-    if (draw_two(args[0], PyFloat_AS_DOUBLE(args[2]), PyList_GET_SIZE(state), &first, &second) < 0
-        || first == second)
-        return NOT_DECIDED;
-    PyObject *a = PyList_GET_ITEM(state, first), *b = PyList_GET_ITEM(state, second);
-    if (!PyList_CheckExact(a) || !PyList_CheckExact(b) || PyList_GET_SIZE(a) < 4 || PyList_GET_SIZE(b) < 4)
+    if (draw_two(args[0], PyFloat_AS_DOUBLE(args[3]), n, &first, &second) < 0 || first == second)
         return NOT_DECIDED;
     long long pending_a, pending_b;
-    PyObject *cost_a = PyList_GET_ITEM(a, 1), *cost_b = PyList_GET_ITEM(b, 1);
-    if (small_count(PyList_GET_ITEM(a, 0), &pending_a) < 0 || small_count(PyList_GET_ITEM(b, 0), &pending_b) < 0
-        || !PyFloat_CheckExact(cost_a) || !PyFloat_CheckExact(cost_b))
+    if (small_count(PyList_GET_ITEM(pending, first), &pending_a) < 0
+        || small_count(PyList_GET_ITEM(pending, second), &pending_b) < 0)
         return NOT_DECIDED;
-    int measured_a = PyFloat_AS_DOUBLE(cost_a) != 0.0, measured_b = PyFloat_AS_DOUBLE(cost_b) != 0.0;
+    PyObject *key_a = PyList_GET_ITEM(keys, first), *key_b = PyList_GET_ITEM(keys, second);
     int win;
-    if (measured_a && measured_b) {
-        PyObject *key_a = PyList_GET_ITEM(a, 3), *key_b = PyList_GET_ITEM(b, 3);
+    if (key_a != Py_None && key_b != Py_None) {
         if (!PyFloat_CheckExact(key_a) || !PyFloat_CheckExact(key_b))
             return NOT_DECIDED;
         double d = PyFloat_AS_DOUBLE(key_b) - PyFloat_AS_DOUBLE(key_a);
         win = pending_a == pending_b ? d < 0.0
                                      : d < log((double)(pending_a + 1) / (double)(pending_b + 1));
-    } else if (measured_a || measured_b) {
+    } else if (key_a != Py_None || key_b != Py_None) {
         return NOT_DECIDED;  /* the Python decays the measured one to now */
     } else {
         win = pending_b < pending_a;
     }
-    if (win) {
-        if (count_one_more(b, 0, pending_b) < 0)
-            return NULL;
-        return PyLong_FromSsize_t(second);
-    }
-    if (count_one_more(a, 0, pending_a) < 0)
+    Py_ssize_t best = win ? second : first;
+    if (count_one_more(pending, best, win ? pending_b : pending_a) < 0)
         return NULL;
-    return PyLong_FromSsize_t(first);
+    return PyLong_FromSsize_t(best);
 }
-
 
 /* EdfHeap(keys, strides, bits): WeightedRoundRobin's EDF heap over a C array.
  *
@@ -393,7 +385,7 @@ static PyMethodDef methods[] = {
     {"two_choices", (PyCFunction)(void (*)(void))two_choices, METH_FASTCALL,
      "two_choices(slots, counts, weights, u) -> PowerOfTwoChoices' pick (an index) or -1"},
     {"peak_ewma", (PyCFunction)(void (*)(void))peak_ewma, METH_FASTCALL,
-     "peak_ewma(slots, state, u) -> PeakEWMA's pick (an index) or -1"},
+     "peak_ewma(slots, pending, keys, u) -> PeakEWMA's pick (an index) or -1"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from math import exp, log
 
 from steelyard.model import Strategy as StrategySpec
-from steelyard.strategies._common import Cells, TwoDraws, usable
+from steelyard.strategies._common import InFlight, TwoDraws, usable
 from steelyard.strategies.base import NO_CONTEXT, BalancingStrategy, Clock, Endpoint, PickContext, register
 
 _picks: types.ModuleType | None
@@ -50,8 +50,8 @@ FAILURE_FLOOR_SECONDS = 1.0
 FAILURE_FACTOR = 4.0
 PENDING_PENALTY = 1e6  # load of an endpoint with picks in flight and no estimate yet
 
-# A cell: [in flight, estimate (s), time of the estimate, ln(estimate) + time / tau when estimate > 0]
-PENDING, COST, STAMP, KEY = 0, 1, 2, 3
+# An estimate cell, per endpoint id: [estimate (s), time of the estimate]
+COST, STAMP = 0, 1
 
 
 @register
@@ -63,8 +63,12 @@ class PeakEWMA(BalancingStrategy):
         self._endpoints: list[Endpoint] = []
         self._draws = TwoDraws()
         self._random = self.rng.random
-        self._cells = Cells(lambda: [0, 0.0, self.clock(), 0.0])
-        self._state: list[list[float]] = []
+        # Flat lists aligned with the endpoints, so a pick reads four list items, not four nested cells:
+        self._tracker = InFlight()
+        self._pending: list[int] = []  # picks in flight (the tracker's counts)
+        self._keys: list[float | None] = []  # ln(estimate) + stamp / tau; None while unmeasured
+        self._cells: list[list[float]] = []  # estimate cells, read only when the clock is needed
+        self._estimates: dict[str, list[float]] = {}  # cells by id (also departed ids with picks in flight)
         self._slots: list[int] = []  # the ticket table when weights allow (two draws, one random)
         self._size = 0
 
@@ -72,7 +76,15 @@ class PeakEWMA(BalancingStrategy):
         self._endpoints = usable(endpoints)
         self._draws.set_weights([e.weight for e in self._endpoints])
         self._slots, self._size = self._draws.slots, self._draws.size
-        self._state = self._cells.align(self._endpoints)
+        self._pending = self._tracker.align(self._endpoints)
+        old = self._estimates
+        estimates = {e.id: old.get(e.id) or [0.0, self.clock()] for e in self._endpoints}
+        for endpoint_id in self._tracker.gone:  # departed with picks in flight: their done still counts
+            if endpoint_id in old:
+                estimates.setdefault(endpoint_id, old[endpoint_id])
+        self._estimates = estimates
+        self._cells = [estimates[e.id] for e in self._endpoints]
+        self._keys = [_key(cell) for cell in self._cells]
 
     @staticmethod
     def _estimate(cell: list[float], now: float) -> float:
@@ -84,7 +96,7 @@ class PeakEWMA(BalancingStrategy):
         if slots:  # integer weights: two ticket draws from one random number (see TwoDraws)
             u = self._random()
             if _peak_ewma_native is not None:  # the same choice in C, or -1: decide it here
-                best: int = _peak_ewma_native(slots, self._state, u)
+                best: int = _peak_ewma_native(slots, self._pending, self._keys, u)
                 if best >= 0:
                     return self._endpoints[best]
             size = self._size
@@ -99,47 +111,35 @@ class PeakEWMA(BalancingStrategy):
             if n <= 1:
                 if not n:
                     return None
-                self._state[0][PENDING] += 1
+                self._pending[0] += 1
                 return self._endpoints[0]
             first, second = self._draws.alias_pair(self._random)
-        state = self._state
-        a = state[first]
-        b = state[second]
-        pending_a = a[PENDING]
-        pending_b = b[PENDING]
-        cost_a = a[COST]
-        cost_b = b[COST]
-        if cost_a and cost_b:  # estimates are >= 0: both measured
+        pending = self._pending
+        keys = self._keys
+        pending_a = pending[first]
+        pending_b = pending[second]
+        key_a = keys[first]
+        key_b = keys[second]
+        if key_a is not None and key_b is not None:  # both measured
             # estimate x exp((stamp - now) / tau) x (in flight + 1), compared without now: see the header
-            d = b[KEY] - a[KEY]
+            d = key_b - key_a
             win = d < 0.0 if pending_a == pending_b else d < log((pending_a + 1) / (pending_b + 1))
-        elif cost_a or cost_b:
+        elif key_a is not None or key_b is not None:
             now = self.clock()
-            win = self._load(b, now) < self._load(a, now)
+            cells = self._cells
+            win = _load(cells[second], pending_b, now) < _load(cells[first], pending_a, now)
         else:  # neither measured: load 0, or the penalty + in flight, which orders as in flight does
             win = pending_b < pending_a
         if win:
-            b[PENDING] = pending_b + 1
+            pending[second] = pending_b + 1
             return self._endpoints[second]
-        a[PENDING] = pending_a + 1
+        pending[first] = pending_a + 1
         return self._endpoints[first]
 
-    @staticmethod
-    def _load(cell: list[float], now: float) -> float:
-        """Estimate decayed to now x (in flight + 1), or a penalty while in flight unmeasured."""
-        cost = cell[COST]
-        pending = cell[PENDING]
-        if cost > 0.0:
-            return cost * exp((cell[STAMP] - now) / DECAY_SECONDS) * (pending + 1)
-        return PENDING_PENALTY + pending if pending else 0.0
-
     def on_done(self, endpoint: Endpoint, latency: float, ok: bool) -> None:
-        cell = self._cells.by_id.get(endpoint.id)
-        if cell is None:
-            return
-        if cell[PENDING] > 0:
-            cell[PENDING] -= 1
-        if ok and latency <= 0.0:  # released unused (Attempt.cancel): no sample
+        self._tracker.release(endpoint.id)
+        cell = self._estimates.get(endpoint.id)
+        if cell is None or (ok and latency <= 0.0):  # unknown, or released unused (Attempt.cancel)
             return
         now = self.clock()
         dt = now - cell[STAMP]
@@ -148,17 +148,31 @@ class PeakEWMA(BalancingStrategy):
         sample = latency if ok else max(latency, FAILURE_FLOOR_SECONDS, FAILURE_FACTOR * prior * keep)
         # The peak: a sample above the (decayed) estimate is believed at once; a faster one is blended
         # in with the weight the elapsed time gives it.
-        cost = sample if sample > prior * keep else prior * keep + sample * (1.0 - keep)
-        cell[COST] = cost
+        cell[COST] = sample if sample > prior * keep else prior * keep + sample * (1.0 - keep)
         cell[STAMP] = now
-        if cost > 0.0:
-            cell[KEY] = log(cost) + now / DECAY_SECONDS
+        i = self._tracker.index.get(endpoint.id)
+        if i is not None:
+            self._keys[i] = _key(cell)
 
     def describe(self) -> dict[str, object]:
         state: dict[str, object] = {"strategy": self.name, "decay_seconds": DECAY_SECONDS}
         if len(self._endpoints) <= 100:
             now = self.clock()
             state["endpoints"] = {
-                e.id: {"in_flight": int(c[PENDING]), "latency_estimate": round(self._estimate(c, now), 6)}
-                for e, c in zip(self._endpoints, self._state, strict=True)}
+                e.id: {"in_flight": self._pending[i], "latency_estimate": round(self._estimate(c, now), 6)}
+                for i, (e, c) in enumerate(zip(self._endpoints, self._cells, strict=True))}
         return state
+
+
+def _key(cell: list[float]) -> float | None:
+    """ln(estimate) + stamp / tau: the load's logarithm without the decay common to all at any time."""
+    cost = cell[COST]
+    return log(cost) + cell[STAMP] / DECAY_SECONDS if cost > 0.0 else None
+
+
+def _load(cell: list[float], pending: int, now: float) -> float:
+    """Estimate decayed to now x (in flight + 1), or a penalty while in flight unmeasured."""
+    cost = cell[COST]
+    if cost > 0.0:
+        return cost * exp((cell[STAMP] - now) / DECAY_SECONDS) * (pending + 1)
+    return PENDING_PENALTY + pending if pending else 0.0
