@@ -209,11 +209,13 @@ Picks over {PICK_TARGET:.0f}× the bare call at 10,000 endpoints: {slow_text}.
   integers, then a bisect or a table index; a stable hash (the same in every worker) has no cheaper
   pure-Python form.
 - WeightedRoundRobin's EDF mode (only with more than 8 distinct weights, e.g. many endpoints in slow
-  start) is a heap update, O(log n): 14 levels at 10,000, over plain integer keys (deadline << bits |
-  index), not tuples. Its nginx mode replays a precomputed period, O(1).
+  start) is a heap update, O(log n): 14 levels at 10,000, over integer keys (deadline << bits | index)
+  held in one C array (`_picks.EdfHeap`; the Python list heap, the reference and fallback, compares
+  int objects scattered in memory and cost ~2.5× as much). Its nginx mode replays a precomputed
+  period, O(1).
 - Maglev's set_endpoints at 10,000 endpoints: the table has 1,000,003 slots (the smallest prime ≥ 100 ×
   endpoints), about M ln M probes in the paper's loop, ~4-7 s in pure Python and ~0.5 s in NumPy. It is
-  filled in C (`_maglev_fill`, the project's one extension, optional: the same loop over a bitmap of
+  filled in C (`_maglev_fill`, optional: the same loop over a bitmap of
   taken slots, then an endgame that ranks the last ~√M free slots instead of walking to them); the
   NumPy and pure-Python builds remain as fallbacks without a compiler and are tested to give the same
   table slot for slot. Each endpoint's preference hashes are kept across changes. The table is a list,
