@@ -1,0 +1,165 @@
+# Cython declarations augmenting http.py (pure Python mode): when a compiler is there at install, http.py
+# is compiled with these (setup.py); without one it runs as the plain Python it is. The three classes of the
+# request path become extension types: their attributes are C fields (typed where the type is fixed) and
+# the methods the request path calls from inside this module are cpdef, so those calls are C calls.
+#
+# Rules this file imposes on http.py: every attribute of these classes is listed here (no others can be
+# set); the classes derive from nothing (uvloop and asyncio duck-type protocols); an attribute typed bint,
+# Py_ssize_t, int or double never holds None; HttpRequest's defaults are set in __cinit__ when compiled.
+
+cimport cython
+
+from steelyard.proxy.pool cimport EndpointPool
+
+cdef class HttpRequest:
+    cdef public bytes url
+    cdef public bytes method
+    cdef public bint http11
+    cdef public bint keep_alive
+    cdef public bint keep_plain
+    cdef public bint upgrade
+    cdef public bint skipped_body
+    cdef public bint is_head
+    cdef public bint idempotent
+    cdef public int body_kind
+    cdef public object content_length  # (an int, possibly beyond 64 bits: llhttp takes any digits)
+    cdef public bytes head
+    cdef public bint request_complete
+    cdef public Py_ssize_t body_bytes
+    cdef public bint body_sent
+    cdef public bint head_sent
+    cdef public object runtime
+    cdef public object attempt
+    cdef public UpstreamConnection conn
+    cdef public Py_ssize_t retries_left
+    cdef public bint response_started
+    cdef public object reject
+    cdef public bint cancelled
+    cdef public object next_attempt
+    cdef public bytes tunnel_data
+    cdef public bint needs_host
+    cdef public bint resent
+    cdef public double logged_at
+    cdef public Py_ssize_t bytes_out
+    cdef public object pending
+    cdef public tuple tried
+    cdef public list fields
+    cdef public bytes host_field
+    cdef public Py_ssize_t host_count
+    cdef public bytes length_field
+    cdef public bytes coding_field
+    cdef public bytes connection_field
+    cdef public bytes upgrade_field
+    cdef public bytes xff_field
+    cdef public Py_ssize_t other_fields
+    cdef public Py_ssize_t other_bytes
+    cdef public Py_ssize_t head_slack
+
+
+cdef class HttpProxyProtocol:
+    cdef public object _client_ip_bytes
+    cdef public Py_ssize_t _completed
+    cdef public object _fields  # a list, or the trailer sink (a list subclass whose += drops)
+    cdef public bytes _forward_tail
+    cdef public bytes _forwarded
+    cdef public double _header_timeout
+    cdef public bytes _host_line
+    cdef public object _host_seen
+    cdef public double _keepalive_timeout
+    cdef public Py_ssize_t _max_head
+    cdef public Py_ssize_t _max_headers
+    cdef public Py_ssize_t _max_uri
+    cdef public object _only_route
+    cdef public Py_ssize_t _head_left
+    cdef public Py_ssize_t _read_len
+    cdef public object _routes
+    cdef public object _watch
+    cdef public UpstreamConnection _watch_conn
+    cdef public double _watch_since
+    cdef public object client_ip
+    cdef public object out_append
+    cdef public bint closed
+    cdef public bint closing
+    cdef public object config
+    cdef public HttpRequest current
+    cdef public bint eof_in
+    cdef public object listener_key
+    cdef public list out
+    cdef public object parser
+    cdef public HttpRequest parsing
+    cdef public int paused
+    cdef public object queue
+    cdef public object server
+    cdef public object transport
+    cdef public UpstreamConnection tunnel
+    cdef public double tunnel_idle_timeout
+    cdef public bint write_paused
+
+    cpdef _regenerate_head(self, HttpRequest req, bytes method, bytes url, list kept, bint keep_alive)
+    @cython.locals(conn=UpstreamConnection, pool=EndpointPool)
+    cpdef _start(self, HttpRequest req)
+    @cython.locals(pool=EndpointPool)
+    cpdef _dispatch(self, HttpRequest req, attempt)
+    cpdef _send(self, HttpRequest req, UpstreamConnection conn)
+    cpdef retry_attempt(self, HttpRequest req)
+    cpdef bint _retry(self, HttpRequest req, attempt=*) except -1
+    cpdef upstream_broken(self, HttpRequest req)
+    cpdef _next(self)
+    cpdef _respond_local(self, HttpRequest req, int status, str text)
+    cpdef log_access(self, HttpRequest req, int status)
+    cpdef _abandon(self, HttpRequest req)
+    cpdef flush(self)
+    cpdef _close(self)
+    cpdef _pause(self, int reason)
+    cpdef _resume(self, int reason)
+    cpdef upstream_write_full(self, bint full)
+
+
+cdef class UpstreamConnection:
+    cdef public Py_ssize_t _max_head_end
+    cdef public Py_ssize_t _max_headers
+    cdef public object body_to
+    cdef public bint chunked_in
+    cdef public bint chunked_out
+    cdef public HttpProxyProtocol client
+    cdef public bint close_delimited
+    cdef public bint closed
+    cdef public object config
+    cdef public object connection
+    cdef public object content_length
+    cdef public bytes data
+    cdef public bint discard
+    cdef public bint eof_in
+    cdef public bytes head_buf
+    cdef public Py_ssize_t head_bytes
+    cdef public bint headers_done
+    cdef public list headers_out
+    cdef public double idle_since
+    cdef public bint interim
+    cdef public bint keep_client
+    cdef public double last_read
+    cdef public bint message_done
+    cdef public object parser
+    cdef public EndpointPool pool
+    cdef public bint read_paused
+    cdef public HttpRequest req
+    cdef public object server
+    cdef public int status
+    cdef public object transport
+    cdef public bint tunnel
+    cdef public bytes unsent
+    cdef public object upgrade
+    cdef public bint upstream_keep_alive
+    cdef public object weight_hint
+
+    cpdef close(self)
+    cpdef flush(self)
+    cpdef abandon(self)
+    cpdef pause_reading(self)
+    cpdef resume_reading(self)
+    cpdef list _parse_fields(self, bytes block)
+    cpdef _interim(self, HttpProxyProtocol client, HttpRequest req, list parts)
+    cpdef _body(self, bytes body)
+    @cython.locals(pool=EndpointPool, client=HttpProxyProtocol, req=HttpRequest)
+    cpdef _finish(self)
+    cpdef _release(self, bint reusable)
