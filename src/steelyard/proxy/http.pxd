@@ -10,6 +10,7 @@
 cimport cython
 
 from steelyard.proxy.pool cimport EndpointPool
+from steelyard.runtime.upstream cimport Attempt, UpstreamRuntime
 
 cdef class HttpRequest:
     cdef public bytes url
@@ -28,14 +29,14 @@ cdef class HttpRequest:
     cdef public Py_ssize_t body_bytes
     cdef public bint body_sent
     cdef public bint head_sent
-    cdef public object runtime
-    cdef public object attempt
+    cdef public UpstreamRuntime runtime
+    cdef public Attempt attempt
     cdef public UpstreamConnection conn
     cdef public Py_ssize_t retries_left
     cdef public bint response_started
     cdef public object reject
     cdef public bint cancelled
-    cdef public object next_attempt
+    cdef public Attempt next_attempt
     cdef public bytes tunnel_data
     cdef public bint needs_host
     cdef public bint resent
@@ -69,7 +70,7 @@ cdef class HttpProxyProtocol:
     cdef public Py_ssize_t _max_head
     cdef public Py_ssize_t _max_headers
     cdef public Py_ssize_t _max_uri
-    cdef public object _only_route
+    cdef public UpstreamRuntime _only_route
     cdef public Py_ssize_t _head_left
     cdef public Py_ssize_t _read_len
     cdef public object _routes
@@ -96,13 +97,13 @@ cdef class HttpProxyProtocol:
     cdef public bint write_paused
 
     cpdef _regenerate_head(self, HttpRequest req, bytes method, bytes url, list kept, bint keep_alive)
-    @cython.locals(conn=UpstreamConnection, pool=EndpointPool)
+    @cython.locals(conn=UpstreamConnection, pool=EndpointPool, runtime=UpstreamRuntime, attempt=Attempt)
     cpdef _start(self, HttpRequest req)
     @cython.locals(pool=EndpointPool)
-    cpdef _dispatch(self, HttpRequest req, attempt)
+    cpdef _dispatch(self, HttpRequest req, Attempt attempt)
     cpdef _send(self, HttpRequest req, UpstreamConnection conn)
     cpdef retry_attempt(self, HttpRequest req)
-    cpdef bint _retry(self, HttpRequest req, attempt=*) except -1
+    cpdef bint _retry(self, HttpRequest req, Attempt attempt=*) except -1
     cpdef upstream_broken(self, HttpRequest req)
     cpdef _next(self)
     cpdef _respond_local(self, HttpRequest req, int status, str text)
@@ -160,6 +161,6 @@ cdef class UpstreamConnection:
     cpdef list _parse_fields(self, bytes block)
     cpdef _interim(self, HttpProxyProtocol client, HttpRequest req, list parts)
     cpdef _body(self, bytes body)
-    @cython.locals(pool=EndpointPool, client=HttpProxyProtocol, req=HttpRequest)
+    @cython.locals(pool=EndpointPool, client=HttpProxyProtocol, req=HttpRequest, attempt=Attempt)
     cpdef _finish(self)
     cpdef _release(self, bint reusable)
