@@ -10,6 +10,7 @@
 cimport cython
 
 from steelyard.proxy.pool cimport EndpointPool
+from steelyard.proxy.server cimport ProxyServer
 from steelyard.runtime.upstream cimport Attempt, UpstreamRuntime
 
 cdef class HttpRequest:
@@ -90,7 +91,7 @@ cdef class HttpProxyProtocol:
     cdef public HttpRequest parsing
     cdef public int paused
     cdef public object queue
-    cdef public object server
+    cdef public ProxyServer server
     cdef public object transport
     cdef public UpstreamConnection tunnel
     cdef public double tunnel_idle_timeout
@@ -144,7 +145,7 @@ cdef class UpstreamConnection:
     cdef public EndpointPool pool
     cdef public bint read_paused
     cdef public HttpRequest req
-    cdef public object server
+    cdef public ProxyServer server
     cdef public int status
     cdef public object transport
     cdef public bint tunnel

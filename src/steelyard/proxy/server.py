@@ -13,15 +13,17 @@ import asyncio
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from steelyard.config.desired import BackendEndpoint, Listener
 from steelyard.model import Protocol
-from steelyard.proxy.http import HttpProxyProtocol, HttpRequest, UpstreamConnection
 from steelyard.proxy.pool import EndpointPool
 from steelyard.proxy.routing import EMPTY_SNAPSHOT, Snapshot
 from steelyard.proxy.tcp import TcpProxyProtocol, TcpTunnel
 from steelyard.runtime.access_log import AccessLog
+
+if TYPE_CHECKING:  # (imported where used: compiled, steelyard.proxy.http imports this module's types)
+    from steelyard.proxy.http import HttpProxyProtocol, HttpRequest, UpstreamConnection
 
 __all__ = ["ProxyConfig", "ProxyServer", "ProxyStats"]
 
@@ -105,6 +107,8 @@ class ProxyServer:
         key = listener.key
         if listener.protocol == Protocol.TCP:
             return lambda: TcpProxyProtocol(self, key)
+        from steelyard.proxy.http import HttpProxyProtocol
+
         return lambda: HttpProxyProtocol(self, key)
 
     # -- upstream connections -----------------------------------------------------------------------------
@@ -123,6 +127,8 @@ class ProxyServer:
 
     async def _connect(self, pool: EndpointPool, timeout: float, req: HttpRequest,
                        client: HttpProxyProtocol) -> None:
+        from steelyard.proxy.http import UpstreamConnection
+
         loop = asyncio.get_running_loop()
         try:
             _, conn = await asyncio.wait_for(
