@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint venv clean install deploy
+.PHONY: demo test bench lint venv clean install deploy compiled pure
 
 $(STAMP): pyproject.toml setup.py $(wildcard src/steelyard/strategies/*.c)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,8 +29,18 @@ lint: $(STAMP)
 	$(BIN)/mypy --strict src/steelyard/model src/steelyard/config src/steelyard/strategies src/steelyard/endpoints.py
 	$(BIN)/lint-imports
 
-clean:
+clean: pure
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
+
+# The compiled hot path (setup.py: the modules with a .pxd, Cython's pure Python mode), built in place.
+# A built module shadows its .py: after editing one, run `make compiled` again (or `make pure`).
+compiled: $(STAMP)
+	$(BIN)/pip install -q 'Cython>=3.1'
+	$(BIN)/python setup.py -q build_ext --inplace
+
+pure:
+	find src -name '*.so' -delete
+	find src -name '*.c' -path '*/steelyard/*' -delete
 
 # Kubernetes (kubectl's current context): `make install` applies the CRDs; `make deploy` applies deploy/
 # and creates the admin token Secret when missing, `make deploy DIR=folder` a folder from `steelyard init`.
