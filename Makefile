@@ -38,9 +38,9 @@ compiled: $(STAMP)
 	$(BIN)/pip install -q 'Cython>=3.1'
 	$(BIN)/python setup.py -q build_ext --inplace
 
+HOT_PATH := src/steelyard/proxy/http src/steelyard/proxy/pool src/steelyard/proxy/server src/steelyard/runtime/upstream
 pure:
-	find src -name '*.so' -delete
-	find src -name '*.c' -path '*/steelyard/*' -delete
+	rm -f $(foreach m,$(HOT_PATH),$(m).*.so $(m).c)
 
 # Kubernetes (kubectl's current context): `make install` applies the CRDs; `make deploy` applies deploy/
 # and creates the admin token Secret when missing, `make deploy DIR=folder` a folder from `steelyard init`.
