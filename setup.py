@@ -41,11 +41,13 @@ def _hot_path() -> list[Extension]:
     extensions = [Extension(name, [os.path.join("src", *name.split(".")) + ".py"], optional=True)
                   for name in HOT_PATH]
     try:  # (the generated C goes to build/, not next to the sources)
-        return list(cythonize(extensions, compiler_directives=DIRECTIVES, build_dir="build/cython",
-                              quiet=True))
+        compiled = cythonize(extensions, compiler_directives=DIRECTIVES, build_dir="build/cython", quiet=True)
     except Exception as exc:  # a Cython error must not stop the install: plain Python works
         print(f"steelyard: Cython failed ({exc}): the request path runs as plain Python", file=sys.stderr)
         return []
+    for extension in compiled:
+        extension.optional = True  # (cythonize's copies do not keep it)
+    return list(compiled)
 
 
 class BuildExt(build_ext):
