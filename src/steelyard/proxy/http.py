@@ -258,6 +258,50 @@ class HttpRequest:
 
     Its attributes and their defaults are listed in `_REQUEST_DEFAULTS` below (typed in http.pxd)."""
 
+    if TYPE_CHECKING:  # the attributes, for type checkers
+        url: bytes
+        method: bytes
+        http11: bool
+        keep_alive: bool
+        keep_plain: bool
+        upgrade: bool
+        skipped_body: bool
+        is_head: bool
+        idempotent: bool
+        body_kind: int
+        content_length: int
+        head: bytes
+        request_complete: bool
+        body_bytes: int
+        body_sent: bool
+        head_sent: bool
+        runtime: UpstreamRuntime | None
+        attempt: Attempt | None
+        conn: UpstreamConnection | None
+        retries_left: int
+        response_started: bool
+        reject: _Reject | None
+        cancelled: bool
+        next_attempt: Attempt | None
+        tunnel_data: bytes
+        needs_host: bool
+        resent: bool
+        logged_at: float
+        bytes_out: int
+        pending: list[bytes] | tuple[()]
+        tried: tuple[str, ...]
+        fields: list[bytes]
+        host_field: bytes | None
+        host_count: int
+        length_field: bytes | None
+        coding_field: bytes | None
+        connection_field: bytes | None
+        upgrade_field: bytes | None
+        xff_field: bytes | None
+        other_fields: int
+        other_bytes: int
+        head_slack: int
+
     def __cinit__(self) -> None:
         # Compiled (Cython's allocation): attributes start as None, 0 or False; set the other defaults.
         # Uncompiled this method is never called: the defaults live on the class (see below).

@@ -109,7 +109,8 @@ class ProxyServer:
             return lambda: TcpProxyProtocol(self, key)
         from steelyard.proxy.http import HttpProxyProtocol
 
-        return lambda: HttpProxyProtocol(self, key)
+        # (an asyncio.Protocol by its methods: the compiled class cannot derive from it)
+        return lambda: HttpProxyProtocol(self, key)  # type: ignore[return-value]
 
     # -- upstream connections -----------------------------------------------------------------------------
 
@@ -132,7 +133,8 @@ class ProxyServer:
         loop = asyncio.get_running_loop()
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: UpstreamConnection(self, pool), pool.host, pool.port), timeout
+                loop.create_connection(lambda: UpstreamConnection(self, pool), pool.host, pool.port),  # type: ignore[type-var]
+                timeout
             )
         except TimeoutError:
             self.stats.upstream_connect_failures += 1
