@@ -3,25 +3,43 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BUILT := $(VENV)/.built
+
+# Compiled code (setup.py, all optional): the strategies' C extensions, and the request path's modules
+# that have a .pxd, compiled by Cython from their plain Python source. A built module shadows its .py, so
+# every target that runs code rebuilds first when a source changed (tests/conftest.py refuses stale ones).
+HOT_PATH := src/steelyard/proxy/http src/steelyard/proxy/pool src/steelyard/proxy/server src/steelyard/runtime/upstream
+COMPILED_SOURCES := $(wildcard src/steelyard/strategies/*.c) $(addsuffix .py,$(HOT_PATH)) $(addsuffix .pxd,$(HOT_PATH))
 
 .PHONY: demo test bench lint venv clean install deploy compiled pure
 
-$(STAMP): pyproject.toml setup.py $(wildcard src/steelyard/strategies/*.c)
+$(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(BUILT)
 
-venv: $(STAMP)
+$(BUILT): $(STAMP) $(COMPILED_SOURCES)
+	$(BIN)/python setup.py -q build_ext --inplace
+	touch $(BUILT)
 
-demo: $(STAMP)
+venv: $(BUILT)
+compiled: $(BUILT)
+
+demo: $(BUILT)
 	$(BIN)/steelyard demo
 
-test: $(STAMP)
+# The suite runs on the compiled build; then the request path's tests again on its plain Python (a copy
+# of the package without the four compiled modules), which is what runs where nothing could compile.
+test: $(BUILT)
 	$(BIN)/lint-imports
 	$(BIN)/pytest -n 2 -q
+	rm -rf build/pure && mkdir -p build/pure && cp -r src/steelyard build/pure/
+	rm -f $(foreach m,$(HOT_PATH),build/pure/$(patsubst src/%,%,$(m)).*.so)
+	STEELYARD_EXPECT_PURE=1 PYTHONPATH=build/pure $(BIN)/pytest -n 2 -q -p no:cacheprovider \
+		tests/test_proxy_*.py tests/test_upstream.py
 
-bench: $(STAMP)
+bench: $(BUILT)
 	$(BIN)/python -m bench
 
 lint: $(STAMP)
@@ -32,15 +50,10 @@ lint: $(STAMP)
 clean: pure
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
 
-# The compiled hot path (setup.py: the modules with a .pxd, Cython's pure Python mode), built in place.
-# A built module shadows its .py: after editing one, run `make compiled` again (or `make pure`).
-compiled: $(STAMP)
-	$(BIN)/pip install -q 'Cython>=3.1'
-	$(BIN)/python setup.py -q build_ext --inplace
-
-HOT_PATH := src/steelyard/proxy/http src/steelyard/proxy/pool src/steelyard/proxy/server src/steelyard/runtime/upstream
+# `make pure` removes the request path's compiled modules (the strategies' C extensions stay); the next
+# `make test` or `make demo` builds them again.
 pure:
-	rm -f $(foreach m,$(HOT_PATH),$(m).*.so $(m).c)
+	rm -f $(foreach m,$(HOT_PATH),$(m).*.so $(m).c) $(BUILT)
 
 # Kubernetes (kubectl's current context): `make install` applies the CRDs; `make deploy` applies deploy/
 # and creates the admin token Secret when missing, `make deploy DIR=folder` a folder from `steelyard init`.
