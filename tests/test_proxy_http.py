@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import logging
 import time
 
 import pytest
 import uvloop
 
-from proxy_support import Harness, make_state, start_backends
+from proxy_support import Harness, make_state, start_backends, without_date
 from steelyard.proxy.http import failure_log
 
 pytestmark = pytest.mark.filterwarnings("ignore:Overriding the .event_loop_policy. fixture")
@@ -694,7 +695,9 @@ def _scripted_state(port: int) -> object:
 
 
 def _head(raw: bytes) -> bytes:
-    return raw[:raw.index(b"\r\n\r\n") + 4]
+    """The first response head the client got, less the Date line the proxy added (the backends here
+    send none: exactly one must be there)."""
+    return without_date(raw[:raw.index(b"\r\n\r\n") + 4], 1)
 
 
 _HOP_BY_HOP_HEADS = [
@@ -789,8 +792,8 @@ async def test_interim_then_final_response_heads(pieces: list[bytes]) -> None:
         await client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         interim, final = await client.responses(2)
         assert (interim.status, final.status, final.body) == (100, 200, b"ok")
-        assert bytes(client.raw) == (b"HTTP/1.1 100 Continue\r\n\r\n"
-                                     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        assert without_date(client.raw, 1) == (b"HTTP/1.1 100 Continue\r\n\r\n"
+                                               b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         client.close()
     await backend.close()
 
@@ -872,5 +875,42 @@ async def test_stale_bytes_after_a_response_close_the_upstream_connection() -> N
         r = await client.request()
         assert (r.status, r.body) == (200, b"next")
         assert backend.connections == 2
+        client.close()
+    await backend.close()
+
+
+_DATE_CASES = [
+    # (backend head, how many Date lines the client must see, the backend's own line if it had one)
+    ("none, common path", b"HTTP/1.1 200 OK\r\nServer: s\r\nContent-Length: 2\r\n\r\n", None),
+    ("none, chunked", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", None),
+    ("none, HTTP/1.0", b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n", None),
+    ("own", b"HTTP/1.1 200 OK\r\nDate: Tue, 01 Jan 2030 00:00:00 GMT\r\nContent-Length: 2\r\n\r\n",
+     b"Date: Tue, 01 Jan 2030 00:00:00 GMT"),
+    ("own, lowercase", b"HTTP/1.1 200 OK\r\ndate: yesterday\r\nContent-Length: 2\r\n\r\n",
+     b"date: yesterday"),
+    ("own, general path", b"HTTP/1.1 200 OK\r\nDATE: x\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\n\r\n",
+     b"DATE: x"),
+]
+
+
+@pytest.mark.parametrize(("name", "head", "own"), _DATE_CASES, ids=[c[0] for c in _DATE_CASES])
+async def test_a_response_without_date_gets_one_and_the_backends_own_is_kept(name: str, head: bytes,
+                                                                            own: bytes | None) -> None:
+    """RFC 9110 §6.6.1: a recipient with a clock MUST add Date to a response it forwards without one."""
+    body = b"" if b"chunked" in head else b"ok"
+    backend = _ScriptedBackend([[head + body]])
+    port = await backend.start()
+    async with Harness(_scripted_state(port)) as h:
+        client = await h.connect()
+        r = await client.request()
+        assert r.status == 200 and r.body == b"ok"
+        sent = bytes(client.raw[:client.raw.index(b"\r\n\r\n") + 4])
+        dates = [line for line in sent.split(b"\r\n") if line.lower().startswith(b"date:")]
+        if own is None:
+            assert len(dates) == 1 and without_date(sent, 1)  # one IMF-fixdate, the proxy's
+            when = email.utils.parsedate_to_datetime(dates[0][6:].decode())
+            assert abs(when.timestamp() - time.time()) < 5
+        else:
+            assert dates == [own]
         client.close()
     await backend.close()

@@ -242,6 +242,22 @@ def _date_line() -> bytes:
     return _date_cache[1]  # type: ignore[return-value]
 
 
+# RFC 9110 §6.6.1: a recipient with a clock that forwards a response without Date MUST add one (nginx and
+# Envoy set theirs too). The backend's own Date, in any case, is kept as it is.
+_any_date_field = re.compile(rb"\r\ndate:", re.IGNORECASE).search
+
+
+def _dated(data: bytes, end: int) -> bool:
+    """Whether the response head data[:end] has a Date field (the usual spelling found without a regex)."""
+    return data.find(b"\r\nDate:", 0, end) >= 0 or _any_date_field(data, 0, end) is not None
+
+
+def _parts_dated(parts: list[bytes]) -> bool:
+    """Whether a head in `_parse_fields` form (status line, then name, ": ", value, CRLF per field) has
+    a Date field: what is forwarded, after the fields a Connection header named were dropped."""
+    return any(parts[i].lower() == b"date" for i in range(1, len(parts), 4))
+
+
 def local_response(status: int, text: str, *, keep_alive: bool = False, head_only: bool = False) -> bytes:
     """A response Steelyard writes itself: plain text, one line naming what went wrong. It carries Date:
     for these Steelyard is the origin (RFC 9110 §6.6.1: required with a 4xx, allowed with a 5xx)."""
@@ -1660,6 +1676,8 @@ class UpstreamConnection:  # an asyncio.Protocol (duck-typed, see HttpProxyProto
                     # upstream_keep_alive is read by on_message_complete, which comes before _finish.
                     req.response_started = True
                     parts = pieces[::3]
+                    if not _dated(data, end):
+                        parts.append(b"\r\n" + _date_line()[:-2])
                     if req.keep_plain and req.request_complete and not client.closing:
                         self.keep_client = True
                         parts += (b"\r\nContent-Length: ", content_length, b"\r\n\r\n")
@@ -1690,6 +1708,8 @@ class UpstreamConnection:  # an asyncio.Protocol (duck-typed, see HttpProxyProto
             # upstream_keep_alive is read by on_message_complete, which always comes before _finish here.
             req.response_started = True
             self.keep_client = keep = req.keep_alive and req.request_complete and not client.closing
+            if not _parts_dated(parts):
+                parts.append(_date_line())
             if keep and req.http11:
                 parts += (b"Content-Length: ", content_length, b"\r\n\r\n")
             else:
@@ -1738,6 +1758,8 @@ class UpstreamConnection:  # an asyncio.Protocol (duck-typed, see HttpProxyProto
             return  # completed by _upgraded
         keep = req.keep_alive and req.request_complete and not client.closing
         self.close_delimited = False
+        if not _parts_dated(parts):
+            parts.append(_date_line())
         if req.is_head or status == 204 or status == 304:
             if content_length is not None and status != 204:
                 parts += (b"Content-Length: ", content_length, _CRLF)
