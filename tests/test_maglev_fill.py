@@ -58,6 +58,19 @@ def test_the_same_table_as_numpy_at_10000_endpoints(weights: str) -> None:
     assert len(set(map(id, table))) == n  # one int object per endpoint, shared by its slots
 
 
+@pytest.mark.parametrize("weights", [
+    [1000.0] + [1.0] * 29,  # one heavy endpoint: most rounds give one turn
+    [1.0] * 10 + [1000.0, 300.0, 300.0] + [2.0, 2.0, 7.5] * 5 + [1000.0] * 2,  # several shares fire together
+    # two heavy shares with endpoints interleaved by index among many light ones: turns merged by index
+    [1.0] * 10 + [1000.0] + [1.0] * 9 + [300.0] + [1.0] * 29 + [1000.0] + [1.0] * 9 + [300.0] + [1.0] * 40,
+    [1.0 + i / 40 for i in range(40)] + [900.0],  # every share distinct, and a heavy one
+])
+def test_skewed_weights_give_the_references_table(weights: list[float]) -> None:
+    """The C walks only the endpoints whose share earned a turn (grouped by share): the same turns."""
+    ids = addresses(len(weights))
+    assert c_build(ids, weights, 10007) == maglev.build_table_reference(ids, weights, 10007)
+
+
 def test_the_strategy_keeps_hashes_only_for_current_endpoints() -> None:
     strategy = maglev.Maglev(StrategySpec.model_validate({"type": "Maglev", "hashOn": {"sourceIP": {}}}))
     strategy.set_endpoints([Endpoint(f"10.0.0.{i}:80", 1.0) for i in range(5)])

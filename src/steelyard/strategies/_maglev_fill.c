@@ -143,6 +143,90 @@ claim(Fill *f, int32_t i, uint64_t *position, const uint64_t *skips, uint64_t *i
     return 0;
 }
 
+static const double *sort_shares;  /* qsort has no context argument: set and used with the GIL held */
+
+static int
+by_share(const void *a, const void *b)
+{
+    int32_t i = *(const int32_t *)a, j = *(const int32_t *)b;
+    if (sort_shares[i] != sort_shares[j])
+        return sort_shares[i] < sort_shares[j] ? -1 : 1;
+    return i < j ? -1 : 1;
+}
+
+/* The weighted turns, round by round, as the reference runs them (each endpoint: earned += share; a turn
+ * when earned >= 1.0, then earned -= 1.0; turns in index order). Endpoints with the same share have the
+ * same earned value in every round, so the arithmetic runs once per distinct share, and a round visits
+ * only the endpoints of the shares that earned a turn: with one heavy endpoint among many light ones
+ * most rounds have a turn or two, which the reference finds by visiting every endpoint. */
+static int
+weighted_turns(Fill *f, Py_ssize_t n, const double *shares, uint64_t *position, const uint64_t *skips,
+               uint64_t *inverses)
+{
+    int32_t *order = malloc(sizeof(int32_t) * (size_t)n);      /* endpoints by (share, index) */
+    int32_t *group_of = malloc(sizeof(int32_t) * (size_t)n);
+    int32_t *start = malloc(sizeof(int32_t) * (size_t)(n + 1)); /* group g: order[start[g]:start[g+1]] */
+    double *earned = calloc((size_t)n, sizeof(double));
+    int32_t *fired = malloc(sizeof(int32_t) * (size_t)n), *cursor = malloc(sizeof(int32_t) * (size_t)n);
+    char *fires = calloc((size_t)n, 1);
+    int failed = -1;
+    if (!order || !group_of || !start || !earned || !fired || !cursor || !fires)
+        goto done;
+    for (int32_t i = 0; i < (int32_t)n; i++)
+        order[i] = i;
+    sort_shares = shares;  /* (called with the GIL held: no other fill() sorts meanwhile) */
+    qsort(order, (size_t)n, sizeof(int32_t), by_share);
+    int32_t groups = 0;
+    for (int32_t k = 0; k < (int32_t)n; k++) {
+        if (k == 0 || shares[order[k]] != shares[order[k - 1]])
+            start[groups++] = k;
+        group_of[order[k]] = groups - 1;
+    }
+    start[groups] = (int32_t)n;
+    failed = 0;
+    Py_BEGIN_ALLOW_THREADS
+    while (f->left > 0 && !failed) {
+        int32_t count = 0;
+        Py_ssize_t members = 0;
+        for (int32_t g = 0; g < groups; g++) {
+            earned[g] += shares[order[start[g]]];
+            fires[g] = earned[g] >= 1.0;
+            if (fires[g]) {
+                earned[g] -= 1.0;
+                fired[count++] = g;
+                members += start[g + 1] - start[g];
+            }
+        }
+        if (members * 8 >= n) {  /* most endpoints have a turn: walk them all in index order */
+            for (int32_t i = 0; i < (int32_t)n && f->left > 0 && !failed; i++)
+                if (fires[group_of[i]])
+                    failed = claim(f, i, position, skips, inverses) < 0;
+            continue;
+        }
+        for (int32_t c = 0; c < count; c++)  /* else merge the firing shares' endpoints by index */
+            cursor[c] = start[fired[c]];
+        while (f->left > 0 && !failed) {
+            int32_t best = -1;
+            for (int32_t c = 0; c < count; c++)
+                if (cursor[c] < start[fired[c] + 1] && (best < 0 || order[cursor[c]] < order[cursor[best]]))
+                    best = c;
+            if (best < 0)
+                break;
+            failed = claim(f, order[cursor[best]++], position, skips, inverses) < 0;
+        }
+    }
+    Py_END_ALLOW_THREADS
+done:
+    free(order);
+    free(group_of);
+    free(start);
+    free(earned);
+    free(fired);
+    free(cursor);
+    free(fires);
+    return failed;
+}
+
 static PyObject *
 fill(PyObject *module, PyObject *args)
 {
@@ -158,7 +242,7 @@ fill(PyObject *module, PyObject *args)
     PyObject *offsets_seq = NULL, *skips_seq = NULL, *shares_seq = NULL, *result = NULL;
     PyObject **index_objects = NULL;
     uint64_t *position = NULL, *skips = NULL, *inverses = NULL;
-    double *shares = NULL, *earned = NULL;
+    double *shares = NULL;
     Fill f;
     memset(&f, 0, sizeof f);
     f.m = m_arg;
@@ -199,8 +283,7 @@ fill(PyObject *module, PyObject *args)
             goto done;
         }
         shares = malloc(sizeof(double) * (size_t)n);
-        earned = calloc((size_t)n, sizeof(double));
-        if (!shares || !earned) {
+        if (!shares) {
             PyErr_NoMemory();
             goto done;
         }
@@ -228,23 +311,21 @@ fill(PyObject *module, PyObject *args)
         root++;
     f.endgame_at = root / 4 + 1;
 
-    Py_BEGIN_ALLOW_THREADS
     int failed = 0;
-    while (f.left > 0 && !failed) {
-        for (int32_t i = 0; i < (int32_t)n && f.left > 0; i++) {
-            if (shares) {
-                earned[i] += shares[i];
-                if (earned[i] < 1.0)
-                    continue;
-                earned[i] -= 1.0;
-            }
-            if (claim(&f, i, position, skips, inverses) < 0) {
-                failed = 1;
-                break;
+    if (shares) {
+        failed = weighted_turns(&f, n, shares, position, skips, inverses);  /* releases the GIL itself */
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        while (f.left > 0 && !failed) {
+            for (int32_t i = 0; i < (int32_t)n && f.left > 0; i++) {
+                if (claim(&f, i, position, skips, inverses) < 0) {
+                    failed = 1;
+                    break;
+                }
             }
         }
+        Py_END_ALLOW_THREADS
     }
-    Py_END_ALLOW_THREADS
     if (f.left > 0) {
         PyErr_NoMemory();
         goto done;
@@ -279,7 +360,6 @@ done:
     free(skips);
     free(inverses);
     free(shares);
-    free(earned);
     free(f.bits);
     free(f.table);
     free(f.free_list);
