@@ -199,11 +199,11 @@ Picks over {PICK_TARGET:.0f}× the bare call at 10,000 endpoints: {slow_text}.
   (integer weights; an alias table otherwise), keep in-flight counts flat, and PeakEWMA compares two
   decayed loads in log space without reading the clock or calling exp(). With a ticket table, their
   pick runs in C (`_picks`, optional, ~2.5× cheaper than the ~40 bytecodes of the Python pick, which
-  stays as the reference and the fallback and decides the rare cases: the two draws collide, or PeakEWMA
-  needs the clock); tests check both choose the same endpoints for the same random numbers. Their
+  stays as the reference and the fallback and decides the rare case where PeakEWMA needs the clock);
+  tests check both choose the same endpoints for the same random numbers. The second candidate is drawn
+  among the other endpoints' tickets, so a pick never retries. Their
   10,000-endpoint picks cost more than at 100 through cache misses on the larger tables (the figure
-  most sensitive to other work on the machine), and their 3-endpoint picks more than at 100 because
-  with weights 5/1/1 half the draws collide and go to the Python redraw.
+  most sensitive to other work on the machine).
 - RingHash, SourceIPHash and Maglev answer a repeated key from a memo (a dict lookup). A key never seen
   since the last endpoint change ("new keys") costs 1-2 µs: encoding, CRC-32 and a 64-bit mix in Python
   integers, then a bisect or a table index; a stable hash (the same in every worker) has no cheaper

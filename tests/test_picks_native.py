@@ -107,23 +107,24 @@ def test_unexpected_values_are_left_to_the_python() -> None:
     from steelyard.strategies._picks import peak_ewma as native_ewma
     from steelyard.strategies._picks import two_choices
 
-    slots = [0, 1, 0, 1]
+    slots, bounds = [0, 0, 1, 1], [0, 2, 2, 2]
     counts = [0, 0]
     cases: list[tuple[Callable[..., int], tuple[Any, ...]]] = [
-        (two_choices, (slots, counts, [1.0, 1.0], 0.0)),  # both draws slot 0: a collision
-        (two_choices, (slots, counts, [1, 1], 0.3)),  # int weights
-        (two_choices, (slots, [0, 2**60], [1.0, 1.0], 0.3)),  # a count beyond exact doubles
-        (two_choices, (slots, counts, [1.0], 0.3)),  # weights and counts disagree
-        (two_choices, ([0, 5], counts, [1.0, 1.0], 0.3)),  # a slot beyond the endpoints
-        (native_ewma, (slots, [0, 0], [0.1, None], 0.3)),  # one measured: the clock is needed
-        (native_ewma, (slots, [0, 0], [0.1, 1], 0.3)),  # an int key
-        (native_ewma, (slots, [0, 0], [0.1], 0.3)),  # keys and in-flight counts disagree
+        (two_choices, (slots, bounds, counts, [1, 1], 0.3)),  # int weights
+        (two_choices, (slots, bounds, [0, 2**60], [1.0, 1.0], 0.3)),  # a count beyond exact doubles
+        (two_choices, (slots, bounds, counts, [1.0], 0.3)),  # weights and counts disagree
+        (two_choices, ([0, 5], [0, 1, 1, 1], counts, [1.0, 1.0], 0.3)),  # a slot beyond the endpoints
+        (two_choices, (slots, [0, 4, 2, 2], counts, [1.0, 1.0], 0.3)),  # a span of the whole table
+        (two_choices, (slots, [0, 2], counts, [1.0, 1.0], 0.3)),  # bounds for fewer endpoints
+        (native_ewma, (slots, bounds, [0, 0], [0.1, None], 0.3)),  # one measured: the clock is needed
+        (native_ewma, (slots, bounds, [0, 0], [0.1, 1], 0.3)),  # an int key
+        (native_ewma, (slots, bounds, [0, 0], [0.1], 0.3)),  # keys and in-flight counts disagree
     ]
     for function, args in cases:
         before = repr(args)
         assert function(*args) == -1
         assert repr(args) == before  # nothing counted
-    assert two_choices(slots, counts, [1.0, 1.0], 0.3) in (0, 1) and sum(counts) == 1
+    assert two_choices(slots, bounds, counts, [1.0, 1.0], 0.3) in (0, 1) and sum(counts) == 1
 
 
 def edf_run(ops: list[tuple[Any, ...]], weights: list[float], *, native: bool,

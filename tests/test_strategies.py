@@ -26,6 +26,7 @@ from steelyard.strategies import (
     registered_names,
 )
 from steelyard.strategies import weighted_round_robin as wrr_module
+from steelyard.strategies._common import TwoDraws
 
 
 class Clock:
@@ -263,18 +264,32 @@ def test_power_of_two_ticket_draws_are_weighted_pairs() -> None:
     pairs: Counter[tuple[int, int]] = Counter()
     n = 200_000
     for _ in range(n):
-        x = rand() * draws.size
-        i = int(x)
-        first = draws.slots[i]
-        second = draws.slots[int((x - i) * draws.size)]
-        if second == first:
-            second = draws.redraw(first, rand)
+        first, second = draws.ticket_pair(rand())
+        assert first != second
         pairs[first, second] += 1
     w = list(weights.values())
     total = sum(w)
     for (i, j), count in pairs.items():
         expected = w[i] / total * w[j] / (total - w[i])
         assert abs(count / n - expected) < 0.004, (i, j, count / n, expected)
+
+
+def u_for_pair(draws: TwoDraws, i: int, j: int) -> float:
+    """A random number whose ticket pair (TwoDraws.ticket_pair) is endpoints (i, j)."""
+    start, span = draws.bounds[2 * i], draws.bounds[2 * i + 1]
+    position = draws.bounds[2 * j]  # j's first ticket, counted among the tickets of all but i
+    among_others = position - span if position > start else position
+    u = (start + (among_others + 0.5) / (draws.size - span)) / draws.size
+    assert draws.ticket_pair(u) == (i, j)
+    return u
+
+
+def test_ticket_pairs_are_every_ordered_pair_of_distinct_endpoints() -> None:
+    draws = TwoDraws()
+    draws.set_weights([3.0, 1.0, 2.0, 1.0])
+    seen = {draws.ticket_pair(k / 10_000) for k in range(10_000)}
+    assert seen == {(i, j) for i in range(4) for j in range(4) if i != j}
+    assert {u_for_pair(draws, i, j) for i, j in seen}  # each pair has a random number that draws it
 
 
 def test_peak_ewma_compares_loads_as_decayed_to_now() -> None:
@@ -296,8 +311,7 @@ def test_peak_ewma_compares_loads_as_decayed_to_now() -> None:
         if abs(load[0] - load[1]) < 1e-9 * max(load):
             continue
         want = j if load[1] < load[0] else i
-        slots, size = s._draws.slots, s._draws.size  # type: ignore[attr-defined]
-        k = slots.index(i) / size + slots.index(j) / size / size + 1e-12  # a random number drawing (i, j)
+        k = u_for_pair(s._draws, i, j)  # type: ignore[attr-defined]
         s._random = lambda k=k: k  # type: ignore[attr-defined]
         got = s.pick()
         assert got is not None and got.id == eps[want].id

@@ -186,18 +186,20 @@ class TwoDraws:
     """Two weighted draws of distinct endpoints, shared by PowerOfTwoChoices and PeakEWMA.
 
     `set_weights` builds the alias table and running sums once per endpoint set; strategies inline the
-    first two draws in `pick` (a call per draw costs as much as the draw) and call `redraw` only when
-    the second hit the first: up to 8 more alias draws, then an exact step over the first's share.
+    ticket draws in `pick` (a call costs as much as the draws) and use `alias_pair` otherwise, whose
+    `redraw` runs when the second hit the first: up to 8 more alias draws, then an exact step over the
+    first's share.
     The random source stays the strategy's (its deep copy for `explain` rebinds it).
 
     With integer weights whose ticket table (`tickets`) has at most 2^16 slots (configured weights
-    usually), the first two draws come from one random number u: x = u * size gives the first slot
-    (int(x)) and its fraction the second (int((x - int(x)) * size)). That is floor(u * size^2) in base
-    `size`: each pair of slots gets 2^53 / size^2 >= 2^21 of u's equally likely values (give or take
-    one), so the pair is uniform and independent to within 1e-6 relative.
+    usually), both draws come from one random number u and never collide (`ticket_pair`): x = u * size
+    gives the first ticket (int(x)); the fraction of x picks the second among the tickets of the others,
+    size - span(first) of them, stepping over the first's contiguous run (`bounds`: each endpoint's first
+    ticket and ticket count). Each pair of tickets gets 2^53 / size^2 >= 2^21 of u's equally likely
+    values (give or take one), so the pair is a weighted draw without replacement to within 1e-6 relative.
     """
 
-    __slots__ = ("n", "weights", "cum", "total", "keep", "alias", "slots", "size")
+    __slots__ = ("n", "weights", "cum", "total", "keep", "alias", "slots", "size", "bounds")
 
     def __init__(self) -> None:
         self.set_weights([])
@@ -211,6 +213,27 @@ class TwoDraws:
         self.keep, self.alias = table.keep, table.alias
         self.slots = tickets(weights) if self.n > 1 else []
         self.size = len(self.slots)
+        self.bounds: list[int] = []  # endpoint i's tickets: slots[bounds[2i]:bounds[2i] + bounds[2i + 1]]
+        if self.slots:
+            spans = [0] * self.n
+            for i in self.slots:
+                spans[i] += 1
+            starts = [0, *accumulate(spans)][:-1]
+            self.bounds = [v for pair in zip(starts, spans, strict=True) for v in pair]
+
+    def ticket_pair(self, u: float) -> tuple[int, int]:
+        """Two distinct weighted draws from one random number over the ticket table (the strategies
+        inline these lines; `_picks` does the same in C)."""
+        slots, bounds, size = self.slots, self.bounds, self.size
+        x = u * size
+        t = int(x)
+        first = slots[t]
+        start = bounds[2 * first]
+        span = bounds[2 * first + 1]
+        j = int((x - t) * (size - span))
+        if j >= start:
+            j += span
+        return first, slots[j]
 
     def alias_pair(self, rand: Callable[[], float]) -> tuple[int, int]:
         """Two distinct weighted draws from the alias table (any weights; the ticket draws are inlined)."""

@@ -8,10 +8,10 @@
  * checks that both give the same picks and leave the same state for the same random numbers.
  *
  * Both functions take the strategy's own lists and the pick's random number u in [0, 1), draw the two
- * candidates from the ticket table exactly as the Python does (x = u * size: slot int(x), then slot
- * int((x - int(x)) * size)), and answer the chosen endpoint's index after counting it in flight, or -1,
- * leaving everything untouched, when: the draws hit the same endpoint (the Python redraws), PeakEWMA
- * would need the clock (one candidate measured, the other not), or a value is not of the expected type.
+ * candidates from the ticket table exactly as the Python does (`TwoDraws.ticket_pair`: x = u * size, the
+ * first at ticket int(x), the second among the others' tickets by the fraction of x), and answer the
+ * chosen endpoint's index after counting it in flight, or -1, leaving everything untouched, when PeakEWMA
+ * would need the clock (one candidate measured, the other not) or a value is not of the expected type.
  * The arithmetic is the Python's, operation for operation, in IEEE doubles (ints below 2^53 convert
  * exactly, true division and libm's log as Python's float uses them), so the choice is the same.
  */
@@ -23,29 +23,51 @@
 #define NOT_DECIDED PyLong_FromLong(-1)
 #define COUNT_LIMIT ((long long)1 << 52)
 
-/* The two ticket draws, or -1 when the table or its entries are not what the Python keeps. */
+/* The two ticket draws (TwoDraws.ticket_pair: the second among the other endpoints' tickets), or -1 when
+ * the table or its entries are not what the Python keeps. */
 static int
-draw_two(PyObject *slots, double u, Py_ssize_t limit, Py_ssize_t *first, Py_ssize_t *second)
+draw_two(PyObject *slots, PyObject *bounds, double u, Py_ssize_t limit, Py_ssize_t *first, Py_ssize_t *second)
 {
-    if (!PyList_CheckExact(slots))
+    if (!PyList_CheckExact(slots) || !PyList_CheckExact(bounds))
         return -1;
     Py_ssize_t size = PyList_GET_SIZE(slots);
+    if (PyList_GET_SIZE(bounds) != 2 * limit)
+        return -1;
     double x = u * (double)size;
     if (!(x >= 0.0 && x < (double)size))
         return -1;
-    Py_ssize_t i = (Py_ssize_t)x;
-    Py_ssize_t j = (Py_ssize_t)((x - (double)i) * (double)size);
-    if (j >= size)
+    Py_ssize_t t = (Py_ssize_t)x;
+    PyObject *a = PyList_GET_ITEM(slots, t);
+    if (!PyLong_CheckExact(a))
         return -1;
-    PyObject *a = PyList_GET_ITEM(slots, i), *b = PyList_GET_ITEM(slots, j);
-    if (!PyLong_CheckExact(a) || !PyLong_CheckExact(b))
-        return -1;
-    *first = PyLong_AsSsize_t(a);
-    *second = PyLong_AsSsize_t(b);
-    if (*first < 0 || *second < 0 || *first >= limit || *second >= limit) {
+    Py_ssize_t i = PyLong_AsSsize_t(a);
+    if (i < 0 || i >= limit) {
         PyErr_Clear();
         return -1;
     }
+    PyObject *start_obj = PyList_GET_ITEM(bounds, 2 * i), *span_obj = PyList_GET_ITEM(bounds, 2 * i + 1);
+    if (!PyLong_CheckExact(start_obj) || !PyLong_CheckExact(span_obj))
+        return -1;
+    Py_ssize_t start = PyLong_AsSsize_t(start_obj), span = PyLong_AsSsize_t(span_obj);
+    if (start < 0 || span < 1 || span >= size) {
+        PyErr_Clear();
+        return -1;
+    }
+    Py_ssize_t j = (Py_ssize_t)((x - (double)t) * (double)(size - span));
+    if (j >= start)
+        j += span;
+    if (j < 0 || j >= size)
+        return -1;
+    PyObject *b = PyList_GET_ITEM(slots, j);
+    if (!PyLong_CheckExact(b))
+        return -1;
+    Py_ssize_t k = PyLong_AsSsize_t(b);
+    if (k < 0 || k >= limit) {
+        PyErr_Clear();
+        return -1;
+    }
+    *first = i;
+    *second = k;
     return 0;
 }
 
@@ -72,23 +94,23 @@ count_one_more(PyObject *list, Py_ssize_t i, long long value)
     return PyList_SetItem(list, i, bumped);  /* steals the reference, drops the old int */
 }
 
-/* two_choices(slots, counts, weights, u) -> index or -1: PowerOfTwoChoices.pick's ticket path. */
+/* two_choices(slots, bounds, counts, weights, u) -> index or -1: PowerOfTwoChoices.pick's ticket path. */
 static PyObject *
 two_choices(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "two_choices(slots, counts, weights, u)");
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "two_choices(slots, bounds, counts, weights, u)");
         return NULL;
     }
-    PyObject *counts = args[1], *weights = args[2];
-    if (!PyList_CheckExact(counts) || !PyList_CheckExact(weights) || !PyFloat_CheckExact(args[3]))
+    PyObject *counts = args[2], *weights = args[3];
+    if (!PyList_CheckExact(counts) || !PyList_CheckExact(weights) || !PyFloat_CheckExact(args[4]))
         return NOT_DECIDED;
     Py_ssize_t n = PyList_GET_SIZE(counts);
     if (PyList_GET_SIZE(weights) != n)
         return NOT_DECIDED;
     Py_ssize_t first, second;
-    if (draw_two(args[0], PyFloat_AS_DOUBLE(args[3]), n, &first, &second) < 0 || first == second)
+    if (draw_two(args[0], args[1], PyFloat_AS_DOUBLE(args[4]), n, &first, &second) < 0 || first == second)
         return NOT_DECIDED;
     PyObject *wa_obj = PyList_GET_ITEM(weights, first), *wb_obj = PyList_GET_ITEM(weights, second);
     long long ca, cb;
@@ -106,24 +128,24 @@ two_choices(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromSsize_t(best);
 }
 
-/* peak_ewma(slots, pending, keys, u) -> index or -1: PeakEWMA.pick's ticket path.
+/* peak_ewma(slots, bounds, pending, keys, u) -> index or -1: PeakEWMA.pick's ticket path.
  * pending: picks in flight (ints); keys: ln(estimate) + stamp / tau (floats), None while unmeasured. */
 static PyObject *
 peak_ewma(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "peak_ewma(slots, pending, keys, u)");
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "peak_ewma(slots, bounds, pending, keys, u)");
         return NULL;
     }
-    PyObject *pending = args[1], *keys = args[2];
-    if (!PyList_CheckExact(pending) || !PyList_CheckExact(keys) || !PyFloat_CheckExact(args[3]))
+    PyObject *pending = args[2], *keys = args[3];
+    if (!PyList_CheckExact(pending) || !PyList_CheckExact(keys) || !PyFloat_CheckExact(args[4]))
         return NOT_DECIDED;
     Py_ssize_t n = PyList_GET_SIZE(pending);
     if (PyList_GET_SIZE(keys) != n)
         return NOT_DECIDED;
     Py_ssize_t first, second;
-    if (draw_two(args[0], PyFloat_AS_DOUBLE(args[3]), n, &first, &second) < 0 || first == second)
+    if (draw_two(args[0], args[1], PyFloat_AS_DOUBLE(args[4]), n, &first, &second) < 0 || first == second)
         return NOT_DECIDED;
     long long pending_a, pending_b;
     if (small_count(PyList_GET_ITEM(pending, first), &pending_a) < 0
@@ -383,9 +405,9 @@ static PyTypeObject EdfHeapType = {
 
 static PyMethodDef methods[] = {
     {"two_choices", (PyCFunction)(void (*)(void))two_choices, METH_FASTCALL,
-     "two_choices(slots, counts, weights, u) -> PowerOfTwoChoices' pick (an index) or -1"},
+     "two_choices(slots, bounds, counts, weights, u) -> PowerOfTwoChoices' pick (an index) or -1"},
     {"peak_ewma", (PyCFunction)(void (*)(void))peak_ewma, METH_FASTCALL,
-     "peak_ewma(slots, pending, keys, u) -> PeakEWMA's pick (an index) or -1"},
+     "peak_ewma(slots, bounds, pending, keys, u) -> PeakEWMA's pick (an index) or -1"},
     {NULL, NULL, 0, NULL},
 };
 

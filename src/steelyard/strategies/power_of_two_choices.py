@@ -2,17 +2,17 @@
 
 Algorithm: Mitzenmacher, "The Power of Two Choices in Randomized Load Balancing" (2001): two random
 candidates and the less loaded one cut the maximum load from log n / log log n to log log n. Draws are
-weighted by endpoint weight and without replacement (the second draw is among the n - 1 others: a
-weighted redraw while it hits the first, which is exactly the weighted draw among the others). Fewest
+weighted by endpoint weight and without replacement (the second draw is among the n - 1 others). Fewest
 picks in flight wins, counted per unit of weight as (in flight + 1) / weight, the raw count when
 weights are equal (otherwise, under load, equalising raw counts would erase the weights); a tie goes
 to the heavier endpoint, then to the earlier draw. Envoy's least request (choice_count) and HAProxy's
 `balance random(2)` work this way.
 
-Cost: draws from an alias table (`_common.AliasTable`), O(1) each, or, with integer weights, both
-draws from one random number and a ticket table (`_common.TwoDraws`); the second draw redraws while it
-hits the first (rarely more than once; after 8 tries it steps over the first's share of the running
-weight sums, a bisect); with more than 2 choices, draws without replacement by bisect,
+Cost: with integer weights, both draws from one random number and a ticket table, the second among
+the other endpoints' tickets (`_common.TwoDraws.ticket_pair`, O(1), never a retry); otherwise from an
+alias table (`_common.AliasTable`), O(1) each, the second redrawn while it hits the first (rarely more
+than once; after 8 tries it steps over the first's share of the running weight sums, a bisect); with
+more than 2 choices, draws without replacement by bisect,
 O(choices x log n). In-flight counts are a flat list of ints (`_common.InFlight`). No allocation for the
 default two choices. set_endpoints O(n). The ticket path runs in C when `_picks` is built (the same
 choice for the same random number, ~2.5x cheaper; this Python is the reference and the fallback).
@@ -66,6 +66,7 @@ class PowerOfTwoChoices(BalancingStrategy):
         self._draws = TwoDraws()
         self._slots: list[int] = []  # the ticket table when weights allow (two draws, one random)
         self._size = 0
+        self._bounds: list[int] = []
         self._random = self.rng.random
         self._tracker = InFlight()
         self._counts: list[int] = []
@@ -75,7 +76,7 @@ class PowerOfTwoChoices(BalancingStrategy):
         weights = [float(e.weight) for e in self._endpoints]  # floats: what the C pick takes
         self._weights = weights
         self._draws.set_weights(weights)
-        self._slots, self._size = self._draws.slots, self._draws.size
+        self._slots, self._size, self._bounds = self._draws.slots, self._draws.size, self._draws.bounds
         if self._choices != 2:
             self._slots, self._size = [], 0
         self._counts = self._tracker.align(self._endpoints)
@@ -84,17 +85,21 @@ class PowerOfTwoChoices(BalancingStrategy):
         slots = self._slots
         if slots:  # two choices, integer weights: two ticket draws from one random number
             u = self._random()
+            bounds = self._bounds
             if _two_choices_native is not None:  # the same choice in C, or -1: decide it here
-                best: int = _two_choices_native(slots, self._counts, self._weights, u)
+                best: int = _two_choices_native(slots, bounds, self._counts, self._weights, u)
                 if best >= 0:
                     return self._endpoints[best]
-            size = self._size
+            size = self._size  # TwoDraws.ticket_pair(u), inline
             x = u * size
-            i = int(x)
-            first = slots[i]
-            second = slots[int((x - i) * size)]
-            if second == first:
-                second = self._draws.redraw(first, self._random)
+            t = int(x)
+            first = slots[t]
+            start = bounds[2 * first]
+            span = bounds[2 * first + 1]
+            j = int((x - t) * (size - span))
+            if j >= start:
+                j += span
+            second = slots[j]
         else:
             endpoints = self._endpoints
             n = len(endpoints)
