@@ -203,7 +203,10 @@ Picks over {PICK_TARGET:.0f}× the bare call at 10,000 endpoints: {slow_text}.
   tests check both choose the same endpoints for the same random numbers. The second candidate is drawn
   among the other endpoints' tickets, so a pick never retries. Their
   10,000-endpoint picks cost more than at 100 through cache misses on the larger tables (the figure
-  most sensitive to other work on the machine).
+  most sensitive to other work on the machine). LeastConnections' pick-only figure at 3 endpoints
+  (~1 µs) is this benchmark's artefact: with no completion in-flight counts only grow, and with three
+  endpoints the stale queue entries outnumber the endpoints every few picks, so its buckets are
+  compacted that often; with completions (pick+done) it costs ~0.65 µs at 3 endpoints as at 100.
 - RingHash, SourceIPHash and Maglev answer a repeated key from a memo (a dict lookup). A key never seen
   since the last endpoint change ("new keys") costs 1-2 µs: encoding, CRC-32 and a 64-bit mix in Python
   integers, then a bisect or a table index; a stable hash (the same in every worker) has no cheaper
