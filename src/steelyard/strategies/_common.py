@@ -185,10 +185,10 @@ class AliasTable:
 class TwoDraws:
     """Two weighted draws of distinct endpoints, shared by PowerOfTwoChoices and PeakEWMA.
 
-    `set_weights` builds the alias table and running sums once per endpoint set; strategies inline the
-    ticket draws in `pick` (a call costs as much as the draws) and use `alias_pair` otherwise, whose
-    `redraw` runs when the second hit the first: up to 8 more alias draws, then an exact step over the
-    first's share.
+    `set_weights` builds the alias table and running sums once per endpoint set; strategies take
+    `ticket_pair` when there is a ticket table (their C picks, `_picks`, draw the same pair) and
+    `alias_pair` otherwise, whose `redraw` runs when the second hit the first: up to 8 more alias draws,
+    then an exact step over the first's share.
     The random source stays the strategy's (its deep copy for `explain` rebinds it).
 
     With integer weights whose ticket table (`tickets`) has at most 2^16 slots (configured weights
@@ -222,8 +222,8 @@ class TwoDraws:
             self.bounds = [v for pair in zip(starts, spans, strict=True) for v in pair]
 
     def ticket_pair(self, u: float) -> tuple[int, int]:
-        """Two distinct weighted draws from one random number over the ticket table (the strategies
-        inline these lines; `_picks` does the same in C)."""
+        """Two distinct weighted draws from one random number over the ticket table (`_picks` draws the
+        same pair in C)."""
         slots, bounds, size = self.slots, self.bounds, self.size
         x = u * size
         t = int(x)
@@ -236,7 +236,7 @@ class TwoDraws:
         return first, slots[j]
 
     def alias_pair(self, rand: Callable[[], float]) -> tuple[int, int]:
-        """Two distinct weighted draws from the alias table (any weights; the ticket draws are inlined)."""
+        """Two distinct weighted draws from the alias table (any weights)."""
         keep, alias, n = self.keep, self.alias, self.n
         x = rand() * n
         first = int(x)

@@ -94,24 +94,36 @@ count_one_more(PyObject *list, Py_ssize_t i, long long value)
     return PyList_SetItem(list, i, bumped);  /* steals the reference, drops the old int */
 }
 
+/* The arguments both picks share: (slots, bounds, per-endpoint list, per-endpoint list, u). 0 and the two
+ * candidates; -1: not decided here (answer -1); -2: the call itself is wrong (TypeError set). */
+static int
+candidates(PyObject *const *args, Py_ssize_t nargs, const char *usage, Py_ssize_t *first, Py_ssize_t *second)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -2;
+    }
+    PyObject *a = args[2], *b = args[3];
+    if (!PyList_CheckExact(a) || !PyList_CheckExact(b) || !PyFloat_CheckExact(args[4]))
+        return -1;
+    Py_ssize_t n = PyList_GET_SIZE(a);
+    if (PyList_GET_SIZE(b) != n)
+        return -1;
+    if (draw_two(args[0], args[1], PyFloat_AS_DOUBLE(args[4]), n, first, second) < 0 || *first == *second)
+        return -1;
+    return 0;
+}
+
 /* two_choices(slots, bounds, counts, weights, u) -> index or -1: PowerOfTwoChoices.pick's ticket path. */
 static PyObject *
 two_choices(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "two_choices(slots, bounds, counts, weights, u)");
-        return NULL;
-    }
-    PyObject *counts = args[2], *weights = args[3];
-    if (!PyList_CheckExact(counts) || !PyList_CheckExact(weights) || !PyFloat_CheckExact(args[4]))
-        return NOT_DECIDED;
-    Py_ssize_t n = PyList_GET_SIZE(counts);
-    if (PyList_GET_SIZE(weights) != n)
-        return NOT_DECIDED;
     Py_ssize_t first, second;
-    if (draw_two(args[0], args[1], PyFloat_AS_DOUBLE(args[4]), n, &first, &second) < 0 || first == second)
-        return NOT_DECIDED;
+    int ready = candidates(args, nargs, "two_choices(slots, bounds, counts, weights, u)", &first, &second);
+    if (ready < 0)
+        return ready == -2 ? NULL : NOT_DECIDED;
+    PyObject *counts = args[2], *weights = args[3];
     PyObject *wa_obj = PyList_GET_ITEM(weights, first), *wb_obj = PyList_GET_ITEM(weights, second);
     long long ca, cb;
     if (!PyFloat_CheckExact(wa_obj) || !PyFloat_CheckExact(wb_obj)
@@ -134,19 +146,11 @@ static PyObject *
 peak_ewma(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "peak_ewma(slots, bounds, pending, keys, u)");
-        return NULL;
-    }
-    PyObject *pending = args[2], *keys = args[3];
-    if (!PyList_CheckExact(pending) || !PyList_CheckExact(keys) || !PyFloat_CheckExact(args[4]))
-        return NOT_DECIDED;
-    Py_ssize_t n = PyList_GET_SIZE(pending);
-    if (PyList_GET_SIZE(keys) != n)
-        return NOT_DECIDED;
     Py_ssize_t first, second;
-    if (draw_two(args[0], args[1], PyFloat_AS_DOUBLE(args[4]), n, &first, &second) < 0 || first == second)
-        return NOT_DECIDED;
+    int ready = candidates(args, nargs, "peak_ewma(slots, bounds, pending, keys, u)", &first, &second);
+    if (ready < 0)
+        return ready == -2 ? NULL : NOT_DECIDED;
+    PyObject *pending = args[2], *keys = args[3];
     long long pending_a, pending_b;
     if (small_count(PyList_GET_ITEM(pending, first), &pending_a) < 0
         || small_count(PyList_GET_ITEM(pending, second), &pending_b) < 0)

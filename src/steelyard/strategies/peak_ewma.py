@@ -70,13 +70,12 @@ class PeakEWMA(BalancingStrategy):
         self._cells: list[list[float]] = []  # estimate cells, read only when the clock is needed
         self._estimates: dict[str, list[float]] = {}  # cells by id (also departed ids with picks in flight)
         self._slots: list[int] = []  # the ticket table when weights allow (two draws, one random)
-        self._size = 0
         self._bounds: list[int] = []
 
     def set_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
         self._endpoints = usable(endpoints)
         self._draws.set_weights([e.weight for e in self._endpoints])
-        self._slots, self._size, self._bounds = self._draws.slots, self._draws.size, self._draws.bounds
+        self._slots, self._bounds = self._draws.slots, self._draws.bounds
         self._pending = self._tracker.align(self._endpoints)
         old = self._estimates
         estimates = {e.id: old.get(e.id) or [0.0, self.clock()] for e in self._endpoints}
@@ -96,21 +95,11 @@ class PeakEWMA(BalancingStrategy):
         slots = self._slots
         if slots:  # integer weights: two ticket draws from one random number (see TwoDraws)
             u = self._random()
-            bounds = self._bounds
             if _peak_ewma_native is not None:  # the same choice in C, or -1: decide it here
-                best: int = _peak_ewma_native(slots, bounds, self._pending, self._keys, u)
+                best: int = _peak_ewma_native(slots, self._bounds, self._pending, self._keys, u)
                 if best >= 0:
                     return self._endpoints[best]
-            size = self._size  # TwoDraws.ticket_pair(u), inline
-            x = u * size
-            t = int(x)
-            first = slots[t]
-            start = bounds[2 * first]
-            span = bounds[2 * first + 1]
-            j = int((x - t) * (size - span))
-            if j >= start:
-                j += span
-            second = slots[j]
+            first, second = self._draws.ticket_pair(u)
         else:
             n = self._draws.n
             if n <= 1:

@@ -65,7 +65,6 @@ class PowerOfTwoChoices(BalancingStrategy):
         self._weights: list[float] = []
         self._draws = TwoDraws()
         self._slots: list[int] = []  # the ticket table when weights allow (two draws, one random)
-        self._size = 0
         self._bounds: list[int] = []
         self._random = self.rng.random
         self._tracker = InFlight()
@@ -76,30 +75,20 @@ class PowerOfTwoChoices(BalancingStrategy):
         weights = [float(e.weight) for e in self._endpoints]  # floats: what the C pick takes
         self._weights = weights
         self._draws.set_weights(weights)
-        self._slots, self._size, self._bounds = self._draws.slots, self._draws.size, self._draws.bounds
+        self._slots, self._bounds = self._draws.slots, self._draws.bounds
         if self._choices != 2:
-            self._slots, self._size = [], 0
+            self._slots = []
         self._counts = self._tracker.align(self._endpoints)
 
     def pick(self, context: PickContext = NO_CONTEXT) -> Endpoint | None:
         slots = self._slots
         if slots:  # two choices, integer weights: two ticket draws from one random number
             u = self._random()
-            bounds = self._bounds
             if _two_choices_native is not None:  # the same choice in C, or -1: decide it here
-                best: int = _two_choices_native(slots, bounds, self._counts, self._weights, u)
+                best: int = _two_choices_native(slots, self._bounds, self._counts, self._weights, u)
                 if best >= 0:
                     return self._endpoints[best]
-            size = self._size  # TwoDraws.ticket_pair(u), inline
-            x = u * size
-            t = int(x)
-            first = slots[t]
-            start = bounds[2 * first]
-            span = bounds[2 * first + 1]
-            j = int((x - t) * (size - span))
-            if j >= start:
-                j += span
-            second = slots[j]
+            first, second = self._draws.ticket_pair(u)
         else:
             endpoints = self._endpoints
             n = len(endpoints)
