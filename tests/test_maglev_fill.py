@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from steelyard.model import Strategy as StrategySpec
 from steelyard.strategies import Endpoint, _maglev_numpy, maglev
 from steelyard.strategies._maglev_fill import fill
+from test_maglev_numpy import addresses, draw_weights, endpoint_ids
 
 
 def c_build(ids: list[str], weights: list[float], m: int) -> list[int]:
@@ -20,29 +21,11 @@ def c_build(ids: list[str], weights: list[float], m: int) -> list[int]:
     return maglev.build_table(ids, weights, m)
 
 
-endpoint_ids = st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=40, unique=True)
-integer_weights = st.integers(1, 1000).map(float)
-float_weights = st.floats(0.01, 10.0, allow_nan=False)  # e.g. slow start ramps
-
-
 @settings(max_examples=200, deadline=None)
 @given(ids=endpoint_ids, m=st.sampled_from([2, 7, 13, 101, 1009, 65537]), data=st.data())
 def test_the_same_table_as_the_reference(ids: list[str], m: int, data: st.DataObject) -> None:
-    kind = data.draw(st.sampled_from(["equal", "integers", "floats", "few"]))
-    if kind == "equal":
-        weights = [1.0] * len(ids)
-    elif kind == "integers":
-        weights = data.draw(st.lists(integer_weights, min_size=len(ids), max_size=len(ids)))
-    elif kind == "floats":
-        weights = data.draw(st.lists(float_weights, min_size=len(ids), max_size=len(ids)))
-    else:  # a few distinct values, so several endpoints share each
-        weights = data.draw(st.lists(st.sampled_from([0.1, 1 / 3, 1.0, 2.5, 7.0]), min_size=len(ids),
-                                     max_size=len(ids)))
+    weights = draw_weights(len(ids), data)
     assert c_build(ids, weights, m) == maglev.build_table_reference(ids, weights, m)
-
-
-def addresses(n: int) -> list[str]:
-    return [f"10.{i // 65536}.{i // 256 % 256}.{i % 256}:8080" for i in range(n)]
 
 
 @pytest.mark.parametrize("weights", ["equal", "integers", "skewed"])

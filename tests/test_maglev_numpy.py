@@ -19,20 +19,22 @@ integer_weights = st.integers(1, 1000).map(float)
 float_weights = st.floats(0.01, 10.0, allow_nan=False)  # e.g. slow start ramps
 
 
+def draw_weights(n: int, data: st.DataObject) -> list[float]:
+    """Weights for n endpoints: all equal, integers, floats, or a few values shared by several."""
+    kind = data.draw(st.sampled_from(["equal", "integers", "floats", "few"]))
+    if kind == "equal":
+        return [1.0] * n
+    if kind == "integers":
+        return data.draw(st.lists(integer_weights, min_size=n, max_size=n))
+    if kind == "floats":
+        return data.draw(st.lists(float_weights, min_size=n, max_size=n))
+    return data.draw(st.lists(st.sampled_from([0.1, 1 / 3, 1.0, 2.5, 7.0]), min_size=n, max_size=n))
+
+
 @settings(max_examples=150, deadline=None)
 @given(ids=endpoint_ids, m=st.sampled_from([7, 13, 101, 1009]), data=st.data())
 def test_the_same_table_as_the_reference(ids: list[str], m: int, data: st.DataObject) -> None:
-    kind = data.draw(st.sampled_from(["equal", "integers", "floats", "few"]))
-    if kind == "equal":
-        weights = [1.0] * len(ids)
-    elif kind == "integers":
-        weights = data.draw(st.lists(integer_weights, min_size=len(ids), max_size=len(ids)))
-    elif kind == "floats":
-        weights = data.draw(st.lists(float_weights, min_size=len(ids), max_size=len(ids)))
-    else:  # a few distinct values, so several endpoints share each
-        weights = data.draw(st.lists(st.sampled_from([0.1, 1 / 3, 1.0, 2.5, 7.0]), min_size=len(ids),
-                                     max_size=len(ids)))
-    same(ids, weights, m)
+    same(ids, draw_weights(len(ids), data), m)
 
 
 def addresses(n: int) -> list[str]:
