@@ -282,7 +282,7 @@ _SCAN_CONTENT_LENGTH, _SCAN_CONNECTION, _SCAN_DATE, _SCAN_HOP = 1, 2, 3, 4
 
 def _lower_is(data: bytes, start: int, name: bytes) -> bool:
     """Whether data[start:start + len(name)] is `name` (lowercase letters and "-") in any case."""
-    for k in range(len(name)):
+    for k in range(len(name)):  # noqa: SIM110 (a loop compiles to C; all() over a generator would not)
         if data[start + k] | 0x20 != name[k]:  # (x | 0x20 lowercases a letter and keeps "-"; CR is not here)
             return False
     return True
@@ -353,10 +353,8 @@ def _scan_common_head(data: bytes, end: int, parts: list[bytes]) -> bytes | None
                         if not 48 <= data[k] <= 57:
                             return None
                     content_length = data[value:value_end]
-                elif connection_seen:
-                    return None
-                elif not (value_end - value == 10 and _lower_is(data, value, b"keep-alive")
-                          or value_end - value == 5 and _lower_is(data, value, b"close")):
+                elif connection_seen or not (value_end - value == 10 and _lower_is(data, value, b"keep-alive")
+                                             or value_end - value == 5 and _lower_is(data, value, b"close")):
                     return None
                 else:
                     connection_seen = True
