@@ -14,13 +14,14 @@ from steelyard.proxy.server cimport ProxyServer
 from steelyard.runtime.upstream cimport Attempt, UpstreamRuntime
 
 # The common response head's scan (see _scan_common_head): C loops over the head's bytes.
+ctypedef const unsigned char *chars
 @cython.locals(k=Py_ssize_t)
-cdef bint _lower_is(bytes data, Py_ssize_t start, bytes name) except -1
+cdef bint _lower_is(chars data, Py_ssize_t start, chars name, Py_ssize_t size) noexcept
 @cython.locals(first=int)
-cdef int _scan_kind(bytes data, Py_ssize_t start, Py_ssize_t size) except -1
-@cython.locals(connection_seen=bint, dated=bint, kept=Py_ssize_t, line=Py_ssize_t, last=Py_ssize_t,
-               colon=Py_ssize_t, eol=Py_ssize_t, kind=int, value=Py_ssize_t, value_end=Py_ssize_t,
-               k=Py_ssize_t)
+cdef int _scan_kind(chars data, Py_ssize_t start, Py_ssize_t size) noexcept
+@cython.locals(head=chars, connection_seen=bint, dated=bint, kept=Py_ssize_t, line=Py_ssize_t,
+               last=Py_ssize_t, colon=Py_ssize_t, eol=Py_ssize_t, kind=int, value=Py_ssize_t,
+               value_end=Py_ssize_t, k=Py_ssize_t)
 cpdef object _scan_common_head(bytes data, Py_ssize_t end, list parts)
 
 
