@@ -356,8 +356,9 @@ def _scan_common_head(data: bytes, end: int, parts: list[bytes]) -> bytes | None
                         if not 48 <= head[k] <= 57:
                             return None
                     content_length = data[value:value_end]
-                elif connection_seen or not (value_end - value == 10 and _lower_is(head, value, b"keep-alive", 10)
-                                             or value_end - value == 5 and _lower_is(head, value, b"close", 5)):
+                elif connection_seen or not (
+                        value_end - value == 10 and _lower_is(head, value, b"keep-alive", 10)
+                        or value_end - value == 5 and _lower_is(head, value, b"close", 5)):
                     return None
                 else:
                     connection_seen = True
