@@ -2,8 +2,9 @@
 
 - C extensions: `steelyard.strategies._maglev_fill` fills large Maglev tables ~15x faster than NumPy;
   `_picks` runs the common PowerOfTwoChoices and PeakEWMA pick ~2.5x cheaper.
-- The request path compiled by Cython from its plain Python source (Cython's pure Python mode): the modules
-  with a `.pxd` beside them (`HOT_PATH`), whose declarations make their classes extension types.
+- The request path, HTTP and TCP (`proxy/tcp.py`: the per-chunk copy between a tunnel's two transports),
+  compiled by Cython from its plain Python source (Cython's pure Python mode): the modules with a `.pxd`
+  beside them (`HOT_PATH`), whose declarations make their classes extension types.
 
 All of it is optional (`optional=True`): without a compiler, or without Cython, the install still succeeds
 and the same modules run as pure Python (the reference the compiled code is tested against).
@@ -20,7 +21,7 @@ from setuptools.command.build_ext import build_ext
 
 # The request path (see docs/benchmarks.md, "Where the time goes"): each has a .pxd with its declarations.
 HOT_PATH = ["steelyard.proxy.http", "steelyard.proxy.pool", "steelyard.proxy.server",
-            "steelyard.runtime.upstream"]
+            "steelyard.proxy.tcp", "steelyard.runtime.upstream"]
 DIRECTIVES = {
     "language_level": 3,
     # Types come from the .pxd files only: Cython 3 would otherwise take `x: float` annotations as C doubles
