@@ -1788,7 +1788,7 @@ class UpstreamConnection:  # an asyncio.Protocol (duck-typed, see HttpProxyProto
             # weights), with no hop-by-hop field but a plain Connection. Its status line and end-to-end
             # field lines are copied as read, the framing lines regenerated.
             # One Content-Length line, at most one plain Connection line, nothing else hop-by-hop:
-            parts = []
+            parts: list[bytes] = []
             if _COMPILED:
                 content_length = _scan_common_head(data, end, parts)
             else:

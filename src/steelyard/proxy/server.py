@@ -105,11 +105,11 @@ class ProxyServer:
         """The factory for `loop.create_server`: HTTP or TCP by `listener.protocol`."""
         self.ensure_sweep()
         key = listener.key
+        # (asyncio.Protocols by their methods: the compiled classes cannot derive from it)
         if listener.protocol == Protocol.TCP:
-            return lambda: TcpProxyProtocol(self, key)
+            return lambda: TcpProxyProtocol(self, key)  # type: ignore[return-value]
         from steelyard.proxy.http import HttpProxyProtocol
 
-        # (an asyncio.Protocol by its methods: the compiled class cannot derive from it)
         return lambda: HttpProxyProtocol(self, key)  # type: ignore[return-value]
 
     # -- upstream connections -----------------------------------------------------------------------------
