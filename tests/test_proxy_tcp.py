@@ -171,7 +171,7 @@ class HeldBackend:
 
     A connection reads `size` bytes (all until the EOF when None), answers `got N` and closes. `rcvbuf`
     sets its receive buffer (SO_RCVBUF), which bounds the window it offers.
-    (Its preconditions fail with pytest.fail, not assert: the xfail test below expects an AssertionError.)"""
+    (Its preconditions fail with pytest.fail, not assert, so a broken setup is told from a broken proxy.)"""
 
     def __init__(self, size: int | None = None, rcvbuf: int | None = None):
         self.size = size
@@ -304,11 +304,6 @@ async def test_tcp_early_bytes_and_eof_survive_a_connect_timeout() -> None:
 
 
 @BOTH_LOOPS
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "tcp.py TcpTunnel._open: when the early bytes fill the new upstream connection past its write buffer's "
-    "high-water mark, pause_writing() pauses the client (already paused), then _open resumes reading it "
-    "unconditionally; the upstream transport stays 'paused' so no pause_writing() comes again, and the "
-    "proxy reads the client without bound while the backend reads nothing"))
 async def test_tcp_backpressure_holds_when_the_early_bytes_fill_the_upstream(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Like test_tcp_backpressure_bounds_what_the_proxy_reads, with the client's first bytes held while the

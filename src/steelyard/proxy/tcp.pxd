@@ -23,6 +23,7 @@ cdef class _Side:
     cdef public list early
     cdef public object peer_transport
     cdef public bint active
+    cdef public bint write_full
 
 
 @cython.final

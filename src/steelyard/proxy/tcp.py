@@ -28,7 +28,8 @@ __all__ = ["TcpProxyProtocol", "TcpTunnel"]
 class _Side:  # an asyncio.Protocol (duck-typed: a compiled class cannot derive from it)
     """One end of a tunnel; `peer` is the other end."""
 
-    __slots__ = ("tunnel", "peer", "transport", "eof_in", "lost", "early", "peer_transport", "active")
+    __slots__ = ("tunnel", "peer", "transport", "eof_in", "lost", "early", "peer_transport", "active",
+                 "write_full")
 
     def __init__(self, tunnel: TcpTunnel):
         self.tunnel = tunnel
@@ -39,6 +40,7 @@ class _Side:  # an asyncio.Protocol (duck-typed: a compiled class cannot derive 
         self.early: list[bytes] = []  # bytes read before the peer was connected
         self.peer_transport: asyncio.Transport | None = None  # set once both ends are connected
         self.active = False  # set per read, cleared by the idle sweep: no clock read per chunk
+        self.write_full = False  # between pause_writing() and resume_writing(): the peer must stay paused
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -74,11 +76,13 @@ class _Side:  # an asyncio.Protocol (duck-typed: a compiled class cannot derive 
         return True
 
     def pause_writing(self) -> None:
+        self.write_full = True
         peer = self.peer
         if peer is not None and peer.transport is not None and not peer.lost:
             peer.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self.write_full = False
         peer = self.peer
         if peer is not None and peer.transport is not None and not peer.lost:
             peer.transport.resume_reading()
@@ -175,7 +179,8 @@ class TcpTunnel:
             client.early = []
         if client.eof_in and upstream.transport is not None:
             upstream.transport.write_eof()
-        elif client.transport is not None:
+        elif client.transport is not None and not upstream.write_full:
+            # (held bytes past the upstream's high-water mark: resume_writing() resumes the client later)
             client.transport.resume_reading()
 
     def side_lost(self, side: _Side, exc: Exception | None) -> None:
