@@ -32,11 +32,9 @@ EARLY = 200 * KIB  # bytes the proxy must hold at once to fill the small upstrea
 HELD_MIN = 96 * KIB  # fewer held than this cannot fill it (64 KiB high-water mark + the sockets)
 BOUND = 1 * MIB  # what the proxy may hold for one connection: its high-water mark and a read or two
 UPLOAD = 16 * MIB  # what a client pushes at a backend that reads nothing
-# Towards the client the pause comes later: a response's bytes wait in the client's output until the end
-# of the loop's pass (ProxyServer.flush_later), and uvloop (libuv) hands over up to 32 reads of 256 KB
-# of one socket in a pass, so up to ~8 MB arrive before the client's transport can call pause_writing()
-# (~4 MB measured here). Bounded, but not by the high-water mark: what is checked is that it stays so.
-DOWNLOAD_BOUND = 16 * MIB
+# Towards the client: a large read of a body is written at once (not at the end of the loop's pass), so
+# the client's pause_writing() stops the reads within the same pass (before, ~4 MB arrived first).
+DOWNLOAD_BOUND = BOUND
 
 
 @pytest.fixture(scope="module")
@@ -290,13 +288,6 @@ async def test_upload_held_while_the_upstream_connects_keeps_backpressure(
 # -- a request body the backend has not read when its connection goes back to the pool ----------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "UpstreamConnection._finish() pools a connection whose transport is still above its high-water mark "
-    "(the backend answered before reading the body). The transport called pause_writing() once, for the "
-    "previous request (the client's _PAUSE_UPSTREAM_FULL was then cleared by _next()), and will not call "
-    "it again until it drained below the low-water mark; _start() takes the connection from the pool "
-    "without checking its write buffer (UpstreamConnection keeps no write-full flag), so the next request "
-    "on it is never paused: the proxy reads the whole upload into that write buffer"))
 async def test_pooled_connection_with_an_unread_body_still_pauses_the_next_upload(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A backend answers a POST before reading its body (an early 401/413 on a kept-alive connection, the
@@ -350,12 +341,7 @@ UPGRADE = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: webso
 
 @pytest.mark.parametrize("early", [
     False,
-    pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=(
-        "HttpProxyProtocol.start_tunnel() writes the bytes read with the upgrade request (req.tunnel_data) "
-        "to the upstream, whose pause_writing() sets _PAUSE_UPSTREAM_FULL on the client, then sets "
-        "self.paused = 0 and resumes reading the client unconditionally: the pause is lost, and the "
-        "transport, already paused, calls pause_writing() no more; the proxy reads all the client sends "
-        "into the upstream's write buffer (the bug 77071a5 fixed in TCP mode)"))),
+    True,
 ], ids=["after-the-101", "with-the-upgrade"])
 async def test_websocket_upload_to_a_backend_that_does_not_read_is_bounded(
         monkeypatch: pytest.MonkeyPatch, early: bool) -> None:

@@ -165,6 +165,7 @@ cdef class UpstreamConnection:
     cdef public object upgrade
     cdef public bint upstream_keep_alive
     cdef public object weight_hint
+    cdef public bint write_full
 
     cpdef close(self)
     cpdef flush(self)

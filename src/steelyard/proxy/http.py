@@ -974,11 +974,13 @@ class HttpProxyProtocol:  # an asyncio.Protocol (duck-typed: a compiled class ca
         else:
             conn.transport.write(req.head)  # type: ignore[union-attr]
         req.head_sent = True
-        if self.paused or self.write_paused:  # rarely
+        if self.paused or self.write_paused or conn.write_full:  # rarely
             if self.paused & _PAUSE_BUFFERING and not self.queue:
                 self._resume(_PAUSE_BUFFERING)
             if self.write_paused:
                 conn.pause_reading()
+            if conn.write_full:  # (a pooled connection still holding an earlier request's body)
+                self._pause(_PAUSE_UPSTREAM_FULL)
 
     def _pick_context(self, runtime: UpstreamRuntime) -> PickContext:
         key: str | None = None
@@ -1065,6 +1067,8 @@ class HttpProxyProtocol:  # an asyncio.Protocol (duck-typed: a compiled class ca
             self._resume(_PAUSE_BUFFERING)
         if self.write_paused:
             conn.pause_reading()
+        if conn.write_full:  # (the head and body just written, or a pooled connection still full)
+            self._pause(_PAUSE_UPSTREAM_FULL)
 
     def resend_fresh(self, req: HttpRequest, pool: EndpointPool) -> None:
         """Send `req` again, on a new connection to the endpoint of its pick (see
@@ -1271,8 +1275,12 @@ class HttpProxyProtocol:  # an asyncio.Protocol (duck-typed: a compiled class ca
         req.tunnel_data = b""
         if data and conn.transport is not None:
             conn.transport.write(data)
+        # The exchange's pauses end here, but not a full upstream (the bytes read with the upgrade request
+        # can fill it): its resume_writing() resumes the client.
         self.paused = 0
-        if self.transport is not None:
+        if conn.write_full:
+            self._pause(_PAUSE_UPSTREAM_FULL)
+        elif self.transport is not None:
             self.transport.resume_reading()
 
     def _abandon(self, req: HttpRequest) -> None:
@@ -1531,7 +1539,7 @@ class UpstreamConnection:  # an asyncio.Protocol (duck-typed, see HttpProxyProto
         "close_delimited", "closed", "config", "connection", "content_length", "data", "discard", "eof_in",
         "head_buf", "head_bytes", "headers_done", "headers_out", "idle_since", "interim", "keep_client",
         "last_read", "message_done", "parser", "pool", "read_paused", "req", "server", "status",
-        "transport", "tunnel", "unsent", "upgrade", "upstream_keep_alive", "weight_hint")
+        "transport", "tunnel", "unsent", "upgrade", "upstream_keep_alive", "weight_hint", "write_full")
 
     def __init__(self, server: ProxyServer, pool: EndpointPool):
         self.server = server
@@ -1544,6 +1552,9 @@ class UpstreamConnection:  # an asyncio.Protocol (duck-typed, see HttpProxyProto
         self.client: HttpProxyProtocol | None = None
         self.req: HttpRequest | None = None
         self.read_paused = False
+        # Between pause_writing() and resume_writing(): the transport calls neither again, so whoever takes
+        # this connection (from the pool, or as a tunnel) must see it is full and pause its client.
+        self.write_full = False
         self.tunnel = False
         self.eof_in = False
         self.head_bytes = 0
@@ -1657,7 +1668,10 @@ class UpstreamConnection:  # an asyncio.Protocol (duck-typed, see HttpProxyProto
             self._finish()  # flushes
             return
         if client.out:
-            self.server.flush_later(client)
+            if len(data) < _JOIN_MAX:
+                self.server.flush_later(client)
+            else:  # a body streaming in: written at once, so a slow client's pause_writing() stops the reads
+                client.flush()
         if not self.headers_done and self.client is not None:
             # A head still incomplete: keep its bytes for the next read, and bound what is kept (llhttp
             # enforces no limit either).
@@ -1721,6 +1735,7 @@ class UpstreamConnection:  # an asyncio.Protocol (duck-typed, see HttpProxyProto
         client.upstream_failed(req, 502, reason, retriable=retriable)
 
     def pause_writing(self) -> None:
+        self.write_full = True
         client = self.client
         if client is not None:
             if self.tunnel:
@@ -1729,6 +1744,7 @@ class UpstreamConnection:  # an asyncio.Protocol (duck-typed, see HttpProxyProto
                 client.upstream_write_full(True)
 
     def resume_writing(self) -> None:
+        self.write_full = False
         client = self.client
         if client is not None:
             if self.tunnel:
