@@ -218,6 +218,13 @@ class World:
                 if not self.client.eof_received():
                     self.ct.close()
                 continue
+            if self.ct.eof_written and not self.eof_sent and not self.input and not self.ct.closed:
+                # The proxy half-closed (a lingering close) and read what was left: the client, having read
+                # the end of the stream, closes its end too.
+                self.eof_sent = True
+                if not self.client.eof_received():
+                    self.ct.close()
+                continue
             return self
         raise AssertionError("the simulation does not settle")
 

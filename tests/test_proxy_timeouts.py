@@ -150,16 +150,10 @@ async def test_a_504_releases_the_pick_and_never_reuses_the_connection() -> None
     await a.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "HttpProxyProtocol.check_timeouts returns at `if conn.headers_done` whenever a final head arrived, "
-    "including a retried status being dropped (UpstreamConnection.discard, response_started False); the "
-    "response-idle check needs response_started. A retried status whose body then stalls is watched by "
-    "no timeout: the client waits with no answer for as long as the endpoint holds the connection, and "
-    "the retry picked in advance (req.next_attempt) stays in flight on the other endpoint"))
 async def test_a_retried_status_whose_body_stalls_is_timed_out() -> None:
     """retries.on lists 503: the endpoint answers a 503 head and 3 of its 100 body bytes, then nothing. The
     proxy drops that response whole (it will retry), so it waits for the rest of the body: that wait must
-    end within the request (or idle) timeout with an answer, and leave nothing in flight."""
+    end within the request timeout, the retry go to the other endpoint, and nothing stay in flight."""
 
     async def stalled_503(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
@@ -178,7 +172,7 @@ async def test_a_retried_status_whose_body_stalls_is_timed_out() -> None:
             for client in clients:
                 await client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             answers = [await client.response(timeout=2) for client in clients]
-            assert all(r.status in (200, 502, 504) for r in answers), [r.status for r in answers]
+            assert [r.status for r in answers] == [200, 200]
             assert await eventually(lambda: all(s.in_flight == 0 for s in runtime.stats.values()))
             for client in clients:
                 client.close()
@@ -441,11 +435,6 @@ async def test_shutdown_closes_idle_connections_and_answers_in_flight_with_close
     await a.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "HttpProxyProtocol.begin_shutdown() calls self._pause(_PAUSE_CLOSING) also when the current request's "
-    "body is still arriving: the proxy stops reading it, so the in-flight upload cannot finish; the request "
-    "timeout then fires with the body incomplete and _client_is_late() blames the client: 408 and close "
-    "(or the drain deadline aborts the connection first)"))
 async def test_an_upload_in_flight_at_shutdown_finishes() -> None:
     """A POST whose body is half sent when the drain starts: the rest arrives during the drain, and the
     answer is the endpoint's (the body echoed whole) with Connection: close."""
@@ -473,11 +462,6 @@ async def test_an_upload_in_flight_at_shutdown_finishes() -> None:
     await a.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "HttpProxyProtocol.begin_shutdown() calls self._pause(_PAUSE_CLOSING) on a websocket tunnel too: the "
-    "client's transport stops being read for the whole drain, so nothing the client sends (messages, its "
-    "close frame) reaches the endpoint, the tunnel cannot end on its own, and the drain deadline aborts it "
-    "(TCP tunnels, by contrast, flow both ways until they end)"))
 async def test_a_websocket_keeps_flowing_both_ways_during_the_drain() -> None:
     (a,) = await start_backends("a")
     h = Harness(make_state([a]))
@@ -539,12 +523,6 @@ async def test_a_tcp_tunnel_keeps_flowing_during_the_drain_and_ends_it() -> None
     await backend.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "HttpProxyProtocol.begin_shutdown() pauses reading (_PAUSE_CLOSING), so a request the client sends on "
-    "its keep-alive connection during the drain stays unread in the socket; when the current response ends, "
-    "UpstreamConnection._finish() -> client._close() -> transport.close() closes the socket with unread "
-    "input, which makes the kernel send a RST and drop what the send queue still held (no lingering close: "
-    "no shutdown(SHUT_WR) then reading until EOF): the client gets a truncated response and a reset"))
 async def test_a_request_sent_during_the_drain_does_not_cut_the_response_before_it() -> None:
     """A client streaming a large response sends its next request on the same connection during the drain
     (as a pipelining client, or one that has not yet seen Connection: close, does): the response in

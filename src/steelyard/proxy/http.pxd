@@ -90,6 +90,7 @@ cdef class HttpProxyProtocol:
     cdef public object _watch
     cdef public UpstreamConnection _watch_conn
     cdef public double _watch_since
+    cdef public double _linger_until
     cdef public object client_ip
     cdef public object out_append
     cdef public bint closed

@@ -48,8 +48,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import re
+import struct
+import termios
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -149,6 +152,7 @@ _LAST_CHUNK = b"0\r\n\r\n"
 # A request line's bytes other than its target: method (llhttp's longest is 13), spaces, version, CRLF.
 _REQUEST_LINE_MAX = 32
 _JOIN_MAX = 64 * 1024  # output up to this size is joined into one buffer before writing
+_LINGER_TIME = 2.0  # at most this long after a half-close, reading and dropping what the client still sends
 # Connection field values (all of them, joined) that name no other field: nothing to remove.
 _PLAIN_CONNECTION = frozenset((None, b"keep-alive", b"Keep-Alive", b"close", b"Close"))
 _CRLF = b"\r\n"
@@ -518,7 +522,7 @@ class HttpProxyProtocol:  # an asyncio.Protocol (duck-typed: a compiled class ca
     __slots__ = ("_client_ip_bytes", "_completed", "_fields", "_forward_tail", "_forwarded",
         "_header_timeout", "_host_line", "_host_seen", "_keepalive_timeout", "_max_head", "_max_headers",
         "_max_uri", "_only_route", "_head_left", "_read_len", "_routes", "_watch", "_watch_conn",
-        "_watch_since", "client_ip", "out_append", "closed",
+        "_watch_since", "_linger_until", "client_ip", "out_append", "closed",
         "closing", "config", "current", "eof_in", "listener_key", "out",
         "parser", "parsing", "paused", "queue", "server", "transport", "tunnel", "tunnel_idle_timeout",
         "write_paused")
@@ -539,6 +543,7 @@ class HttpProxyProtocol:  # an asyncio.Protocol (duck-typed: a compiled class ca
         self.write_paused = False
         self.closing = False
         self.closed = False
+        self._linger_until = 0.0  # when closing with input maybe unread: see _close
         self.tunnel: UpstreamConnection | None = None
         self.tunnel_idle_timeout = 60.0
         self.eof_in = False
@@ -589,8 +594,8 @@ class HttpProxyProtocol:  # an asyncio.Protocol (duck-typed: a compiled class ca
             self.tunnel.transport.write(data)  # type: ignore[union-attr]
             self.tunnel.last_read = self.server.now  # activity either way keeps the tunnel
             return
-        if self.closing and self.parsing is None and self.current is None:
-            return
+        if self.closing and (self._linger_until or self.parsing is None and self.current is None):
+            return  # (nothing more is read as a request)
         completed_before = self._completed
         self._read_len = len(data)
         try:
@@ -629,6 +634,8 @@ class HttpProxyProtocol:  # an asyncio.Protocol (duck-typed: a compiled class ca
             return True
         # A half-closed client may still read its responses; close once they are written.
         self.closing = True
+        if self._linger_until:
+            return False  # the client read our FIN and closed: done
         return self.current is not None or bool(self.queue)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -1314,8 +1321,23 @@ class HttpProxyProtocol:  # an asyncio.Protocol (duck-typed: a compiled class ca
     def _close(self) -> None:
         self.closing = True
         self.flush()
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is None:
+            return
+        if (self._linger_until or self.tunnel is not None or not transport.can_write_eof()
+                or self.parsing is None and not (self.paused and _unread_bytes(transport))):
+            transport.close()
+            return
+        # Input waits unread (reading was paused and the kernel holds bytes, or a request was arriving):
+        # closing now would make the kernel answer with a reset, which destroys the response still on its
+        # way (RFC 9112 §9.6).
+        # Half-close instead, then read and drop until the client closes, for at most _LINGER_TIME.
+        self._linger_until = self.server.now + _LINGER_TIME
+        self.parsing = None
+        self.queue.clear()
+        transport.write_eof()  # (after what is buffered)
+        self.paused = 0
+        transport.resume_reading()
 
     def _pause(self, reason: int) -> None:
         if not self.paused and self.transport is not None:
@@ -1342,6 +1364,10 @@ class HttpProxyProtocol:  # an asyncio.Protocol (duck-typed: a compiled class ca
         response head) and since when; a wait seen again past its limit has timed out. The limits are
         thus exact to within one sweep interval (late, never early)."""
         if self.closed:
+            return
+        if self._linger_until:
+            if now >= self._linger_until and self.transport is not None:
+                self.transport.close()
             return
         tunnel = self.tunnel
         if tunnel is not None:
@@ -1393,10 +1419,11 @@ class HttpProxyProtocol:  # an asyncio.Protocol (duck-typed: a compiled class ca
                 req.attempt.done(ok=False)
             self.upstream_broken(req)
             return
-        if conn.headers_done:  # the final response head arrived (or a retried one is being dropped)
+        if conn.headers_done and not conn.discard:  # the final response head arrived
             self._watch = None
             return
-        # Sent, no final response head yet: the request timeout runs from when the sweep first saw it.
+        # Sent, no final response head yet (or a retried status being dropped, which may stall as well): the
+        # request timeout runs from when the sweep first saw it.
         if req is not self._watch or conn is not self._watch_conn:
             self._watch, self._watch_conn, self._watch_since = req, conn, now
             return
@@ -1410,6 +1437,11 @@ class HttpProxyProtocol:  # an asyncio.Protocol (duck-typed: a compiled class ca
         conn.abandon()
         if req.attempt is not None:
             req.attempt.done(ok=False)
+        if conn.discard:  # the endpoint answered a retried status and stalled in its body: the retry goes on
+            reason = f"the endpoint's {conn.status} response stalled for {runtime.request_timeout:g}s"
+            _failed(req, reason)
+            self.upstream_failed(req, 504, reason, retriable=True)
+            return
         reason = f"the endpoint did not answer within {runtime.request_timeout:g}s"
         _failed(req, reason)
         if req.response_started:
@@ -1448,13 +1480,18 @@ class HttpProxyProtocol:  # an asyncio.Protocol (duck-typed: a compiled class ca
                                       f"{runtime.request_timeout:g}s")
 
     def begin_shutdown(self) -> None:
-        """Stop taking requests: close now when idle, else after the current response."""
+        """Stop taking requests: close now when idle, else after the current response (which says
+        `Connection: close`). A request body still arriving is read to its end, and a websocket flows both
+        ways until it ends or the drain deadline comes (as TCP tunnels do)."""
         self.closing = True
-        self._pause(_PAUSE_CLOSING)
-        if self.current is None and self.parsing is None and self.tunnel is None:
+        if self.tunnel is not None:
+            return
+        if self.current is None and self.parsing is None:
             self._close()
-        else:
-            self.queue.clear()
+            return
+        self.queue.clear()
+        if self.parsing is None and self.current is not None and self.current.request_complete:
+            self._pause(_PAUSE_CLOSING)  # (what the client sends next is dropped by _close's lingering)
 
     def is_idle(self) -> bool:
         return self.current is None and self.parsing is None and self.tunnel is None
@@ -1513,6 +1550,15 @@ def _field_values(req: HttpRequest, lname: bytes) -> list[str]:
         return [] if value is None else [value.decode("latin-1")]
     fields = req.fields
     return [fields[i + 2].decode("latin-1") for i in range(0, len(fields), 4) if fields[i].lower() == lname]
+
+
+def _unread_bytes(transport: asyncio.BaseTransport) -> int:
+    """How many bytes the kernel holds for this socket that nobody read yet (FIONREAD); 1 when unknown."""
+    sock = transport.get_extra_info("socket")
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]  # type: ignore[no-any-return]
+    except (AttributeError, OSError, ValueError):
+        return 1
 
 
 def _drop_next_attempt(req: HttpRequest) -> None:
