@@ -181,6 +181,32 @@ async def test_a_retried_status_whose_body_stalls_is_timed_out() -> None:
         await good.close()
 
 
+async def test_a_100_continue_then_silence_is_answered_504() -> None:
+    """An endpoint that sends 100 (Continue), reads the body, then says nothing: a final response may still
+    follow a 1xx (RFC 9110 §15.2), so the request timeout gives the client a 504, not a cut connection."""
+
+    async def continue_then_silence(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await writer.drain()
+        await reader.readexactly(5)
+        await reader.read()  # silent until the proxy closes
+
+    backend = await Scripted(continue_then_silence).start()
+    policy = {"timeouts": {"request": "300ms", "idle": "300ms"}}
+    try:
+        async with Harness(make_state([backend.endpoint], policy=policy)) as h:
+            client = await h.connect()
+            await client.send(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                              b"Content-Length: 5\r\n\r\n")
+            assert (await client.response(timeout=2)).status == 100
+            await client.send(b"hello")
+            assert (await client.response(timeout=3)).status == 504
+            client.close()
+    finally:
+        await backend.close()
+
+
 # -- the header and keep-alive timeouts ---------------------------------------------------------------
 
 

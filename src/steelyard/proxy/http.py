@@ -1411,7 +1411,7 @@ class HttpProxyProtocol:  # an asyncio.Protocol (duck-typed: a compiled class ca
         if conn is None or runtime is None:
             self._watch = None
             return
-        if req.response_started and now - conn.last_read > runtime.idle_timeout:
+        if req.response_started and conn.headers_done and now - conn.last_read > runtime.idle_timeout:
             # The response stalled (upstream silent, or the client not reading): do not hang forever.
             self.server.stats.timeouts += 1
             conn.abandon()
@@ -1444,11 +1444,9 @@ class HttpProxyProtocol:  # an asyncio.Protocol (duck-typed: a compiled class ca
             return
         reason = f"the endpoint did not answer within {runtime.request_timeout:g}s"
         _failed(req, reason)
-        if req.response_started:
-            self.upstream_broken(req)
-        else:
-            req.conn = None
-            self._respond_local(req, 504, f"steelyard: load balancer {runtime.name}: {reason}")
+        # (no final head went out: at most 1xx, which a final response may still follow, RFC 9110 §15.2)
+        req.conn = None
+        self._respond_local(req, 504, f"steelyard: load balancer {runtime.name}: {reason}")
 
     def _client_is_late(self, req: HttpRequest) -> bool:
         """The request timeout fired before the request body was read whole: whether the client is the one
