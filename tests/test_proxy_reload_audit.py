@@ -210,8 +210,8 @@ async def test_weighted_round_robin_keeps_its_place_across_a_policy_only_reload(
         assert runtime is not None
         strategy = runtime.strategy
         seen = [(await client.request()).text for _ in range(3)]
-        h.apply(make_state(weighted, policy={**policy, "timeouts": {"connect": "2s"}}))
-        assert runtime.connect_timeout == 2.0 and runtime.strategy is strategy
+        h.apply(make_state(weighted, policy={**policy, "timeouts": {"connect": "1500ms"}}))
+        assert runtime.connect_timeout == 1.5 and runtime.strategy is strategy
         seen += [(await client.request()).text for _ in range(11)]
         assert seen == (cycle * 2)[:14], (cycle, seen)
         client.close()
