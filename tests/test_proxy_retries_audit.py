@@ -266,12 +266,6 @@ async def test_client_gone_mid_request_body_completes() -> None:
             assert await eventually(lambda: backend.open == 0, 1.0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "HttpProxyProtocol.eof_received, on a FIN while the current request's body is still incomplete, only "
-    "sets closing and keeps the connection (returns True: current is not None), as for a client that may "
-    "still read its answer; but that body can never complete, so the exchange, its upstream connection and "
-    "its pick stay until check_timeouts fires the request timeout (then _client_timed_out: 408 and "
-    "cancel): the endpoint's in-flight count stays 1 for up to 30 s by default"))
 async def test_client_half_closed_mid_request_body_releases_the_pick_at_once() -> None:
     """A client that sends part of its body and then closes (a FIN: e.g. a killed curl upload): the body can
     never arrive whole, so the exchange is over; nothing should stay in flight until the request timeout."""
@@ -554,15 +548,6 @@ async def test_a_websocket_tunnel_that_ends_either_way_completes(who_ends: str) 
 # -- bugs ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'UpstreamConnection.on_headers_complete picks req.next_attempt (retry_attempt: no body byte sent yet)'
-    ' and sets discard when the 503 head arrives; HttpProxyProtocol.on_body keeps writing the client body'
-    ' to that same connection (req.conn and head_sent still set), setting body_sent; '
-    'UpstreamConnection._finish (discard branch) then calls client._retry(req, next_attempt), which with '
-    'an attempt given skips retry_attempt and its body_sent check: _dispatch/_send sends the head and an '
-    'empty pending to the second endpoint, which gets only the rest of the body (here: it waits for 4 '
-    'bytes, the client gets a 504 at the request timeout; with a chunked body the endpoint would get a '
-    'well-formed wrong body)'))
 async def test_body_bytes_sent_while_a_retried_status_is_dropped_forbid_the_retry() -> None:
     """retries.on lists 503; a PUT whose head went out before its body. The first endpoint answers 503 at
     once, but its body comes in two pieces; between them the client sends the first half of its body, which
@@ -608,12 +593,6 @@ async def test_body_bytes_sent_while_a_retried_status_is_dropped_forbid_the_retr
             client.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'UpstreamConnection.on_headers_complete returns in its retried-status branch (discard = True) before '
-    'the is_head step that sets message_done; llhttp does not know the request was HEAD and waits for '
-    'Content-Length body bytes that never come, so the discard stalls until check_timeouts fires the '
-    'request timeout (504 path, then the planned retry): every HEAD answered with a retried status waits '
-    'the whole request timeout (30 s by default)'))
 async def test_a_head_request_answered_with_a_retried_status_is_retried_at_once() -> None:
     """retries.on lists 503; a HEAD answered 503 with `Content-Length: 9` (and, HEAD, no body). The proxy
     drops that response to retry: it must know the response has no body (it knows it answers a HEAD), not
@@ -635,13 +614,6 @@ async def test_a_head_request_answered_with_a_retried_status_is_retried_at_once(
             client.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'UpstreamConnection.on_headers_complete returns in its retried-status branch before close_delimited '
-    'is computed, and connection_lost treats the end of a close-delimited body only when not discard: a '
-    'complete close-delimited 503 being dropped is taken for a reset (attempt.done(ok=False, '
-    'status=None), upstream_failed(502, retriable=retry_on_reset)); with retries.on without "reset" the '
-    'client gets 502 "the endpoint closed the connection before answering" and the planned retry is '
-    'dropped'))
 async def test_a_retried_status_whose_body_ends_with_the_connection_is_retried() -> None:
     """retries.on lists 503 only; the first endpoint answers a complete 503 whose body is delimited by
     closing the connection (no Content-Length, no chunked: RFC 9112 section 6.3 rule 8). That is a whole
@@ -666,13 +638,6 @@ async def test_a_retried_status_whose_body_ends_with_the_connection_is_retried()
             assert all(a == (200, "good") for a in answers), answers
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'UpstreamConnection.on_headers_complete keeps a 101 head in headers_out for _upgraded and returns; '
-    'without Upgrade/Connection fields llhttp ends the message and raises HttpParserError ("Pause on '
-    'CONNECT/Upgrade"), not HttpParserUpgrade, so data_received takes the message_done branch and '
-    '_finish() reports the 101, writes nothing to the client and moves on (keep_client left as it was): '
-    'the client gets no answer and the connection sits paused (_PAUSE_CLOSING) until the keep-alive '
-    'timeout'))
 async def test_a_bare_101_gets_the_client_an_answer() -> None:
     """An endpoint answers `101 Switching Protocols` without Upgrade and Connection fields (llhttp then
     ends the message instead of switching): the client must get an answer (a 502), not silence while the
@@ -709,12 +674,6 @@ async def test_pipelined_requests_then_a_half_close_are_all_answered() -> None:
         client.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "UpstreamConnection._interim sets req.response_started when it forwards a 1xx to an HTTP/1.1 client; "
-    "connection_lost then sees response_started and calls client.upstream_broken (abort: a cut "
-    "connection) instead of upstream_failed (a 502), although no final response went out and one may "
-    "still follow a 1xx (RFC 9110 section 15.2), as check_timeouts already does for a silent endpoint "
-    "after a 100 (504)"))
 async def test_a_reset_after_100_continue_gets_the_client_a_502() -> None:
     """The endpoint sends 100 (Continue), reads the body, then resets: no final response reached the client,
     so it can still get a plain 502 (not a cut connection), as it gets a 504 when the endpoint falls

@@ -636,6 +636,13 @@ class HttpProxyProtocol:  # an asyncio.Protocol (duck-typed: a compiled class ca
         self.closing = True
         if self._linger_until:
             return False  # the client read our FIN and closed: done
+        req = self.current
+        if req is not None and not req.request_complete and not req.response_started:
+            # The body can never arrive whole: the exchange ends now, not at the request timeout.
+            self.current = None
+            self.queue.clear()
+            self._abandon(req)
+            return False
         return self.current is not None or bool(self.queue)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -1749,7 +1756,7 @@ class UpstreamConnection:  # an asyncio.Protocol (duck-typed, see HttpProxyProto
             client.tunnel = None
             client._close()
             return
-        if self.headers_done and self.close_delimited and not self.discard:
+        if self.headers_done and self.close_delimited:
             # Close-delimited body (RFC 9112 §6.3 rule 8): the end of the connection ends the response.
             self.message_done = True
             self._finish()
@@ -1768,10 +1775,11 @@ class UpstreamConnection:  # an asyncio.Protocol (duck-typed, see HttpProxyProto
         attempt = req.attempt
         if attempt is not None:
             attempt.done(ok=False, status=None)
-        if req.response_started:
+        if req.response_started and self.headers_done:
             _failed(req, "the endpoint closed the connection during its response", str(exc) if exc else "")
             client.upstream_broken(req)
             return
+        # (at most a 1xx went out, which a final response may follow: a 502, never retried after a 1xx)
         runtime = req.runtime
         retriable = runtime is not None and runtime.retry_on_reset
         reason = "the endpoint closed the connection before answering"
@@ -1905,10 +1913,20 @@ class UpstreamConnection:  # an asyncio.Protocol (duck-typed, see HttpProxyProto
             self.data = data[end + 2:]  # the final response's head may follow in the same read
             self._interim(client, req, parts)
             return
-        if status in runtime.retry_statuses and not req.response_started:
+        if status == 101 and self.upgrade is None:
+            raise _Reject(502, "a 101 response without Upgrade")  # (RFC 9110 §15.2.2: it MUST have one)
+        # A retried status: retried only when no body byte is still to come from the client (what would
+        # follow could not be sent to both endpoints, and nothing here holds a body for a second send).
+        if (status in runtime.retry_statuses and not req.response_started
+                and (req.body_kind == _BODY_NONE or req.request_complete)):
             req.next_attempt = client.retry_attempt(req)
             if req.next_attempt is not None:
                 self.discard = True  # drop this response whole; retry once it is read
+                # where it ends, as for a forwarded one: at once (HEAD, 204, 304), or with the connection
+                if req.is_head or status == 204 or status == 304:
+                    self.message_done = True
+                else:
+                    self.close_delimited = content_length is None and not chunked
                 return
         req.response_started = True
         weight_header = runtime.weight_header

@@ -225,6 +225,14 @@ class ProxyServer:
     def in_flight(self) -> int:
         return sum(1 for c in self.http_connections if c.current is not None) + len(self.tcp_tunnels)
 
+    def retire_listener(self, key: tuple[str, int]) -> None:
+        """A listener a reload removed (or switched to TCP): its HTTP client connections finish their
+        current exchange with `Connection: close` and close, idle ones at once; left open, every later
+        request on them would be a 404 (their listener has no routes any more)."""
+        for conn in list(self.http_connections):
+            if conn.listener_key == key:
+                conn.begin_shutdown()
+
     async def shutdown(self, drain_timeout: float) -> None:
         """Stop taking requests, let in-flight ones finish for up to `drain_timeout`, then abort the rest.
 

@@ -6,7 +6,8 @@
 2. `registry.apply(state)` updates the long-lived `UpstreamRuntime`s (state kept for endpoints that stay)
    and the proxy's snapshot is swapped by reference;
 3. the new sockets start accepting; removed (or protocol-changed) listeners stop accepting. Connections
-   already accepted are untouched, so no in-flight request and no idle keep-alive connection is dropped;
+   already accepted keep their in-flight requests; those of a removed listener (or HTTP ones of a port
+   now TCP) then close (`ProxyServer.retire_listener`) instead of answering 404 for lack of routes;
 4. the health checker follows the new endpoints.
 
 A listener that cannot be bound (its port taken by another process) does not stop the rest of a change:
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from steelyard.config.desired import DesiredState, Listener
+from steelyard.model import Protocol as ListenerProtocol
 from steelyard.runtime.listeners import BACKLOG, ListenerBindError, open_socket, serve_socket
 from steelyard.runtime.plan import ListenerKey, ListenerPlan, describe_changes, plan_listeners
 
@@ -50,6 +52,8 @@ class _Proxy(Protocol):
     snapshot: Any
 
     def protocol_factory(self, listener: Listener) -> Callable[[], asyncio.Protocol]: ...
+
+    def retire_listener(self, key: ListenerKey) -> None: ...
 
 
 class HealthCheckerLike(Protocol):
@@ -145,6 +149,7 @@ class Runtime:
             entry = self.listeners.pop(key, None)
             if entry is not None:
                 entry[1].close()
+                self.proxy.retire_listener(key)  # (its open connections: close, not 404 forever)
                 report.closed.append(key)
         for listener in plan.to_keep:
             server = self.listeners[listener.key][1]
@@ -168,6 +173,8 @@ class Runtime:
         server = await serve_socket(sock, self.proxy.protocol_factory(listener), self.backlog)
         if old is not None:  # the new socket accepts before the old one closes
             old[1].close()
+            if old[0].protocol == ListenerProtocol.HTTP and listener.protocol != ListenerProtocol.HTTP:
+                self.proxy.retire_listener(listener.key)  # (HTTP connections of a port now TCP)
         self.listeners[listener.key] = (listener, server)
 
     def _update_health(self, state: DesiredState) -> None:
