@@ -37,7 +37,8 @@ Rules (RFC 9110 / RFC 9112):
 - Retries: a request that failed before any response byte reached the client (connect failure, reset,
   a status listed in `retries.on`) goes to another endpoint when safe: nothing of the request was sent
   (connect failure), or the method is idempotent and no body byte was sent. A retried status response is
-  dropped whole, never half-forwarded.
+  dropped whole, never half-forwarded, and only when no body byte is still to come from the client
+  (otherwise it is forwarded: the rest of the body could not go to two endpoints).
 - Latency reported to `Attempt.done()` is measured to the end of the response (to the 101 for tunnels).
 - Steelyard's own error answers are one line naming the load balancer and a generic reason; what would tell a
   client about the inside (the endpoint's address, the OS error, llhttp's reason) goes to the log instead
