@@ -23,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Sequence
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -412,3 +414,64 @@ def without_date(data: bytes | bytearray, count: int | None = None) -> bytes:
     out, found = _DATE_LINE.subn(b"", bytes(data))
     assert count is None or found == count, (found, count, bytes(data))
     return out
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class Scripted:
+    """A backend running `handler` per connection; `open` counts its connections still open. With `rcvbuf`,
+    its listening socket (so each connection) gets that SO_RCVBUF, a small window; `limit` is its
+    StreamReaders' buffer limit (asyncio's default 64 KiB)."""
+
+    def __init__(self, handler: Handler, *, rcvbuf: int | None = None, limit: int = 1 << 16):
+        self.handler = handler
+        self.rcvbuf = rcvbuf
+        self.limit = limit
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.open = 0
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> Scripted:
+        sock = socket.socket()
+        if self.rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+        sock.bind(("127.0.0.1", 0))
+        self.server = await asyncio.start_server(self._serve, sock=sock, limit=self.limit)
+        self.port = sock.getsockname()[1]
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.open += 1
+        self.writers.add(writer)
+        try:
+            await self.handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.open -= 1
+            self.writers.discard(writer)
+            writer.close()
+
+    @property
+    def endpoint(self) -> BackendEndpoint:
+        return BackendEndpoint("127.0.0.1", self.port)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for writer in list(self.writers):
+                writer.transport.abort()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 2)
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 3.0) -> bool:
+    """Whether `check()` becomes true within `timeout` (polled every 20 ms)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import uvloop
 
-from proxy_support import Harness, make_state, start_backends
+from proxy_support import Handler, Harness, Scripted, make_state, start_backends
 from steelyard.config.desired import BackendEndpoint
 from steelyard.proxy.http import HttpProxyProtocol, UpstreamConnection
 
@@ -42,43 +42,12 @@ def event_loop_policy() -> uvloop.EventLoopPolicy:
     return uvloop.EventLoopPolicy()
 
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-class SmallBackend:
+def small_backend(handler: Handler) -> Scripted:
     """A backend whose connections offer a small window (SO_RCVBUF `SMALL` on its listening socket) and
-    run `handler`; their StreamReaders stop reading at 2 KiB buffered (limit 1 KiB, not 128 KiB), so a
+    run `handler`; their StreamReaders stop reading at 2 KiB buffered (limit 1 KiB, not 64 KiB), so a
     handler that does not read really leaves the bytes to the proxy. `grow()` in a handler restores normal
     buffers (fast reads once a test has seen the backpressure it wanted)."""
-
-    def __init__(self, handler: Handler):
-        self.handler = handler
-        self.server: asyncio.Server | None = None
-        self.port = 0
-
-    async def start(self) -> SmallBackend:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL)
-        sock.bind(("127.0.0.1", 0))
-        self.server = await asyncio.start_server(self._serve, sock=sock, limit=KIB)
-        self.port = sock.getsockname()[1]
-        return self
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await self.handler(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-    @property
-    def endpoint(self) -> BackendEndpoint:
-        return BackendEndpoint("127.0.0.1", self.port)
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
+    return Scripted(handler, rcvbuf=SMALL, limit=KIB)
 
 
 def grow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -216,7 +185,7 @@ async def test_upload_to_a_backend_that_does_not_read_is_bounded_and_everything_
         served += 1
         await serve_counts(reader, writer, release)
 
-    backend = await SmallBackend(handler).start()
+    backend = await small_backend(handler).start()
     small_upstream_socket(monkeypatch, backend.port)
     async with Harness(make_state([backend.endpoint])) as h:
         reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
@@ -258,7 +227,7 @@ async def test_upload_held_while_the_upstream_connects_keeps_backpressure(
     for the full upstream must outlast the end of the wait: the proxy holds no more than it did."""
     release = asyncio.Event()
     gate = asyncio.Event()
-    backend = await SmallBackend(lambda r, w: serve_counts(r, w, release)).start()
+    backend = await small_backend(lambda r, w: serve_counts(r, w, release)).start()
     small_upstream_socket(monkeypatch, backend.port, gate)
     async with Harness(make_state([backend.endpoint])) as h:
         reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
@@ -304,7 +273,7 @@ async def test_pooled_connection_with_an_unread_body_still_pauses_the_next_uploa
         await read_body(reader, int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]))
         await serve_counts(reader, writer)
 
-    backend = await SmallBackend(handler).start()
+    backend = await small_backend(handler).start()
     small_upstream_socket(monkeypatch, backend.port)
     async with Harness(make_state([backend.endpoint])) as h:
         reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
@@ -362,7 +331,7 @@ async def test_websocket_upload_to_a_backend_that_does_not_read_is_bounded(
         writer.write(b"got %d" % total)
         await writer.drain()
 
-    backend = await SmallBackend(handler).start()
+    backend = await small_backend(handler).start()
     small_upstream_socket(monkeypatch, backend.port)
     async with Harness(make_state([backend.endpoint])) as h:
         reader, writer = await asyncio.open_connection("127.0.0.1", h.port)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import MappingProxyType
 from typing import Any
 
 from e2e_support import free_port
-from proxy_support import LISTENER_PORT, Backend, Client, Harness, make_state, start_backends
+from proxy_support import LISTENER_PORT, Backend, Client, Harness, eventually, make_state, start_backends
 from steelyard.config.desired import BackendEndpoint, DesiredState, Listener, Route, Upstream
 from steelyard.model import BalancerPolicySpec, Protocol
 from steelyard.proxy import ProxyConfig, ProxyServer, UpstreamRegistry
@@ -38,16 +38,6 @@ def _state(upstreams: Sequence[Upstream], routes: Sequence[RouteSpec], port: int
                         routes=tuple(Route(hosts=h, path_prefix=p, upstream=k) for h, p, k in routes))
     return DesiredState(upstreams=MappingProxyType({u.key: u for u in upstreams}), listeners=(listener,),
                         source="test")
-
-
-async def _eventually(check: Callable[[], bool], timeout: float = 3.0) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 async def _connect(port: int) -> Client:
@@ -112,7 +102,7 @@ async def test_pipelined_requests_sent_before_a_reload_are_routed_by_the_new_sna
         client = await h.connect()
         await client.send(b"GET /slow?ms=300 HTTP/1.1\r\nHost: x\r\n\r\n"
                           b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert await _eventually(lambda: a.requests == [("GET", "/slow")])
+        assert await eventually(lambda: a.requests == [("GET", "/slow")])
         h.apply(_state([ua, ub], [((), "/next", B_KEY), ((), "/", A_KEY)]))
         first, second = await client.responses(2, timeout=5)
         assert (first.text, second.text) == ("a", "b")
@@ -131,7 +121,7 @@ async def test_two_load_balancers_on_one_port_one_removed_then_readded() -> None
         assert (await client.request(host="b.example")).text == "b"
         runtime_b = h.registry.get(B_KEY)
         await busy.send(b"GET /slow?ms=300 HTTP/1.1\r\nHost: b.example\r\n\r\n")
-        assert await _eventually(lambda: ("GET", "/slow") in b.requests)
+        assert await eventually(lambda: ("GET", "/slow") in b.requests)
         h.apply(_state([ua], [(("a.example",), "/", A_KEY)]))
         r = await client.request(host="b.example")
         assert r.status == 404 and b"no route" in r.body
@@ -161,10 +151,10 @@ async def test_an_address_that_leaves_and_comes_back_gets_a_fresh_pool_that_pool
         client = await h.connect()
         assert (await client.request()).text == "a"
         h.apply(make_state([at_b]))
-        assert await _eventually(lambda: not a.writers)  # the idle pooled connection to a closed
+        assert await eventually(lambda: not a.writers)  # the idle pooled connection to a closed
         assert [(await client.request()).text for _ in range(2)] == ["b", "b"]
         h.apply(make_state([at_a]))
-        assert await _eventually(lambda: not b.writers)
+        assert await eventually(lambda: not b.writers)
         assert [(await client.request()).text for _ in range(3)] == ["a", "a", "a"]
         assert a.connections == 2  # one before the move, one after: reused for all three
         assert not h.proxy.pools[at_a.id].retired
@@ -180,7 +170,7 @@ async def test_least_connections_counts_survive_a_reload_that_adds_an_endpoint()
     async with Harness(make_state([a, b], policy=policy)) as h:
         busy = await h.connect()
         await busy.send(b"GET /slow?ms=600 HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert await _eventually(lambda: len(a.requests) + len(b.requests) == 1)
+        assert await eventually(lambda: len(a.requests) + len(b.requests) == 1)
         loaded = "a" if a.requests else "b"
         h.apply(make_state([a, b, c], policy=policy))
         others = [await h.connect() for _ in range(2)]
@@ -235,7 +225,7 @@ async def test_a_removed_port_refuses_new_connections_while_its_in_flight_reques
         await runtime.apply(_listener_state([backend], [kept, removed]))
         busy = await _connect(removed)
         await busy.send(b"GET /slow?ms=300 HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert await _eventually(lambda: ("GET", "/slow") in backend.requests)
+        assert await eventually(lambda: ("GET", "/slow") in backend.requests)
         report = await runtime.apply(_listener_state([backend], [kept]))
         assert report.closed == [("127.0.0.1", removed)]
         assert await _refused(removed)
@@ -265,7 +255,7 @@ async def test_keep_alive_connections_of_a_removed_port_close_after_their_in_fli
         busy, idle = await _connect(removed), await _connect(removed)
         assert (await idle.request()).text == "a"
         await busy.send(b"GET /slow?ms=200 HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert await _eventually(lambda: ("GET", "/slow") in backend.requests)
+        assert await eventually(lambda: ("GET", "/slow") in backend.requests)
         await runtime.apply(_listener_state([backend], [kept]))
         r = await busy.response(timeout=5)
         assert (r.status, r.text) == (200, "a")

@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 import uvloop
 
-from proxy_support import Backend, Client, Harness, make_state, start_backends
+from proxy_support import Backend, Client, Harness, Scripted, eventually, make_state, start_backends
 from steelyard.config.desired import BackendEndpoint
 from steelyard.runtime.upstream import UpstreamRuntime
-from test_proxy_timeouts import UPGRADE, Scripted, eventually, head_of
+from test_proxy_timeouts import UPGRADE, head_of
 
 pytestmark = pytest.mark.filterwarnings("ignore:Overriding the .event_loop_policy. fixture")
 

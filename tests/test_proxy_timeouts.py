@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
 
 import pytest
 import uvloop
 
-from proxy_support import Harness, make_state, start_backends
+from proxy_support import Harness, Scripted, eventually, make_state, start_backends
 from steelyard.config.desired import BackendEndpoint
 from steelyard.model import Protocol
 from steelyard.proxy import ProxyConfig
@@ -24,62 +23,11 @@ from steelyard.proxy import ProxyConfig
 pytestmark = pytest.mark.filterwarnings("ignore:Overriding the .event_loop_policy. fixture")
 
 KEY = "default/web/http"
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 @pytest.fixture(scope="module")
 def event_loop_policy() -> uvloop.EventLoopPolicy:
     return uvloop.EventLoopPolicy()
-
-
-class Scripted:
-    """A backend running `handler` per connection; `open` counts its connections still open."""
-
-    def __init__(self, handler: Handler):
-        self.handler = handler
-        self.server: asyncio.Server | None = None
-        self.port = 0
-        self.open = 0
-        self.writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> Scripted:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.open += 1
-        self.writers.add(writer)
-        try:
-            await self.handler(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self.open -= 1
-            self.writers.discard(writer)
-            writer.close()
-
-    @property
-    def endpoint(self) -> BackendEndpoint:
-        return BackendEndpoint("127.0.0.1", self.port)
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            for writer in list(self.writers):
-                writer.transport.abort()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 2)
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 3.0) -> bool:
-    """Whether `check()` becomes true within `timeout` (polled every 20 ms)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
 
 
 async def head_of(reader: asyncio.StreamReader) -> bytes:
