@@ -123,6 +123,7 @@ cdef class HttpProxyProtocol:
     cpdef _respond_local(self, HttpRequest req, int status, str text)
     cpdef log_access(self, HttpRequest req, int status)
     cpdef _abandon(self, HttpRequest req)
+    cpdef _abandon_all(self)
     cpdef flush(self)
     cpdef _close(self)
     cpdef _pause(self, int reason)

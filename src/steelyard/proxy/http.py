@@ -640,9 +640,7 @@ class HttpProxyProtocol:  # an asyncio.Protocol (duck-typed: a compiled class ca
         req = self.current
         if req is not None and not req.request_complete and not req.response_started:
             # The body can never arrive whole: the exchange ends now, not at the request timeout.
-            self.current = None
-            self.queue.clear()
-            self._abandon(req)
+            self._abandon_all()
             return False
         return self.current is not None or bool(self.queue)
 
@@ -658,11 +656,7 @@ class HttpProxyProtocol:  # an asyncio.Protocol (duck-typed: a compiled class ca
             if tunnel.transport is not None:
                 tunnel.transport.close()
             return
-        for req in (self.current, *self.queue):
-            if req is not None:
-                self._abandon(req)
-        self.current = None
-        self.queue.clear()
+        self._abandon_all()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -1297,6 +1291,14 @@ class HttpProxyProtocol:  # an asyncio.Protocol (duck-typed: a compiled class ca
             self._pause(_PAUSE_UPSTREAM_FULL)
         elif self.transport is not None:
             self.transport.resume_reading()
+
+    def _abandon_all(self) -> None:
+        """The client went away, or can no longer finish its request: release every request it has."""
+        for req in (self.current, *self.queue):
+            if req is not None:
+                self._abandon(req)
+        self.current = None
+        self.queue.clear()
 
     def _abandon(self, req: HttpRequest) -> None:
         """The client went away: release what `req` holds."""
