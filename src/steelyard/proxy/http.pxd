@@ -4,13 +4,14 @@
 # the methods the request path calls from inside this module are cpdef, so those calls are C calls.
 #
 # Rules this file imposes on http.py: every attribute of these classes is listed here (no others can be
-# set); the classes derive from nothing (uvloop and asyncio duck-type protocols); an attribute typed bint,
-# Py_ssize_t, int or double never holds None; HttpRequest's defaults are set in __cinit__ when compiled.
+# set); the classes derive from nothing but server.Writer (uvloop and asyncio duck-type protocols); an
+# attribute typed bint, Py_ssize_t, int or double never holds None; HttpRequest's defaults are set in
+# __cinit__ when compiled.
 
 cimport cython
 
 from steelyard.proxy.pool cimport EndpointPool
-from steelyard.proxy.server cimport ProxyServer
+from steelyard.proxy.server cimport ProxyServer, Writer
 from steelyard.runtime.upstream cimport Attempt, UpstreamRuntime
 
 # The common response head's scan (see _scan_common_head): C loops over the head's bytes.
@@ -70,7 +71,7 @@ cdef class HttpRequest:
     cdef public Py_ssize_t head_slack
 
 
-cdef class HttpProxyProtocol:
+cdef class HttpProxyProtocol(Writer):
     cdef public object _client_ip_bytes
     cdef public Py_ssize_t _completed
     cdef public object _fields  # a list, or the trailer sink (a list subclass whose += drops)
@@ -131,7 +132,7 @@ cdef class HttpProxyProtocol:
     cpdef upstream_write_full(self, bint full)
 
 
-cdef class UpstreamConnection:
+cdef class UpstreamConnection(Writer):
     cdef public Py_ssize_t _max_head_end
     cdef public Py_ssize_t _max_headers
     cdef public object body_to

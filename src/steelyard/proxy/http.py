@@ -70,6 +70,7 @@ from httptools import (
     parse_url,
 )
 
+from steelyard.proxy.server import Writer
 from steelyard.runtime.upstream import STATUS_CLASSES, Attempt, UpstreamRuntime
 from steelyard.strategies import NO_CONTEXT, PickContext
 
@@ -516,7 +517,7 @@ if not _COMPILED:
         setattr(HttpRequest, _name, _default)
 
 
-class HttpProxyProtocol:  # an asyncio.Protocol (duck-typed: a compiled class cannot derive from it)
+class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled class cannot derive from it)
     """One client connection: parses requests, answers them in order through upstream connections."""
 
     # Slots: the hot path reads these attributes many times per request (measured ~5% less Python time).
@@ -1586,7 +1587,7 @@ def _drop_named(kept: list[bytes], named: set[bytes]) -> list[bytes]:
     return result
 
 
-class UpstreamConnection:  # an asyncio.Protocol (duck-typed, see HttpProxyProtocol)
+class UpstreamConnection(Writer):  # an asyncio.Protocol (duck-typed, see HttpProxyProtocol)
     """One connection to an endpoint, carrying one exchange at a time, pooled between exchanges."""
 
     __slots__ = ("_max_head_end", "_max_headers", "body_to", "chunked_in", "chunked_out", "client",

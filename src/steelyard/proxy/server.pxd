@@ -5,6 +5,10 @@
 cimport cython
 
 
+cdef class Writer:
+    cpdef flush(self)
+
+
 @cython.final
 cdef class ProxyStats:
     cdef public Py_ssize_t requests
@@ -36,3 +40,5 @@ cdef class ProxyServer:
     cdef public list _unflushed
 
     cpdef flush_later(self, writer)
+    @cython.locals(writers=list, writer=Writer)
+    cpdef _flush_unflushed(self)

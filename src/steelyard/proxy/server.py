@@ -25,9 +25,22 @@ from steelyard.runtime.access_log import AccessLog
 if TYPE_CHECKING:  # (imported where used: compiled, steelyard.proxy.http imports this module's types)
     from steelyard.proxy.http import HttpProxyProtocol, HttpRequest, UpstreamConnection
 
-__all__ = ["ProxyConfig", "ProxyServer", "ProxyStats"]
+__all__ = ["ProxyConfig", "ProxyServer", "ProxyStats", "Writer"]
 
 log = logging.getLogger("steelyard.proxy")
+
+
+class Writer:
+    """A connection whose output can wait for the end of the loop's pass (`ProxyServer.flush_later`).
+
+    The client and upstream connections derive from it so that, compiled, `_flush_unflushed` calls their
+    `flush()` as a C call instead of a method looked up by name (two per request).
+    """
+
+    __slots__ = ()
+
+    def flush(self) -> None:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +174,7 @@ class ProxyServer:
 
     # -- output ---------------------------------------------------------------------------------------------
 
-    def flush_later(self, writer: HttpProxyProtocol | UpstreamConnection) -> None:
+    def flush_later(self, writer: Writer) -> None:
         """Write `writer`'s output at the end of this pass of the event loop, with every other connection's.
 
         Why: a write over loopback wakes its reader (wrk, a backend) when that sleeps, and waking a task on
