@@ -157,7 +157,7 @@ def merge_counters(counters: Sequence[ProcessCounters]) -> ProcessCounters:
 
 
 # The fields that only ever grow within one worker process: carried over when its process is gone.
-_COUNTER_FIELDS = ("requests", "upstream_connect_errors", "retries", "timeouts")
+_COUNTER_FIELDS = ("requests", "upstream_connect_errors", "retries", "timeouts", "connections_refused")
 
 
 def carry_counters(merged: ProcessCounters, gone: Sequence[ProcessCounters]) -> ProcessCounters:

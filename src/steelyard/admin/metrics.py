@@ -99,6 +99,9 @@ class SteelyardCollector(Collector):
         yield CounterMetricFamily("steelyard_upstream_connect_errors",
                                   "Failed or timed-out upstream connects.",
                                   value=c.upstream_connect_errors)
+        yield CounterMetricFamily("steelyard_connections_refused",
+                                  "Client connections closed at accept: --max-connections were open.",
+                                  value=c.connections_refused)
         yield CounterMetricFamily("steelyard_retries", "Requests sent again: to another endpoint, or on a "
                                   "fresh connection after a pooled one closed under them.", value=c.retries)
         yield CounterMetricFamily("steelyard_timeouts", "Requests or connections ended by a timeout.",

@@ -190,6 +190,7 @@ class RuntimeSource:
             upstream_active=sum(p.busy for p in proxy.pools.values()) + len(proxy.tcp_tunnels),
             upstream_idle=sum(len(p.idle) for p in proxy.pools.values()),
             upstream_connect_errors=s.upstream_connect_failures, retries=s.retries, timeouts=s.timeouts,
+            connections_refused=s.connections_refused,
             tcp_connections=len(proxy.tcp_tunnels),
             reloads_ok=self.reloads_ok, reloads_failed=self.reloads_failed,
             last_reload_at=self.last_reload_at,

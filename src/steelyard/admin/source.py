@@ -70,6 +70,7 @@ class ProcessCounters:
     upstream_active: int = 0
     upstream_idle: int = 0  # pooled
     upstream_connect_errors: int = 0
+    connections_refused: int = 0  # closed at accept: --max-connections reached
     retries: int = 0
     timeouts: int = 0
     tcp_connections: int = 0

@@ -72,10 +72,12 @@ def render(state: dict[str, Any]) -> Group:
     c = state.get("counters", {})
     ready = Text("ready", style="bold green") if state.get("ready") else Text(
         f"not ready: {state.get('not_ready_reason')}", style="bold red")
+    refused = c.get("connections_refused", 0)
     header = Text.assemble("Steelyard  ", ready,
                            f"  config: {state.get('config', {}).get('source') or '-'}"
                            f"  requests: {c.get('requests', 0)}  retries: {c.get('retries', 0)}"
-                           f"  connect errors: {c.get('upstream_connect_errors', 0)}")
+                           f"  connect errors: {c.get('upstream_connect_errors', 0)}"
+                           + (f"  refused connections: {refused}" if refused else ""))
     parts: list[Any] = [header]
     for lb in state.get("load_balancers", []):
         for up in lb["upstreams"]:

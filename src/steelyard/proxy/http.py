@@ -578,11 +578,14 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        server = self.server
+        if not server.admit(transport):
+            self.closed = self.closing = True
+            return
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else ""
         self._client_ip_bytes = self.client_ip.encode()
         self._forwarded = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\n" % self._client_ip_bytes
-        server = self.server
         if server._sweep is None:
             server.ensure_sweep()
         server.http_connections.add(self)

@@ -20,6 +20,7 @@ cdef class ProxyStats:
     cdef public Py_ssize_t http_connections_total
     cdef public Py_ssize_t tcp_connections_total
     cdef public Py_ssize_t upstream_connect_failures
+    cdef public Py_ssize_t connections_refused
 
 
 @cython.final
@@ -38,6 +39,7 @@ cdef class ProxyServer:
     cdef public object _sweep
     cdef public set _tasks
     cdef public list _unflushed
+    cdef public double _refusals_logged_at
 
     cpdef flush_later(self, writer)
     @cython.locals(writers=list, writer=Writer)

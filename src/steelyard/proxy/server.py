@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -58,13 +59,16 @@ class ProxyConfig:
     # the proxy closes an idle connection before the backend does (a request racing the backend's close
     # would fail with nothing received)
     sweep_interval: float = 0.5  # timeout resolution
+    max_connections: int = 0  # open client connections (HTTP and TCP together) past which a new one is
+    # closed at once (Envoy's listener limit; HAProxy's maxconn leaves it in the backlog); 0: no limit
 
 
 class ProxyStats:
     """Counters for the admin API: plain attributes, updated with one increment each."""
 
     __slots__ = ("requests", "responses_by_class", "local_responses", "retries", "timeouts", "tunnels",
-                 "http_connections_total", "tcp_connections_total", "upstream_connect_failures")
+                 "http_connections_total", "tcp_connections_total", "upstream_connect_failures",
+                 "connections_refused")
 
     def __init__(self) -> None:
         self.requests = 0
@@ -76,6 +80,7 @@ class ProxyStats:
         self.http_connections_total = 0
         self.tcp_connections_total = 0
         self.upstream_connect_failures = 0
+        self.connections_refused = 0  # closed at accept: max_connections reached
 
 
 class ProxyServer:
@@ -99,6 +104,7 @@ class ProxyServer:
         self._sweep: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._unflushed: list[HttpProxyProtocol | UpstreamConnection] = []
+        self._refusals_logged_at = float("-inf")
 
     # -- configuration -----------------------------------------------------------------------------------
 
@@ -124,6 +130,22 @@ class ProxyServer:
         from steelyard.proxy.http import HttpProxyProtocol
 
         return lambda: HttpProxyProtocol(self, key)  # type: ignore[return-value]
+
+    def admit(self, transport: asyncio.BaseTransport) -> bool:
+        """Whether a connection just accepted may stay. At `config.max_connections` open client connections
+        it is aborted at once and counted, so a flood cannot take the file descriptors (and memory) that
+        the open connections' upstream connects need; a warning says so at most every 10 s."""
+        limit = self.config.max_connections
+        if not limit or len(self.http_connections) + len(self.tcp_tunnels) < limit:
+            return True
+        self.stats.connections_refused += 1
+        transport.abort()
+        now = time.monotonic()
+        if now >= self._refusals_logged_at + 10.0:
+            self._refusals_logged_at = now
+            log.warning("refusing new connections: %d open, the limit (--max-connections); %d refused so "
+                        "far", limit, self.stats.connections_refused)
+        return False
 
     # -- upstream connections -----------------------------------------------------------------------------
 

@@ -115,6 +115,9 @@ class TcpTunnel:
         client = self.client
         assert client.transport is not None
         server = self.server
+        if not server.admit(client.transport):
+            self.closed = True
+            return
         if server._sweep is None:
             server.ensure_sweep()
         server.tcp_tunnels.add(self)

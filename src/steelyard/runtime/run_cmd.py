@@ -50,6 +50,7 @@ class RunOptions:
     worker_id: int | None = None  # set in a worker process started by the supervisor
     ready_fd: int | None = None  # the worker writes one byte here once it serves
     kubernetes: Any = None  # steelyard.kube.provider.KubeOptions with --kubernetes: the cluster, not files
+    max_connections: int | None = None  # per process; None: from the file-descriptor limit (auto)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,6 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="on SIGTERM, first report not ready but keep accepting for this long, so load "
                              "balancers and endpoint lists stop sending here before the listeners close "
                              "(Kubernetes: a few seconds instead of a preStop sleep; default 0s)")
+    parser.add_argument("--max-connections", default="auto", metavar="N",
+                        help="open client connections per process past which a new one is closed at once "
+                             "and counted (steelyard_connections_refused); 0: no limit; default auto: half "
+                             "the file-descriptor limit, which is raised to its hard limit at start")
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument("--log-level", default="info",
                         choices=("debug", "info", "warning", "error"), type=str.lower)
@@ -117,10 +122,51 @@ def options_from(args: argparse.Namespace) -> RunOptions:
         tuple(os.path.abspath(p) for p in args.config) if args.config else default_configs()
     admin_token = check_admin_options(args.admin, args.admin_token)
     return RunOptions(configs=configs, workers=args.workers, admin=args.admin, admin_token=admin_token,
-                      kubernetes=kubernetes,
+                      kubernetes=kubernetes, max_connections=parse_max_connections(args.max_connections),
                       access_log=args.access_log, drain_timeout=drain, shutdown_delay=shutdown_delay,
                       log_format=args.log_format, log_level=args.log_level.upper(), poll_interval=poll,
                       worker_id=args.worker_id, ready_fd=args.ready_fd)
+
+
+def parse_max_connections(value: str) -> int | None:
+    """`--max-connections`: a count, 0 for no limit, or `auto` (None: sized at start, see
+    `auto_max_connections`)."""
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        raise ValueError(f"--max-connections must be a number of connections, 0 or 'auto', not {value!r}") \
+            from None
+    if count < 0:
+        raise ValueError(f"--max-connections must be 0 (no limit) or more, not {count}")
+    return count
+
+
+FD_RESERVE = 64  # descriptors kept for listeners, the admin API, health probes, logs and files
+
+
+def auto_max_connections(fd_limit: int) -> int:
+    """Half the descriptors left after `FD_RESERVE`: a client connection can hold two, its own and the
+    pooled upstream one its request uses (HAProxy sizes its maxconn from `ulimit -n` the same way). Past
+    it, libuv would accept and drop connections anyway and upstream connects would fail with EMFILE."""
+    return max(1, (fd_limit - FD_RESERVE) // 2)
+
+
+def raise_fd_limit(ceiling: int = 1 << 20) -> int:
+    """Raise the soft file-descriptor limit to the hard one (at most `ceiling`), as Go's runtime does at
+    start: the usual soft 1024 is far below what a proxy holds. Returns the soft limit in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = ceiling if hard == resource.RLIM_INFINITY else min(hard, ceiling)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.debug("could not raise the file-descriptor limit from %d to %d: %s", soft, target, exc)
+    return ceiling if soft == resource.RLIM_INFINITY else soft
 
 
 def _kube_options(args: argparse.Namespace) -> Any:
@@ -243,7 +289,11 @@ async def serve(options: RunOptions) -> int:
     from steelyard.proxy import ProxyConfig, ProxyServer, UpstreamRegistry
 
     registry = UpstreamRegistry()
-    proxy = ProxyServer(ProxyConfig())
+    fd_limit = raise_fd_limit()
+    max_connections = options.max_connections
+    if max_connections is None:
+        max_connections = auto_max_connections(fd_limit)
+    proxy = ProxyServer(ProxyConfig(max_connections=max_connections))
     health = _health_checker(registry)
     runtime = Runtime(proxy, registry, health=health)
     if hasattr(provider, "attach_registry"):
@@ -299,9 +349,10 @@ async def serve(options: RunOptions) -> int:
     tasks.spawn(provider.watch(apply_change), f"{provider.source if options.kubernetes else 'file'}-provider")
     tasks.spawn(runtime.refresh_forever(REFRESH_INTERVAL), "refresh-upstreams")
     listening = ", ".join(f"{x.protocol.value.lower()}://{x.address}:{x.port}" for x in report.bound)
-    log.info("%s ready: pid %d; listening on %s; %s; source %s%s", _who(options), os.getpid(),
+    log.info("%s ready: pid %d; listening on %s; %s; source %s; %s%s", _who(options), os.getpid(),
              listening or "nothing",
              _describe_state(state), provider.source,
+             f"up to {max_connections} client connections" if max_connections else "no connection limit",
              f"; admin {admin.url}/" if admin is not None else "; no admin API")
     if options.ready_fd is not None:
         with contextlib.suppress(OSError):

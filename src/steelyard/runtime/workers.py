@@ -76,7 +76,8 @@ def worker_command(options: RunOptions, index: int, ready_fd: int) -> list[str]:
            "--shutdown-delay", f"{options.shutdown_delay}s", "--log-format", options.log_format,
            "--log-level", options.log_level.lower(), "--poll-interval", f"{options.poll_interval}s",
            "--admin", WORKER_ADMIN,  # private, aggregated by the supervisor's admin API
-           "--access-log", str(options.access_log)]
+           "--access-log", str(options.access_log),
+           "--max-connections", "auto" if options.max_connections is None else str(options.max_connections)]
     for path in options.configs:
         cmd += ["-c", path]
     return cmd
