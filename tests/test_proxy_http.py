@@ -391,12 +391,12 @@ async def test_endpoint_failures_are_logged_at_most_once_a_second_per_endpoint_a
 
 async def test_a_client_that_stops_sending_its_body_gets_408_and_the_endpoint_is_not_blamed() -> None:
     """A slow client is not a failing endpoint: with outlier detection ejecting after two failures, clients
-    that send part of a body and go silent each get 408 (and close) when the request timeout fires; the
+    that send part of a body and go silent each get 408 (and close) when the idle timeout fires; the
     endpoint counts no failure, is not ejected, and has nothing left in flight."""
     (a,) = await start_backends("a")
     policy = {"outlierDetection": {"consecutiveFailures": 2, "baseEjectionTime": "30s",
                                    "maxEjectionPercent": 50},
-              "timeouts": {"request": "300ms"}}
+              "timeouts": {"request": "300ms", "idle": "300ms"}}
     async with Harness(make_state([a], policy=policy)) as h:
         runtime = h.registry.get("default/web/http")
         assert runtime is not None
@@ -405,7 +405,7 @@ async def test_a_client_that_stops_sending_its_body_gets_408_and_the_endpoint_is
             await client.send(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
             r = await client.response(timeout=5)
             assert (r.status, r.header("Connection")) == (408, "close"), r.text
-            assert r.text == "steelyard: request body not received within 0.3s\n"
+            assert r.text == "steelyard: no byte of the request body for 0.3s\n"
             assert await client.closed()
         assert a.requests == [("POST", "/x")] * 3  # the heads went upstream: the exchanges were abandoned
         (row,) = runtime.tracker.describe(runtime.clock())

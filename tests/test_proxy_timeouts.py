@@ -530,3 +530,32 @@ async def test_a_request_sent_during_the_drain_does_not_cut_the_response_before_
     finally:
         await h.__aexit__(None, None, None)
     await a.close()
+
+
+async def test_the_request_timeout_runs_from_the_request_end_so_a_steady_upload_may_take_longer() -> None:
+    """An upload that keeps moving for three times the request timeout is answered (before: 408 once the
+    request timeout had passed since the head); the request timeout then still bounds the wait for the
+    response head, counted from the body's last byte."""
+    (a,) = await start_backends("a")
+    policy = {"timeouts": {"request": "300ms", "idle": "600ms"}, "retries": {"attempts": 0}}
+    async with Harness(make_state([a], policy=policy)) as h:
+        client = await h.connect()
+        await client.send(b"POST /count HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+        for _ in range(10):
+            await asyncio.sleep(0.1)
+            await client.send(b"u")
+        r = await client.response(timeout=5)
+        assert (r.status, r.text) == (200, "10")
+
+        await client.send(b"POST /slow?ms=2000 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+        for _ in range(5):
+            await asyncio.sleep(0.1)
+            await client.send(b"u")
+        body_end = time.monotonic()
+        r = await client.response(timeout=5)
+        waited = time.monotonic() - body_end
+        assert r.status == 504 and "did not answer within 0.3s" in r.text, r.text
+        assert 0.3 <= waited < 1.5, waited
+        assert h.proxy.stats.timeouts == 1
+        client.close()
+    await a.close()

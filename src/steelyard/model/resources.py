@@ -132,8 +132,8 @@ class Timeouts(_Spec):
     limit", and a 0 connect/request/idle timeout would fail every request at once."""
 
     connect: PositiveDuration = "2s"  # type: ignore[assignment]
-    request: PositiveDuration = "30s"  # type: ignore[assignment]
-    idle: PositiveDuration = "60s"  # type: ignore[assignment]
+    request: PositiveDuration = "30s"  # type: ignore[assignment]  # request's end -> response head
+    idle: PositiveDuration = "60s"  # type: ignore[assignment]  # no byte either way (an upload: 408)
 
 
 class BalancerPolicySpec(_Spec):

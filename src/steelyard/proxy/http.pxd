@@ -91,6 +91,7 @@ cdef class HttpProxyProtocol(Writer):
     cdef public object _watch
     cdef public UpstreamConnection _watch_conn
     cdef public double _watch_since
+    cdef public Py_ssize_t _watch_bytes
     cdef public double _linger_until
     cdef public object client_ip
     cdef public object out_append

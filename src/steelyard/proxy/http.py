@@ -21,10 +21,11 @@ Rules (RFC 9110 / RFC 9112):
   HTTP/1.1 without exactly one Host is 400, and so is a Host that is not uri-host[:port] (RFC 9112 §3.2),
   checked when a connection's Host changes, not per request; limits: URI 414, header section 431, body 413,
   a client slower than the header timeout 408; a transfer-coding other than chunked 501 (RFC 9112 §6.1).
-- A request body still incomplete when the upstream's request timeout fires is the client's fault (unless
-  the endpoint stopped taking it, or the client waits for its 100 Continue): 408 and close, the exchange
-  abandoned and the pick released without an outcome, so outlier detection never blames the endpoint.
-  The request timeout is thus also what bounds a stalled upload (the header timeout stops at the head).
+- The request timeout runs once the request is whole (as Envoy's route timeout): an upload may take as
+  long as it takes while it moves. A client that sends no byte of its body for the idle timeout is the
+  one late (unless the endpoint stopped taking the body, or the client waits for its 100 Continue, which
+  the request timeout bounds): 408 and close, the exchange abandoned and the pick released without an
+  outcome, so outlier detection never blames the endpoint.
 - Pipelined requests are answered in order, one at a time: while one is in flight, reading pauses and
   any further parsed request waits in a queue (bounded by one socket read).
 - Flow control both ways: a full upstream write buffer pauses reading the client, a full client write
@@ -524,7 +525,7 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
     __slots__ = ("_client_ip_bytes", "_completed", "_fields", "_forward_tail", "_forwarded",
         "_header_timeout", "_host_line", "_host_seen", "_keepalive_timeout", "_max_head", "_max_headers",
         "_max_uri", "_only_route", "_head_left", "_read_len", "_routes", "_watch", "_watch_conn",
-        "_watch_since", "_linger_until", "client_ip", "out_append", "closed",
+        "_watch_since", "_watch_bytes", "_linger_until", "client_ip", "out_append", "closed",
         "closing", "config", "current", "eof_in", "listener_key", "out",
         "parser", "parsing", "paused", "queue", "server", "transport", "tunnel", "tunnel_idle_timeout",
         "write_paused")
@@ -553,6 +554,7 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
         self._watch: object = None
         self._watch_conn: UpstreamConnection | None = None
         self._watch_since = 0.0
+        self._watch_bytes = -1  # the body bytes read when the watch began; -1: the request was whole
         self._fields: list[bytes] = []  # the parsing request's `fields`
         self._client_ip_bytes = b""
         self._forwarded = b""
@@ -1436,16 +1438,22 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
         if conn.headers_done and not conn.discard:  # the final response head arrived
             self._watch = None
             return
-        # Sent, no final response head yet (or a retried status being dropped, which may stall as well): the
-        # request timeout runs from when the sweep first saw it.
-        if req is not self._watch or conn is not self._watch_conn:
-            self._watch, self._watch_conn, self._watch_since = req, conn, now
+        # Sent, no final response head yet (or a retried status being dropped, which may stall as well). While
+        # the body still arrives, the watch starts again at every byte: a steady upload may take as long as
+        # it takes (Envoy starts its route timeout once the request is whole; nginx and HAProxy time the
+        # client out only when it goes quiet), a client silent for the idle timeout gets 408. Once the
+        # request is whole (or when the endpoint, not the client, holds the body up) the request timeout
+        # runs from when the sweep first saw that.
+        progress = -1 if req.request_complete else req.body_bytes
+        if req is not self._watch or conn is not self._watch_conn or progress != self._watch_bytes:
+            self._watch, self._watch_conn, self._watch_since, self._watch_bytes = req, conn, now, progress
             return
-        if now - self._watch_since < runtime.request_timeout:
+        client_late = progress >= 0 and self._client_is_late(req)
+        if now - self._watch_since < (runtime.idle_timeout if client_late else runtime.request_timeout):
             return
         self._watch = self._watch_conn = None
         self.server.stats.timeouts += 1
-        if not req.request_complete and self._client_is_late(req):
+        if client_late:
             self._client_timed_out(req, conn, runtime)
             return
         conn.abandon()
@@ -1463,9 +1471,9 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
         self._respond_local(req, 504, f"steelyard: load balancer {runtime.name}: {reason}")
 
     def _client_is_late(self, req: HttpRequest) -> bool:
-        """The request timeout fired before the request body was read whole: whether the client is the one
-        late. Not when the proxy stopped reading it because the endpoint does not take the body (its write
-        buffer is full), nor when the client waits, as told, for the endpoint's 100 (Continue)."""
+        """The request body has not been read whole: whether the client is the one late. Not when the proxy
+        stopped reading it because the endpoint does not take the body (its write buffer is full), nor when
+        the client waits, as told, for the endpoint's 100 (Continue)."""
         if self.paused & _PAUSE_UPSTREAM_FULL:
             return False
         if not req.body_bytes and not req.response_started and req.http11:
@@ -1475,7 +1483,7 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
         return True
 
     def _client_timed_out(self, req: HttpRequest, conn: UpstreamConnection, runtime: UpstreamRuntime) -> None:
-        """The client did not send its request body within the request timeout: 408 and close (RFC 9110
+        """The client stopped sending its request body for the idle timeout: 408 and close (RFC 9110
         §15.5.9). The upstream exchange is abandoned and its pick released without an outcome: the endpoint
         did nothing wrong, so neither the tracker (outlier detection) nor the strategy counts it."""
         req.cancelled = True
@@ -1488,8 +1496,7 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
         self.queue.clear()
         self._pause(_PAUSE_CLOSING)
         req.keep_alive = req.keep_plain = False
-        self._respond_local(req, 408, f"steelyard: request body not received within "
-                                      f"{runtime.request_timeout:g}s")
+        self._respond_local(req, 408, f"steelyard: no byte of the request body for {runtime.idle_timeout:g}s")
 
     def begin_shutdown(self) -> None:
         """Stop taking requests: close now when idle, else after the current response (which says
