@@ -13,6 +13,7 @@ from admin_fake import FakeSource
 from proxy_support import Harness, make_state, start_backends
 from steelyard.admin.runtime_source import RuntimeSource
 from steelyard.admin.server import AdminServer
+from steelyard.proxy import ProxyConfig
 from steelyard.runtime.access_log import LATENCY_BUCKETS
 
 pytestmark = pytest.mark.filterwarnings("ignore:Overriding the .event_loop_policy. fixture")
@@ -98,6 +99,9 @@ async def test_connect_errors_and_retries_are_counted() -> None:
     await b.close()
     errors = value(samples, "steelyard_upstream_connect_errors_total")
     assert errors >= 1 and value(samples, "steelyard_retries_total") == errors
+    web = {"load_balancer": "default/web", "upstream": "default/web/http"}
+    assert value(samples, "steelyard_upstream_retries_total", **web) == errors
+    assert value(samples, "steelyard_upstream_timeouts_total", **web) == 0
     assert value(samples, "steelyard_ready") == 0  # no reload recorded: not ready
 
 
@@ -120,3 +124,49 @@ async def test_histogram_buckets_are_cumulative() -> None:
     assert bucket(repr(LATENCY_BUCKETS[-1])) == 4 and bucket("+Inf") == 5
     assert value(samples, "steelyard_request_duration_seconds_count", **labels) == 5
     assert value(samples, "steelyard_request_duration_seconds_sum", **labels) == pytest.approx(99.2061)
+
+
+async def test_timeouts_are_counted_per_upstream_and_summed_over_workers() -> None:
+    """A request timed out on one load balancer counts there, not on the other; a request head that never
+    arrives has no upstream and counts only in the process's total. The supervisor's merge of several
+    workers sums both per-upstream counters."""
+    from steelyard.admin.aggregate import carry_upstreams, merge_upstreams
+    from steelyard.config.desired import Route, Upstream
+    from steelyard.model import BalancerPolicySpec, Protocol
+
+    a, b = await start_backends("a", "b")
+    slow_policy = BalancerPolicySpec.model_validate({"timeouts": {"request": "200ms"},
+                                                     "retries": {"attempts": 0}})
+    api = Upstream(key="default/api/http", load_balancer="default/api", port_name="http",
+                   protocol=Protocol.HTTP, policy=slow_policy, policy_name=None, endpoints=(b.endpoint,))
+    state = make_state([a], extra_routes=[(api, Route(hosts=(), path_prefix="/slow", upstream=api.key))])
+    async with Harness(state, ProxyConfig(sweep_interval=0.05, header_timeout=0.3)) as h:
+        source = RuntimeSource(h.proxy)
+        admin = AdminServer(source, "127.0.0.1", 0, tick=3600)
+        await admin.start()
+        try:
+            client = await h.connect()
+            assert (await client.request(path="/slow?ms=2000")).status == 504
+            assert (await client.request()).text == "a"
+            client.close()
+            silent = await h.connect()
+            await silent.send(b"GET / HTTP/1.1\r\n")  # and nothing more: 408 at the header timeout
+            assert (await silent.response(timeout=5)).status == 408
+            silent.close()
+            samples = await scrape(admin)
+            views = source.upstreams()
+        finally:
+            await admin.stop()
+    await a.close()
+    await b.close()
+
+    def timeouts(lb: str) -> float:
+        return value(samples, "steelyard_upstream_timeouts_total", load_balancer=f"default/{lb}",
+                     upstream=f"default/{lb}/http")
+
+    assert (timeouts("api"), timeouts("web")) == (1, 0)
+    assert value(samples, "steelyard_timeouts_total") == 2
+    merged = {u.key: u for u in merge_upstreams([views, views])}
+    assert (merged["default/api/http"].timeouts, merged["default/web/http"].timeouts) == (2, 0)
+    carried = {u.key: u for u in carry_upstreams(list(merged.values()), [views])}
+    assert carried["default/api/http"].timeouts == 3

@@ -94,6 +94,8 @@ async def test_tcp_connect_failure_tries_another_endpoint() -> None:
             assert await asyncio.wait_for(reader.readline(), 5) == b"hello from a\n"
             writer.close()
         assert h.proxy.stats.retries >= 1
+        runtime = h.registry.get("default/web/http")
+        assert runtime is not None and runtime.retries == h.proxy.stats.retries  # (per upstream, for metrics)
     await a.close()
 
 
@@ -153,6 +155,8 @@ async def test_tcp_idle_tunnel_is_closed() -> None:
         assert await asyncio.wait_for(reader.readline(), 5) == b"hello from a\n"
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the idle timeout
         assert h.proxy.stats.timeouts == 1
+        runtime = h.registry.get("default/web/http")
+        assert runtime is not None and runtime.timeouts == 1  # (per upstream, for metrics)
         writer.close()
     await a.close()
 

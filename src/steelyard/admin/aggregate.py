@@ -139,6 +139,7 @@ def merge_upstreams(per_worker: Sequence[Sequence[UpstreamView]]) -> list[Upstre
         merged.append(dataclasses.replace(
             first, endpoints=tuple(_merge_endpoint(rows, workers) for rows in endpoints.values()),
             requests=sum(u.requests for u in group), no_endpoint=sum(u.no_endpoint for u in group),
+            retries=sum(u.retries for u in group), timeouts=sum(u.timeouts for u in group),
             strategy_state={**first.strategy_state, "note": "worker 1's strategy state"}))
     return merged
 
@@ -199,7 +200,9 @@ def carry_upstreams(merged: Sequence[UpstreamView],
             endpoints.append(ep)
         out.append(dataclasses.replace(
             up, endpoints=tuple(endpoints), requests=up.requests + sum(u.requests for u in old_ups),
-            no_endpoint=up.no_endpoint + sum(u.no_endpoint for u in old_ups)))
+            no_endpoint=up.no_endpoint + sum(u.no_endpoint for u in old_ups),
+            retries=up.retries + sum(u.retries for u in old_ups),
+            timeouts=up.timeouts + sum(u.timeouts for u in old_ups)))
     return out
 
 

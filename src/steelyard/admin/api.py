@@ -72,6 +72,7 @@ class StateBuilder:
             "key": up.key, "port": up.port_name, "protocol": up.protocol, "strategy": up.strategy,
             "policy_name": up.policy_name, "listeners": list(up.listeners), "requests": up.requests,
             "requests_per_second": _rate(sum(known)) if known else None, "no_endpoint": up.no_endpoint,
+            "retries": up.retries, "timeouts": up.timeouts,
             "strategy_state": dict(up.strategy_state),
             "endpoints": [self.endpoint_doc(up, ep) for ep in up.endpoints],
         }

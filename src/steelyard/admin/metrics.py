@@ -67,8 +67,17 @@ class SteelyardCollector(Collector):
         ejections = CounterMetricFamily("steelyard_ejections", "Outlier-detection ejections.", labels=lb_ep)
         no_endpoint = CounterMetricFamily("steelyard_no_endpoint", "Requests answered 503: no usable "
                                           "endpoint.", labels=["load_balancer", "upstream"])
+        retries = CounterMetricFamily("steelyard_upstream_retries", "Requests (TCP: connects) sent again, by "
+                                      "upstream (steelyard_retries: the process's total).",
+                                      labels=["load_balancer", "upstream"])
+        timeouts = CounterMetricFamily("steelyard_upstream_timeouts", "Requests, websockets and TCP "
+                                       "connections ended by a timeout, by upstream (steelyard_timeouts: the "
+                                       "process's total, request heads that never arrived included).",
+                                       labels=["load_balancer", "upstream"])
         for up in upstreams:
             no_endpoint.add_metric([up.load_balancer, up.key], up.no_endpoint)
+            retries.add_metric([up.load_balancer, up.key], up.retries)
+            timeouts.add_metric([up.load_balancer, up.key], up.timeouts)
             for ep in up.endpoints:
                 labels = [up.load_balancer, up.key, ep.id]
                 for cls in CODE_CLASSES:
@@ -86,7 +95,8 @@ class SteelyardCollector(Collector):
                 healthy.add_metric(labels, 1 if ep.healthy else 0)
                 in_flight.add_metric(labels, ep.in_flight)
                 ejections.add_metric(labels, ep.ejections)
-        yield from (requests, duration, weight, configured, healthy, in_flight, ejections, no_endpoint)
+        yield from (requests, duration, weight, configured, healthy, in_flight, ejections, no_endpoint,
+                    retries, timeouts)
 
         c = src.counters()
         conns = GaugeMetricFamily("steelyard_connections", "Open connections by side and state.",

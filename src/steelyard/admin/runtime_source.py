@@ -171,6 +171,7 @@ class RuntimeSource:
             policy=up.policy.model_dump(mode="json", by_alias=True),
             listeners=tuple(t for t in (_listener_text(lst, up.key) for lst in listeners) if t),
             endpoints=endpoints, requests=runtime.requests, no_endpoint=runtime.no_endpoint,
+            retries=runtime.retries, timeouts=runtime.timeouts,
             strategy_state=_jsonable(runtime.strategy.describe()),
         )
 

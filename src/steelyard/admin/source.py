@@ -56,6 +56,8 @@ class UpstreamView:
     endpoints: tuple[EndpointView, ...]
     requests: int = 0
     no_endpoint: int = 0  # requests answered 503 because no endpoint was usable
+    retries: int = 0  # requests (TCP: connects) sent again to another endpoint or on a fresh connection
+    timeouts: int = 0  # requests, websockets and TCP connections ended by a timeout
     strategy_state: Mapping[str, object] = field(default_factory=dict)  # strategy.describe()
 
 

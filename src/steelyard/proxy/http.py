@@ -1093,6 +1093,7 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
         runtime = req.runtime
         assert runtime is not None
         self.server.stats.retries += 1  # (counted with the retries: the request went out again)
+        runtime.retries += 1
         self.server.open_upstream(pool, runtime.connect_timeout, req, self)
 
     def retry_attempt(self, req: HttpRequest) -> Attempt | None:
@@ -1116,6 +1117,8 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
         req.head_sent = False
         req.conn = None
         self.server.stats.retries += 1
+        if req.runtime is not None:
+            req.runtime.retries += 1
         self._dispatch(req, attempt)
         return True
 
@@ -1389,6 +1392,8 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
         if tunnel is not None:
             if now - tunnel.last_read > self.tunnel_idle_timeout:
                 self.server.stats.timeouts += 1
+                if tunnel.req is not None and tunnel.req.runtime is not None:
+                    tunnel.req.runtime.timeouts += 1
                 tunnel.abandon()
                 self._close()
             return
@@ -1430,6 +1435,7 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
         if req.response_started and conn.headers_done and now - conn.last_read > runtime.idle_timeout:
             # The response stalled (upstream silent, or the client not reading): do not hang forever.
             self.server.stats.timeouts += 1
+            runtime.timeouts += 1
             conn.abandon()
             if req.attempt is not None:
                 req.attempt.done(ok=False)
@@ -1453,6 +1459,7 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
             return
         self._watch = self._watch_conn = None
         self.server.stats.timeouts += 1
+        runtime.timeouts += 1
         if client_late:
             self._client_timed_out(req, conn, runtime)
             return

@@ -163,6 +163,7 @@ class TcpTunnel:
                 if retry is not None:
                     self.retries_left -= 1
                     self.server.stats.retries += 1
+                    self.runtime.retries += 1
                     self._connect(retry)
                     return
             self.failed = True
@@ -215,6 +216,7 @@ class TcpTunnel:
             self.last_activity = now
         elif now - self.last_activity > runtime.idle_timeout:
             self.server.stats.timeouts += 1
+            runtime.timeouts += 1
             self.close(abort=True)
 
 

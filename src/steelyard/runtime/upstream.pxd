@@ -40,6 +40,8 @@ cdef class UpstreamRuntime:
     cdef public dict stats
     cdef public Py_ssize_t requests
     cdef public Py_ssize_t no_endpoint
+    cdef public Py_ssize_t retries
+    cdef public Py_ssize_t timeouts
     cdef public tuple _usable
     cdef public object _next_change
     cdef public object _generation

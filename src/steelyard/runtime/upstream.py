@@ -154,6 +154,8 @@ class UpstreamRuntime:
         self.stats: dict[str, EndpointStats] = {}
         self.requests = 0
         self.no_endpoint = 0  # picks that found no usable endpoint (the 503s)
+        self.retries = 0  # requests (and TCP connects) sent again, counted by the proxy
+        self.timeouts = 0  # requests, websockets and TCP connections of this upstream ended by a timeout
         self._usable: tuple[Endpoint, ...] = ()
         self._next_change: float | None = None
         self._generation = -1  # the tracker's generation self._looks was taken at
@@ -360,6 +362,8 @@ class UpstreamRuntime:
             "load_balancer": self.upstream.load_balancer,
             "requests": self.requests,
             "no_endpoint": self.no_endpoint,
+            "retries": self.retries,
+            "timeouts": self.timeouts,
             "strategy": self.strategy.describe(),
             "endpoints": self.tracker.describe(now),
             "stats": {eid: s.as_dict() for eid, s in self.stats.items()},
