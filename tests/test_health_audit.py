@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 
 import pytest
 
-from proxy_support import Harness, eventually, make_state, start_backends
+from proxy_support import Harness, Scripted, eventually, make_state, start_backends
+from steelyard.model import BalancerPolicySpec
 from steelyard.runtime.health_checks import HealthChecker
 from steelyard.runtime.upstream import UpstreamRuntime
 
@@ -108,3 +110,125 @@ async def test_consecutive_failures_eject_even_when_a_client_gives_up_between_th
         assert r.text == ("steelyard: load balancer default/web: no usable endpoint: 1 configured, "
                           "1 ejected by outlier detection\n")
     await a.close()
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: HealthChecker.update compares the whole BackendEndpoint "
+                                       "(weight, name, terminating): a weight-only reload restarts the probe "
+                                       "loop")
+async def test_a_weight_only_change_does_not_restart_the_probe_loop() -> None:
+    """The checker's contract: loops restart only when the endpoint's check itself changed. A reload that
+    only re-weights an endpoint (an operator, a Kubernetes annotation) must not probe it again at once."""
+    probes: list[float] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        probes.append(asyncio.get_running_loop().time())
+        await reader.read(100)
+
+    backend = await Scripted(handler).start()
+    policy = BalancerPolicySpec.model_validate({"healthCheck": {"type": "TCP", "interval": "5s"}})
+    checker = HealthChecker(lambda *result: None)
+    try:
+        checker.update(KEY, policy, [backend.endpoint])
+        assert await eventually(lambda: len(probes) == 1)
+        for weight in (2, 3, 4):
+            checker.update(KEY, policy, [dataclasses.replace(backend.endpoint, weight=weight)])
+            await asyncio.sleep(0.15)
+        assert len(probes) == 1, f"{len(probes)} probes within 0.5 s of a 5 s interval"
+    finally:
+        await checker.close()
+        await backend.close()
+
+
+async def slow_backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers every request, 40 ms late."""
+    while True:
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(0.04)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
+        await writer.drain()
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: Latency mode clamps to dynamicWeights.min (default 1) "
+                                       "before MIN_FACTOR: a slow endpoint of the default weight 1 is never "
+                                       "lowered")
+async def test_latency_mode_lowers_a_slow_endpoint_of_the_default_weight() -> None:
+    """`dynamicWeights: {mode: Latency}` and nothing else, endpoints of the default weight: an endpoint 200
+    times slower than its peer must lose part of its share (the tracker means to keep at least MIN_FACTOR
+    of the weight, 0.05), not keep all of it."""
+    (fast,) = await start_backends("fast")
+    slow = await Scripted(slow_backend).start()
+    policy = {"dynamicWeights": {"mode": "Latency"}, "strategy": {"type": "WeightedRoundRobin"}}
+    async with Harness(make_state([fast, slow.endpoint], policy=policy)) as h:
+        runtime = runtime_of(h)
+        client = await h.connect()
+        for _ in range(20):
+            assert (await client.request()).status == 200
+        await asyncio.sleep(0.55)  # past the recomputation interval
+        assert (await client.request()).status == 200
+        weights = {row["id"]: row["effective_weight"] for row in runtime.tracker.describe(runtime.clock())}
+        client.close()
+    await fast.close()
+    await slow.close()
+    assert weights[slow.endpoint.id] < weights[fast.endpoint.id], weights
+
+
+def rows(runtime: UpstreamRuntime) -> dict[str, dict[str, object]]:
+    return {str(row["name"]): row for row in runtime.tracker.describe(runtime.clock())}
+
+
+async def test_ejection_time_grows_with_each_ejection_and_ends_on_time() -> None:
+    """baseEjectionTime x times ejected: 200 ms, then 400 ms when it fails again right after returning;
+    the endpoint is back (and picked) once its ejection is over, not before."""
+    a, b = await start_backends("a", "b")
+    policy = {"outlierDetection": {"consecutiveFailures": 2, "baseEjectionTime": "200ms",
+                                   "maxEjectionPercent": 50}, "retries": {"attempts": 0}}
+    async with Harness(make_state([a, b], policy=policy)) as h:
+        runtime = runtime_of(h)
+        a.mode = 503
+        for _ in range(4):  # round robin: a fails twice
+            await get(h)
+        row = rows(runtime)["a"]
+        assert (row["state"], row["ejections"]) == ("ejected", 1)
+        assert 0.15 < float(row["ejected_for_s"]) <= 0.2  # type: ignore[arg-type]
+        assert {(await get(h)).text for _ in range(4)} == {"b"}
+        await asyncio.sleep(0.25)
+        texts = [(await get(h)).text for _ in range(4)]  # back: a fails twice more
+        assert texts.count("a 503") == 2, texts
+        row = rows(runtime)["a"]
+        assert (row["state"], row["ejections"]) == ("ejected", 2)
+        assert 0.35 < float(row["ejected_for_s"]) <= 0.4  # type: ignore[arg-type]
+        a.mode = None
+        await asyncio.sleep(0.2)
+        assert {(await get(h)).text for _ in range(4)} == {"b"}  # still out at 200 ms of 400
+        await asyncio.sleep(0.25)
+        assert {(await get(h)).text for _ in range(4)} == {"a", "b"}
+    await a.close()
+    await b.close()
+
+
+async def test_failing_health_checks_take_endpoints_out_and_the_503_says_why() -> None:
+    """An HTTP check answered 500: down after unhealthyThreshold probes; every endpoint down gives the
+    proxy's 503 naming the cause; back after healthyThreshold passes, ramping under slow start."""
+    a, b = await start_backends("a", "b")
+    policy = {"healthCheck": {"type": "HTTP", "path": "/", "interval": "40ms", "timeout": "200ms",
+                              "unhealthyThreshold": 2, "healthyThreshold": 2},
+              "slowStart": {"window": "10s", "minWeightPercent": 10},
+              "strategy": {"type": "WeightedRoundRobin"}}
+    async with Harness(make_state([a, b], policy=policy)) as h, checking(h):
+        runtime = runtime_of(h)
+        await asyncio.sleep(0.15)
+        assert {(await get(h)).text for _ in range(4)} == {"a", "b"}
+        a.mode = b.mode = 500
+        assert await eventually(lambda: not runtime._usable, timeout=2)
+        r = await get(h)
+        assert (r.status, r.text) == (503, "steelyard: load balancer default/web: no usable endpoint: "
+                                           "2 configured, 2 failing health checks\n")
+        a.mode = None
+        assert await eventually(lambda: bool(runtime._usable), timeout=2)
+        assert a.requests[-2:] == [("GET", "/"), ("GET", "/")]  # the two passing probes
+        row = rows(runtime)["a"]
+        assert row["state"] == "slow-start" and 0.09 < float(row["effective_weight"]) < 0.2, row  # type: ignore[arg-type]
+        assert rows(runtime)["b"]["state"] == "unhealthy"
+        assert (await get(h)).text == "a"
+    await a.close()
+    await b.close()
