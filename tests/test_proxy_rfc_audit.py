@@ -411,3 +411,59 @@ async def test_bodies_on_get_and_head_are_forwarded_and_pipelining_goes_on() -> 
     assert _statuses(out) == [200, 200, 200]
     assert out.count(b"abc") == 1 and b"xyz" not in out and out.endswith(b"\r\n\r\na")
     assert [h.split(b" ", 1)[0] for h in heads] == [b"GET", b"HEAD", b"GET"]
+
+
+# -- field values: optional whitespace is not part of them (RFC 9110 §5.5) ----------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a Host with trailing whitespace (OWS, not part of the value) is "
+                                       "answered 400 invalid Host (RFC 9110 §5.5, RFC 9112 §5.1)")
+async def test_trailing_whitespace_after_host_is_not_part_of_it() -> None:
+    """llhttp strips the whitespace before a field value, not after it: the proxy must, before checking
+    Host (uri-host[:port]) and before routing by it. `Host: x ` is valid HTTP and names host x."""
+    out, closed, heads = await _exchange(b"GET /headers HTTP/1.1\r\nHost: x \r\n\r\n")
+    assert _statuses(out) == [200] and not closed, out
+    assert heads[0].startswith(b"GET /headers HTTP/1.1\r\nHost: x\r\n")
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: OPTIONS/TRACE with Max-Forwards: 0 is forwarded instead of "
+                                       "answered, and the value is never decremented (RFC 9110 §7.6.2)")
+async def test_max_forwards_is_honoured_for_options_and_trace() -> None:
+    """An intermediary receiving TRACE or OPTIONS with Max-Forwards MUST NOT forward it when the value is 0
+    (it answers as the final recipient), and otherwise forwards it decremented."""
+    out, _, heads = await _exchange(b"OPTIONS /headers HTTP/1.1\r\nHost: x\r\nMax-Forwards: 0\r\n\r\n"
+                                    b"TRACE /headers HTTP/1.1\r\nHost: x\r\nMax-Forwards: 5\r\n\r\n")
+    assert len(_statuses(out)) == 2
+    assert [h.split(b" ", 1)[0] for h in heads] == [b"TRACE"], heads
+    assert b"\r\nMax-Forwards: 4\r\n" in heads[0]
+
+
+# -- persistence: what follows a request that ends the connection ------------------------------------------
+
+
+async def test_nothing_after_a_connection_close_request_is_forwarded() -> None:
+    """RFC 9112 §9.6: after a request with `close` (whitespace after the option included) the server
+    processes no further request on the connection (verified correct)."""
+    out, closed, heads = await _exchange(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close \r\n\r\n"
+                                         b"GET /second HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert _statuses(out) == [200] and closed and b"Connection: close\r\n" in out
+    assert len(heads) == 1
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a local answer to an HTTP/1.0 keep-alive request keeps the "
+                                       "connection without saying keep-alive (RFC 9112 §9.3, C.2.2)")
+async def test_http10_keep_alive_local_answers_say_keep_alive() -> None:
+    """A local answer (404) to an HTTP/1.0 keep-alive request that keeps the connection must say so, as the
+    proxied answers do: an HTTP/1.0 client takes a response without `Connection: keep-alive` as the end."""
+    (a,) = await start_backends("a")
+    try:
+        async with Harness(make_state([a], hosts=("shop.example",)), CONFIG) as h:
+            client = await h.connect()
+            await client.send(b"GET / HTTP/1.0\r\nHost: nowhere.example\r\nConnection: keep-alive\r\n\r\n")
+            r = await client.response(timeout=2)
+            assert r.status == 404
+            kept = not await client.closed(timeout=0.3)
+            assert kept == (r.header("Connection") == "keep-alive"), (kept, r.header("Connection"))
+            client.close()
+    finally:
+        await a.close()
