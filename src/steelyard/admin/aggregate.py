@@ -218,6 +218,7 @@ class AggregateSource:
         self.polled: list[str] = list(self.urls)  # the URL each `last` came from
         self.retired: list[WorkerViews] = []  # final answers of worker processes since replaced
         self.silent: set[int] = set()  # workers whose last poll failed (logged once until they answer)
+        self.stopping = False  # set by the supervisor on SIGTERM: not ready from that moment
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
@@ -284,6 +285,8 @@ class AggregateSource:
         return list(known[0].reloads) if known else []
 
     def readiness(self) -> tuple[bool, str]:
+        if self.stopping:
+            return False, "shutting down: the workers are stopping"
         missing = [i for i, v in enumerate(self.views) if v is None]
         if missing:
             return False, f"worker(s) {', '.join(str(i + 1) for i in missing)} not answering"

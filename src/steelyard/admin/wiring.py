@@ -103,7 +103,8 @@ async def start_group_admin(options: _Options, worker_urls: list[str]) -> tuple[
     APIs (`worker_urls` is shared, so a restarted worker's new URL is seen at the next poll)."""
     from steelyard.admin.aggregate import AggregateSource
 
-    aggregate = AggregateSource(worker_urls)
+    # (the workers' private APIs take the same token when it came from the environment)
+    aggregate = AggregateSource(worker_urls, token=options.admin_token)
     explicit = options.admin is not None
     if options.admin == "off":
         return None, aggregate

@@ -222,6 +222,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"steelyard run: {exc}", file=sys.stderr)
         return 2
     _setup_logging(options)
+    # Until the loop's handler takes over (after the first apply), a SIGHUP would kill the process by the
+    # default action; dropping it loses nothing: start-up reads the files, and the poll sees later changes.
+    signal.signal(signal.SIGHUP, lambda _sig, _frame: None)
     if options.workers > 1 and options.worker_id is None:
         from steelyard.runtime.workers import supervise
 

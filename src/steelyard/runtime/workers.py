@@ -22,6 +22,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from steelyard.admin.wiring import WORKER_ADMIN, start_group_admin
 from steelyard.runtime.file_provider import FileProvider
@@ -67,6 +68,7 @@ class WorkerSlot:
     index: int
     process: asyncio.subprocess.Process | None = None
     started: float = 0.0
+    ready: bool = False  # the current process has said it serves
     backoff: Backoff = field(default_factory=Backoff)
 
 
@@ -102,6 +104,7 @@ class Supervisor:
         finally:
             os.close(write_fd)
         slot.started = time.monotonic()
+        slot.ready = False
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[bool] = loop.create_future()
 
@@ -113,8 +116,9 @@ class Supervisor:
             os.close(read_fd)
             if data[1:].isdigit():
                 self.admin_urls[slot.index - 1] = f"http://127.0.0.1:{int(data[1:])}"
+            slot.ready = bool(data)  # EOF without a byte: it exited before serving
             if not ready.done():
-                ready.set_result(bool(data))  # EOF without a byte: it exited before serving
+                ready.set_result(slot.ready)
 
         loop.add_reader(read_fd, on_readable)
         return await ready
@@ -123,15 +127,21 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
 
+        aggregate: Any = None
+
         def on_stop(signame: str) -> None:
             log.info("supervisor: %s, stopping %d worker(s)", signame, len(self.slots))
             self.stopping = True
             stop.set()
+            if aggregate is not None:
+                aggregate.stopping = True  # /readyz says so now, not at the next poll of the workers
             self.signal_all(signal.SIGTERM)
 
         loop.add_signal_handler(signal.SIGTERM, on_stop, "SIGTERM")
         loop.add_signal_handler(signal.SIGINT, on_stop, "SIGINT")
-        loop.add_signal_handler(signal.SIGHUP, self.signal_all, signal.SIGHUP)
+        # Only to workers that serve: one still starting has no handler yet (SIGHUP's default action would
+        # kill it), and it reads the files as it starts anyway.
+        loop.add_signal_handler(signal.SIGHUP, self.signal_all, signal.SIGHUP, True)
 
         results = await asyncio.gather(*(self.start_worker(slot) for slot in self.slots))
         if not all(results) or self.stopping:
@@ -144,6 +154,7 @@ class Supervisor:
             return 1 if bad else 0
         try:
             admin, aggregate = await start_group_admin(self.options, self.admin_urls)
+            aggregate.stopping = self.stopping
         except ValueError as exc:  # AdminSetupError: an explicit --admin that cannot be served
             print(f"steelyard: {exc}", file=sys.stderr)
             self.stopping = True
@@ -156,7 +167,7 @@ class Supervisor:
         for slot in self.slots:
             self.tasks.spawn(self.watch(slot), f"watch-worker-{slot.index}")
         await stop.wait()
-        codes = await self.wait_all()
+        codes = await self.wait_all(clean_stop=True)
         await self.tasks.cancel_all()
         if admin is not None:
             await admin.stop()
@@ -165,7 +176,7 @@ class Supervisor:
         from steelyard.runtime.run_cmd import ignore_stop_signals
 
         ignore_stop_signals(loop)
-        return 0 if all(c == 0 for c in codes) else 1
+        return 0 if all(c in (0, None) for c in codes) else 1
 
     async def watch(self, slot: WorkerSlot) -> None:
         """Restart the worker whenever it exits while we are not stopping."""
@@ -185,28 +196,33 @@ class Supervisor:
                 assert slot.process is not None
                 log.info("worker %d restarted (pid %d)", slot.index, slot.process.pid)
 
-    def signal_all(self, sig: int) -> None:
+    def signal_all(self, sig: int, serving_only: bool = False) -> None:
         for slot in self.slots:
             proc = slot.process
-            if proc is not None and proc.returncode is None:
+            if proc is not None and proc.returncode is None and (slot.ready or not serving_only):
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(sig)
 
-    async def wait_all(self) -> list[int | None]:
-        """Wait for every worker to exit: drain time plus a margin, then SIGKILL."""
+    async def wait_all(self, clean_stop: bool = False) -> list[int | None]:
+        """Wait for every worker to exit: drain time plus a margin, then SIGKILL. With `clean_stop`, the
+        codes are those of the stop itself: None for a worker already dead (its exit was logged when it
+        happened; it was waiting to be restarted), 0 for one that was still starting and died of the
+        SIGTERM it was sent (it had nothing to drain)."""
         deadline = self.options.shutdown_delay + self.options.drain_timeout + 10.0
         codes: list[int | None] = []
         for slot in self.slots:
             proc = slot.process
-            if proc is None:
+            if proc is None or (clean_stop and proc.returncode is not None):
                 codes.append(None)
                 continue
+            starting = not slot.ready
             try:
-                codes.append(await asyncio.wait_for(proc.wait(), deadline))
+                code = await asyncio.wait_for(proc.wait(), deadline)
             except TimeoutError:
                 log.error("worker %d (pid %d) did not stop; killing it", slot.index, proc.pid)
                 proc.kill()
-                codes.append(await proc.wait())
+                code = await proc.wait()
+            codes.append(0 if clean_stop and starting and code == -signal.SIGTERM else code)
         return codes
 
 
