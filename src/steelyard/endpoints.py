@@ -221,7 +221,7 @@ class EndpointTracker:
                 if ok:  # a fast failure must not look like a fast backend: only successes time it
                     state.latency = latency if state.latency is None else (
                         state.latency + EWMA_ALPHA * (latency - state.latency))
-            elif weight_hint is not None:
+            elif weight_hint is not None and not math.isnan(weight_hint):  # ("nan" parses as a float)
                 state.hint = weight_hint
             if now >= self._next_recompute:
                 changed = self._recompute(now) or changed
@@ -287,7 +287,8 @@ class EndpointTracker:
             factor *= (1.0 - state.errors) ** 2  # 30% failing: about half the weight
             factor = max(MIN_FACTOR, factor)
             base = state.override_weight if state.override_weight is not None else state.config.weight
-            weight = _quantize(min(max(base * factor, dyn.min, 0.01), dyn.max))
+            # (min and max bound reported weights, Header mode: here they would pin the usual weight 1)
+            weight = _quantize(max(base * factor, 0.01))
             if weight != state.dynamic_weight:
                 state.dynamic_weight = weight
                 changed = True
@@ -369,14 +370,15 @@ class EndpointTracker:
             reason = self._state_name(state, now)
             counts[reason] = counts.get(reason, 0) + 1
         words = {"unhealthy": "failing health checks", "ejected": "ejected by outlier detection",
-                 "draining": "draining (weight 0 or drained)", "terminating": "terminating"}
+                 "draining": "draining (weight 0, drained, or reporting weight 0)",
+                 "terminating": "terminating"}
         parts = [f"{n} {words.get(name, name)}" for name, n in sorted(counts.items())]
         return f"no usable endpoint: {len(states)} configured, " + ", ".join(parts)
 
     def _state_name(self, state: _State, now: float) -> str:
         if state.drained or (state.override_weight if state.override_weight is not None
-                             else state.config.weight) <= 0:
-            return "draining"
+                             else state.config.weight) <= 0 or state.dynamic_weight == 0:
+            return "draining"  # (dynamic weight 0: the endpoint reported 0, Header mode with min 0)
         if not state.healthy:
             return "unhealthy"
         if state.ejected(now):

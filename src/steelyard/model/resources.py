@@ -88,6 +88,8 @@ class DynamicWeightMode(StrEnum):
 class DynamicWeights(_Spec):
     mode: DynamicWeightMode = DynamicWeightMode.OFF
     header: str = "Steelyard-Weight"
+    # Header mode: the bounds of a reported weight. Latency mode scales the configured weight by 5-100 %
+    # (slower than the peers' median, or failing: lower) and does not use them.
     min: Annotated[int, Field(ge=0, le=1000)] = 1
     max: Annotated[int, Field(ge=1, le=1000)] = 1000
 

@@ -1197,7 +1197,7 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
             if conn is not None:
                 conn.abandon()
             if req.attempt is not None:
-                req.attempt.done(ok=True)
+                req.attempt.abandoned()  # (the client's fault, not the endpoint's)
             if req.response_started:
                 self.upstream_broken(req)
                 return
@@ -1318,7 +1318,7 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
             conn.abandon()
             req.conn = None
         if req.attempt is not None and (conn is not None or req.head_sent):
-            req.attempt.done(ok=True)
+            req.attempt.abandoned()
 
     # -- output and flow control ------------------------------------------------------------------------
 

@@ -106,7 +106,9 @@ class HealthChecker:
         for key in [k for k in self._loops if k[0] == upstream_key]:
             spec, task = self._loops[key]
             endpoint = wanted.get(key[1])
-            if endpoint is None or spec != (endpoint, check):
+            # (the key holds the address; a weight, name or terminating change keeps the loop and its
+            # counts, only a change to the check itself restarts it)
+            if endpoint is None or spec[1] != check:
                 task.cancel()
                 del self._loops[key]
         for endpoint_id, endpoint in wanted.items():

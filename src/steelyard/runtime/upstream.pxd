@@ -25,6 +25,7 @@ cdef class Attempt:
     @cython.locals(stats=EndpointStats, runtime=UpstreamRuntime, now=double, latency=double)
     cpdef report(self, bint ok, Py_ssize_t status_class, weight_hint=*)
     cpdef cancel(self)
+    cpdef abandoned(self)
 
 
 @cython.final

@@ -134,6 +134,20 @@ class Attempt:
         if self._picked is not None:
             self._runtime.strategy.on_done(self._picked, 0.0, True)
 
+    def abandoned(self) -> None:
+        """The client went away while the endpoint had the request. The request counts (no status) and
+        the strategy gets its `on_done` (the pick is no longer in flight) with the time so far, marked ok;
+        the tracker hears nothing: a client leaving says nothing of the endpoint, so it neither resets
+        outlier detection's run of failures nor feeds dynamic weights (Envoy ignores such aborts too)."""
+        stats = self._stats
+        if stats is None:
+            return
+        self._stats = None
+        stats.by_class[0] += 1
+        runtime = self._runtime
+        if self._picked is not None:
+            runtime.strategy.on_done(self._picked, runtime.clock() - self._started, True)
+
     def __repr__(self) -> str:
         return f"<Attempt {self.endpoint.id} finished={self.finished}>"
 
