@@ -68,6 +68,8 @@ cdef class HttpRequest:
     cdef public bytes xff_field
     cdef public Py_ssize_t other_fields
     cdef public Py_ssize_t other_bytes
+    cdef public Py_ssize_t trailer_fields
+    cdef public Py_ssize_t trailer_bytes
     cdef public Py_ssize_t head_slack
 
 

@@ -386,13 +386,15 @@ def _parts_dated(parts: list[bytes]) -> bool:
     return any(parts[i].lower() == b"date" for i in range(1, len(parts), 4))
 
 
-def local_response(status: int, text: str, *, keep_alive: bool = False, head_only: bool = False) -> bytes:
+def local_response(status: int, text: str, *, keep_alive: bool = False, head_only: bool = False,
+                   http10: bool = False) -> bytes:
     """A response Steelyard writes itself: plain text, one line naming what went wrong. It carries Date:
-    for these Steelyard is the origin (RFC 9110 §6.6.1: required with a 4xx, allowed with a 5xx)."""
+    for these Steelyard is the origin (RFC 9110 §6.6.1: required with a 4xx, allowed with a 5xx). An
+    HTTP/1.0 client kept alive is told so (RFC 9112 Appendix C.2.2: persistence is not its default)."""
     body = (text + "\n").encode("utf-8", "replace")
     head = b"HTTP/1.1 %d %s\r\n%sContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n%s\r\n" % (
         status, _REASONS.get(status, "Error").encode(), _date_line(), len(body),
-        b"" if keep_alive else b"Connection: close\r\n",
+        (b"Connection: keep-alive\r\n" if http10 else b"") if keep_alive else b"Connection: close\r\n",
     )
     return head if head_only else head + body
 
@@ -511,6 +513,9 @@ _REQUEST_DEFAULTS: dict[str, object] = dict(
     xff_field=None,
     other_fields=0,  # interpreted or hop-by-hop fields other than Host
     other_bytes=0,
+    trailer_fields=0,  # counted against the head's field limit (see _trailer_field)
+    trailer_bytes=0,  # chunked: bytes read at a stretch with no body byte in them (see data_received),
+    # which bounds what httptools may hold of a trailer field still arriving
     head_slack=0,  # bytes of other requests the head's size bound allows (see data_received)
 )
 if not _COMPILED:
@@ -605,6 +610,8 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
             return  # (nothing more is read as a request)
         completed_before = self._completed
         self._read_len = len(data)
+        parsing = self.parsing
+        body_before = parsing.body_bytes if parsing is not None else -1
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
@@ -613,6 +620,17 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
             # (where the failed request starts is known when no other ended in this read)
             self._parse_failed(self._rejection(exc, data if self._completed == completed_before else None))
             return
+        if parsing is not None and parsing is self.parsing and parsing.body_kind == _BODY_CHUNKED:
+            # A read of a chunked body with no body byte in it is framing: a chunk-size line, or the
+            # trailer section, where httptools accumulates a field until its line ends. Bound a run of
+            # them by the head's limit, as for the head below.
+            if parsing.body_bytes != body_before:
+                parsing.trailer_bytes = 0
+            else:
+                parsing.trailer_bytes += len(data)
+                if parsing.trailer_bytes > self._max_head:
+                    self._parse_failed(_Reject(431, "request trailer section too large"))
+                    return
         parsing = self.parsing
         if parsing is not None and not parsing.head:
             # The head is still incomplete: bound what httptools accumulates for us (it enforces no
@@ -696,9 +714,11 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # Only collect: the limits are checked once per head (on_headers_complete), and what httptools
-        # may buffer meanwhile is bounded per read (data_received). After the head, `_fields` is a sink
-        # that drops trailer fields (RFC 9110 §6.5.1 allows it).
-        if name in _plain_request_names:
+        # may buffer meanwhile is bounded per read (data_received). After the head, `_fields` is a sink:
+        # trailer fields are dropped (RFC 9110 §6.5.1 allows it), only counted.
+        if self._fields is _TRAILER_SINK:
+            self._trailer_field(name, value)
+        elif name in _plain_request_names:
             self._fields += (name, b": ", value, b"\r\n")
         elif name in _HOST_SPELLINGS:
             req = self.parsing
@@ -706,6 +726,16 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
             req.host_count += 1  # type: ignore[union-attr]
         else:
             self._other_field(name, value)
+
+    def _trailer_field(self, name: bytes, value: bytes) -> None:
+        """A trailer field: never read as a head field (a `Host` in the trailers of a request queued behind
+        another must not route it), but held to the head's field count (431)."""
+        req = self.parsing
+        if req is None:
+            return
+        req.trailer_fields += 1  # (their bytes are bounded by data_received)
+        if req.trailer_fields > self._max_headers:
+            raise _Reject(431, "too many request trailer fields")
 
     def _other_field(self, name: bytes, value: bytes) -> None:
         kind = _field_kind(name, _REQUEST_KINDS_LOWER, _plain_request_names)
@@ -756,6 +786,8 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
             elif method not in _IDEMPOTENT:
                 req.idempotent = False
         url = req.url
+        if b"#" in url:  # a fragment is not part of a request target (RFC 9112 §3.2.1), nor routed on
+            url = req.url = url[:url.index(b"#")]
         if (not req.other_fields and host_count == 1 and url.startswith(b"/")
                 and parser.should_keep_alive()):
             # The common request: persistent without a Connection field, hence HTTP/1.1 (RFC 9112 §9.3),
@@ -806,6 +838,12 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
                     raise _Reject(505, f"HTTP/{version} is not supported")
                 http11 = req.http11 = req.keep_plain = False
 
+        if transfer_encoding is not None and not http11:
+            # RFC 9112 §6.1: framing an HTTP/1.0 hop may not have understood; what follows it on this
+            # connection cannot be trusted to be a request (a smuggling vector): close after this one.
+            req.keep_alive = req.keep_plain = False
+        if url == b"*" and method != b"OPTIONS":
+            raise _Reject(400, "the asterisk-form target is for OPTIONS only")  # RFC 9112 §3.2.4
         if host_count != 1 and (http11 or host_count > 1):
             raise _Reject(400, "missing Host header" if host_count == 0 else "more than one Host header")
         if host is not None and host != self._host_seen and _valid_host(host) is None:
@@ -834,7 +872,10 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
                 named = tokens - {b"close", b"keep-alive", b"upgrade", b""}
                 if named:
                     kept = _drop_named(kept, named)
-                if upgrade is not None and b"upgrade" in tokens:
+                    if b"x-forwarded-for" in named:  # hop-by-hop then (RFC 9110 §7.6.1): ours alone
+                        xff = None
+                # (Upgrade in an HTTP/1.0 request is ignored, RFC 9110 §7.8)
+                if upgrade is not None and b"upgrade" in tokens and http11:
                     if upgrade.strip().lower() == b"websocket":
                         req.upgrade = True
                         # after a refused upgrade the connection is closed
@@ -851,7 +892,9 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
         else:  # HTTP/1.0 without Host: forwarded as HTTP/1.1, which needs one (added by _send)
             req.needs_host = True
             parts = [method, b" ", url, b" HTTP/1.1\r\n", *kept]
-        if xff is None:
+        if xff is not None:
+            xff = xff.strip(b" \t,")  # no empty list element (RFC 9110 §5.6.1.1) in front of ours
+        if not xff:
             parts.append(self._forwarded)
         else:
             parts += (b"X-Forwarded-For: ", xff, b", ", self._client_ip_bytes,
@@ -1161,7 +1204,8 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
         self.server.stats.responses_by_class[status // 100] += 1
         whole = req.request_complete or (req.body_kind == _BODY_NONE and req.head != b"")
         keep = req.keep_alive and whole and not self.closing and req.reject is None
-        self.out.append(local_response(status, text, keep_alive=keep, head_only=req.is_head))
+        self.out.append(local_response(status, text, keep_alive=keep, head_only=req.is_head,
+                                       http10=not req.http11))
         self.flush()
         self.current = None
         if req.logged_at:
