@@ -413,8 +413,6 @@ async def test_bodies_on_get_and_head_are_forwarded_and_pipelining_goes_on() -> 
 # -- field values: optional whitespace is not part of them (RFC 9110 §5.5) ----------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a Host with trailing whitespace (OWS, not part of the value) is "
-                                       "answered 400 invalid Host (RFC 9110 §5.5, RFC 9112 §5.1)")
 async def test_trailing_whitespace_after_host_is_not_part_of_it() -> None:
     """llhttp strips the whitespace before a field value, not after it: the proxy must, before checking
     Host (uri-host[:port]) and before routing by it. `Host: x ` is valid HTTP and names host x."""

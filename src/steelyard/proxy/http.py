@@ -795,12 +795,11 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
             # client's fields and the forwarding fields; the pieces that depend only on this connection
             # and its Host are joined once per connection.
             if host != self._host_seen:
-                if _valid_host(host) is None:  # type: ignore[arg-type]
-                    raise _Reject(400, "invalid Host header")
+                clean = _host_value(host)  # type: ignore[arg-type]
                 self._host_seen = host
-                self._host_line = b" HTTP/1.1\r\nHost: " + host + _CRLF  # type: ignore[operator]
+                self._host_line = b" HTTP/1.1\r\nHost: " + clean + _CRLF
                 self._forward_tail = (self._forwarded + _VIA_11  # type: ignore[operator]
-                                      + b"X-Forwarded-Host: " + host + b"\r\n\r\n")
+                                      + b"X-Forwarded-Host: " + clean + b"\r\n\r\n")
             if kept:
                 req.head = b"".join([method, b" ", url, self._host_line, *kept, self._forward_tail])
             else:
@@ -846,8 +845,8 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
             raise _Reject(400, "the asterisk-form target is for OPTIONS only")  # RFC 9112 §3.2.4
         if host_count != 1 and (http11 or host_count > 1):
             raise _Reject(400, "missing Host header" if host_count == 0 else "more than one Host header")
-        if host is not None and host != self._host_seen and _valid_host(host) is None:
-            raise _Reject(400, "invalid Host header")
+        if host is not None:
+            host = req.host_field = _host_value(host) if host != self._host_seen else host.rstrip(b" \t")
         if url[:1] != b"/":
             url, host = self._absolute_form(url, host)
             if host is not None and _valid_host(host) is None:
@@ -1606,6 +1605,15 @@ class _Sink(list[bytes]):
 
 
 _TRAILER_SINK = _Sink()
+
+
+def _host_value(host: bytes) -> bytes:
+    """Host as sent on: without the trailing whitespace llhttp leaves in a field value (OWS, not part of
+    it: RFC 9110 §5.5), and valid (uri-host[:port], RFC 9112 §3.2), else 400."""
+    host = host.rstrip(b" \t")
+    if _valid_host(host) is None:
+        raise _Reject(400, "invalid Host header")
+    return host
 
 
 def _combined(current: bytes | None, value: bytes, separator: bytes) -> bytes:
