@@ -302,9 +302,6 @@ def test_supervisor_readyz_is_503_as_soon_as_sigterm_starts_the_shutdown_delay(t
         proxy.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a worker that dies while the file holds an invalid change "
-                                       "cannot be restarted (it re-reads the file, exits 1): the last good "
-                                       "configuration loses that worker until the file is fixed")
 def test_a_worker_that_dies_while_the_file_is_invalid_comes_back_with_the_last_good_config(
         tmp_path: Path) -> None:
     require()
@@ -319,8 +316,13 @@ def test_a_worker_that_dies_while_the_file_is_invalid_comes_back_with_the_last_g
             proxy.wait_for(r"\[worker 1\] .*is invalid; keeping the last good one", 5, mark)
             proxy.wait_for(r"\[worker 2\] .*is invalid; keeping the last good one", 5, mark)
             os.kill(pids[0], signal.SIGKILL)
+            proxy.wait_for(r"\[worker 1\] .*is invalid; starting from the last good one", 4, mark)
             proxy.wait_for(r"worker 1 restarted \(pid \d+\)", 4, mark)
             assert asyncio.run(request_once(port)).status == 200
+            mark = proxy.mark()  # the file fixed: the restarted worker follows it like its sibling
+            path.write_text(path.read_text().replace("type: Fastest", "type: LeastConnections"))
+            proxy.wait_for(r"\[worker 1\] .*configuration reloaded", 5, mark)
+            proxy.wait_for(r"\[worker 2\] .*configuration reloaded", 5, mark)
         finally:
             proxy.stop()
 

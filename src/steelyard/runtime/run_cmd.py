@@ -51,6 +51,7 @@ class RunOptions:
     ready_fd: int | None = None  # the worker writes one byte here once it serves
     kubernetes: Any = None  # steelyard.kube.provider.KubeOptions with --kubernetes: the cluster, not files
     max_connections: int | None = None  # per process; None: from the file-descriptor limit (auto)
+    fallback_configs: tuple[str, ...] = ()  # a restarted worker: the supervisor's last good copies
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="the coordination.k8s.io Lease for leader election (default steelyard)")
     kube.add_argument("--lease-duration", default="15s", metavar="DURATION", help=argparse.SUPPRESS)
     parser.add_argument("--worker-id", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--fallback-config", action="append", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
 
 
@@ -123,6 +125,7 @@ def options_from(args: argparse.Namespace) -> RunOptions:
     admin_token = check_admin_options(args.admin, args.admin_token)
     return RunOptions(configs=configs, workers=args.workers, admin=args.admin, admin_token=admin_token,
                       kubernetes=kubernetes, max_connections=parse_max_connections(args.max_connections),
+                      fallback_configs=tuple(args.fallback_config or ()),
                       access_log=args.access_log, drain_timeout=drain, shutdown_delay=shutdown_delay,
                       log_format=args.log_format, log_level=args.log_level.upper(), poll_interval=poll,
                       worker_id=args.worker_id, ready_fd=args.ready_fd)
@@ -283,6 +286,14 @@ async def serve(options: RunOptions) -> int:
     else:
         provider = FileProvider(options.configs, poll_interval=options.poll_interval)
         loaded = provider.load()
+        if loaded.state is None and options.fallback_configs:
+            # A worker restarted while the files hold an invalid change: its siblings serve the last good
+            # configuration, so does it (the supervisor's copy); it watches the real files like them.
+            fallback = FileProvider(options.fallback_configs).load()
+            if fallback.state is not None:
+                log.error("configuration %s is invalid; starting from the last good one. %d error(s):\n%s",
+                          provider.source, len(loaded.errors), "\n".join(f"  {e}" for e in loaded.errors))
+                loaded = fallback
     if loaded.state is None:
         print_errors(provider.source, loaded)
         return 1

@@ -18,8 +18,10 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,7 +74,8 @@ class WorkerSlot:
     backoff: Backoff = field(default_factory=Backoff)
 
 
-def worker_command(options: RunOptions, index: int, ready_fd: int) -> list[str]:
+def worker_command(options: RunOptions, index: int, ready_fd: int, fallback: tuple[str, ...] = ()
+                   ) -> list[str]:
     cmd = [sys.executable, "-m", "steelyard", "run", "--worker-id", str(index), "--ready-fd", str(ready_fd),
            "--drain-timeout", f"{options.drain_timeout}s",
            "--shutdown-delay", f"{options.shutdown_delay}s", "--log-format", options.log_format,
@@ -82,12 +85,15 @@ def worker_command(options: RunOptions, index: int, ready_fd: int) -> list[str]:
            "--max-connections", "auto" if options.max_connections is None else str(options.max_connections)]
     for path in options.configs:
         cmd += ["-c", path]
+    for path in fallback:
+        cmd += ["--fallback-config", path]
     return cmd
 
 
 class Supervisor:
-    def __init__(self, options: RunOptions) -> None:
+    def __init__(self, options: RunOptions, last_good: LastGood | None = None) -> None:
         self.options = options
+        self.last_good = last_good
         self.slots = [WorkerSlot(i) for i in range(1, options.workers + 1)]
         self.stopping = False
         self.tasks = TaskGroup()
@@ -98,8 +104,9 @@ class Supervisor:
         """Spawn one worker and wait until it serves (True) or exits first (False)."""
         read_fd, write_fd = os.pipe()
         try:
+            fallback = self.last_good.copies if self.last_good is not None else ()
             slot.process = await asyncio.create_subprocess_exec(
-                *worker_command(self.options, slot.index, write_fd), pass_fds=(write_fd,),
+                *worker_command(self.options, slot.index, write_fd, fallback), pass_fds=(write_fd,),
             )
         finally:
             os.close(write_fd)
@@ -166,6 +173,8 @@ class Supervisor:
                  os.getpid(), f"; admin {admin.url}/" if admin is not None else "; no admin API")
         for slot in self.slots:
             self.tasks.spawn(self.watch(slot), f"watch-worker-{slot.index}")
+        if self.last_good is not None:
+            self.tasks.spawn(self.last_good.follow(self.options.poll_interval), "last-good")
         await stop.wait()
         codes = await self.wait_all(clean_stop=True)
         await self.tasks.cancel_all()
@@ -226,6 +235,54 @@ class Supervisor:
         return codes
 
 
+class LastGood:
+    """Copies of the configuration files as last read valid, kept by the supervisor: a worker restarted
+    while the files hold an invalid change starts from them (`--fallback-config`) instead of exiting, and
+    watches the real files as its siblings do."""
+
+    def __init__(self, paths: tuple[str, ...]) -> None:
+        self.paths = paths
+        self.dir = tempfile.mkdtemp(prefix="steelyard-last-good-")
+        self.copies: tuple[str, ...] = ()
+        self._generation = 0
+
+    def snapshot(self) -> bool:
+        """Copy the files and keep the copies if they load valid (the files may change meanwhile)."""
+        from steelyard.runtime.file_provider import _default_loader
+
+        self._generation += 1
+        staging = os.path.join(self.dir, str(self._generation))
+        os.mkdir(staging)
+        copies = tuple(os.path.join(staging, f"{i}-{os.path.basename(p)}") for i, p in enumerate(self.paths))
+        try:
+            for path, copy in zip(self.paths, copies, strict=True):
+                shutil.copyfile(path, copy)
+            valid = _default_loader(copies).state is not None
+        except OSError:
+            valid = False
+        if not valid:
+            shutil.rmtree(staging, ignore_errors=True)
+            return False
+        if self.copies:
+            shutil.rmtree(os.path.dirname(self.copies[0]), ignore_errors=True)
+        self.copies = copies
+        return True
+
+    async def follow(self, poll_interval: float) -> None:
+        """Take a new copy whenever the files change to a valid configuration (the named task
+        `last-good`)."""
+        provider = FileProvider(self.paths, poll_interval=poll_interval)
+        provider.load()
+        while True:
+            await asyncio.sleep(poll_interval)
+            if provider.changed():
+                provider.load()
+                self.snapshot()
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def supervise(options: RunOptions) -> int:
     """Check the configuration, then run the supervisor's loop."""
     provider = FileProvider(options.configs)
@@ -235,4 +292,9 @@ def supervise(options: RunOptions) -> int:
         return 1
     import uvloop
 
-    return uvloop.run(Supervisor(options).run())
+    last_good = LastGood(options.configs)
+    try:
+        last_good.snapshot()
+        return uvloop.run(Supervisor(options, last_good).run())
+    finally:
+        last_good.remove()
