@@ -421,8 +421,6 @@ async def test_trailing_whitespace_after_host_is_not_part_of_it() -> None:
     assert heads[0].startswith(b"GET /headers HTTP/1.1\r\nHost: x\r\n")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: OPTIONS/TRACE with Max-Forwards: 0 is forwarded instead of "
-                                       "answered, and the value is never decremented (RFC 9110 §7.6.2)")
 async def test_max_forwards_is_honoured_for_options_and_trace() -> None:
     """An intermediary receiving TRACE or OPTIONS with Max-Forwards MUST NOT forward it when the value is 0
     (it answers as the final recipient), and otherwise forwards it decremented."""

@@ -161,7 +161,7 @@ _PLAIN_CONNECTION = frozenset((None, b"keep-alive", b"Keep-Alive", b"close", b"C
 _CRLF = b"\r\n"
 
 _REASONS = {
-    400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+    200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
     413: "Content Too Large", 414: "URI Too Long", 431: "Request Header Fields Too Large",
     501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
     505: "HTTP Version Not Supported",
@@ -230,12 +230,14 @@ def _failed(req: HttpRequest, reason: str, detail: str = "") -> None:
 
 
 class _Reject(Exception):
-    """Raised inside a parser callback: answer `status` with `reason` and close."""
+    """Raised inside a parser callback: answer `status` with `reason` and close. With `keep`, set as a
+    request's `reject` instead of raised: a local answer in turn, the connection kept."""
 
-    def __init__(self, status: int, reason: str):
+    def __init__(self, status: int, reason: str, keep: bool = False):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.keep = keep
 
 
 _date_cache: list[object] = [0, b""]  # (second, its Date line)
@@ -785,6 +787,8 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
                 raise _Reject(405, "CONNECT is not supported by a reverse proxy")
             elif method not in _IDEMPOTENT:
                 req.idempotent = False
+            if method == b"OPTIONS" or method == b"TRACE":
+                req.reject = _count_down_max_forwards(kept, method)
         url = req.url
         if b"#" in url:  # a fragment is not part of a request target (RFC 9112 §3.2.1), nor routed on
             url = req.url = url[:url.index(b"#")]
@@ -1202,7 +1206,7 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
         self.server.stats.local_responses[status] = self.server.stats.local_responses.get(status, 0) + 1
         self.server.stats.responses_by_class[status // 100] += 1
         whole = req.request_complete or (req.body_kind == _BODY_NONE and req.head != b"")
-        keep = req.keep_alive and whole and not self.closing and req.reject is None
+        keep = req.keep_alive and whole and not self.closing and (req.reject is None or req.reject.keep)
         self.out.append(local_response(status, text, keep_alive=keep, head_only=req.is_head,
                                        http10=not req.http11))
         self.flush()
@@ -1605,6 +1609,24 @@ class _Sink(list[bytes]):
 
 
 _TRAILER_SINK = _Sink()
+
+
+def _count_down_max_forwards(kept: list[bytes], method: bytes) -> _Reject | None:
+    """RFC 9110 §7.6.2: OPTIONS or TRACE with Max-Forwards 0 is answered here (OPTIONS: 200; TRACE, which
+    would echo the request, 405 as nginx does), any other value is forwarded one lower."""
+    for i in range(0, len(kept), 4):
+        if kept[i].lower() == b"max-forwards":
+            value = kept[i + 2].strip()
+            if not value.isdigit():
+                return None  # (not a count: forwarded as it is)
+            count = int(value)
+            if count == 0:
+                if method == b"TRACE":
+                    return _Reject(405, "TRACE is not supported", keep=True)
+                return _Reject(200, "OPTIONS answered by the load balancer: Max-Forwards was 0", keep=True)
+            kept[i + 2] = b"%d" % (count - 1)
+            return None
+    return None
 
 
 def _host_value(host: bytes) -> bytes:
