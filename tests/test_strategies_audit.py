@@ -73,9 +73,6 @@ async def _keyed_names(client: Client, keys: Sequence[str], header: str = "X-Use
 # -- TimeSlicedRoundRobin -------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: TimeSliced: after the owner left, a second set_endpoints before "
-                                       "the next pick hands the old owner's slice to the endpoint before "
-                                       "its successor")
 async def test_time_sliced_owner_removed_then_another_reload_hands_over_to_the_next_in_order() -> None:
     """The owner `a` of [a, b, c] is replaced by `z` (reload 1): per the docstring, `b`, next after `a` in
     the old order, takes over at the next pick. A second reload before that pick (here `d` added; in
@@ -217,8 +214,6 @@ async def test_cookie_key_sticks_and_requests_without_the_cookie_go_round_robin(
     await _close(backends)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an empty hashOn header value is hashed as the key \"\" (one "
-                                       "endpoint gets every such request) instead of going round robin")
 @pytest.mark.parametrize("kind", ["RingHash", "Maglev"])
 async def test_an_empty_hash_header_value_goes_round_robin_like_a_missing_one(kind: str) -> None:
     """The _keyed docstring follows HAProxy's `balance hdr()`, which goes round robin when the header is
@@ -288,12 +283,6 @@ async def test_a_retry_that_finds_every_endpoint_tried_does_not_count_as_no_usab
         assert runtime.no_endpoint == 0, runtime.no_endpoint
         client.close()
     await _close(started)
-
-
-test_a_retry_that_finds_every_endpoint_tried_does_not_count_as_no_usable_endpoint = pytest.mark.xfail(
-    strict=True, reason="BUG: UpstreamRuntime.pick(exclude=...) bumps no_endpoint (the no-usable-endpoint "
-                        "503 metric) when a retry finds every endpoint tried; the client got a 502 or 503"
-)(test_a_retry_that_finds_every_endpoint_tried_does_not_count_as_no_usable_endpoint)
 
 
 @pytest.mark.xfail(strict=True, reason="BUG: a retried request is invisible to LeastConnections' in-flight "

@@ -1049,7 +1049,9 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
             key = self.client_ip
         elif runtime.hash_header is not None:
             values = _field_values(self.current, runtime.hash_header)  # type: ignore[arg-type]
-            key = values[0] if values else None
+            key = values[0].strip() if values else None
+            if not key:  # missing or empty: round robin (HAProxy's `balance hdr()`)
+                key = None
         elif runtime.hash_cookie is not None:
             for cookies in _field_values(self.current, b"cookie"):  # type: ignore[arg-type]
                 for pair in cookies.split(";"):

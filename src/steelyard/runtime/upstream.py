@@ -318,8 +318,7 @@ class UpstreamRuntime:
             self.refresh()
         if exclude:
             others = [e for e in self._usable if e.id not in exclude and e.weight > 0]
-            if not others:
-                self.no_endpoint += 1
+            if not others:  # (retries ran out: the client gets the last failure, not "no usable endpoint")
                 return None
             weights = [e.weight for e in others]
             chosen = others[0] if len(others) == 1 else self.rng.choices(others, weights)[0]

@@ -35,26 +35,34 @@ class TimeSlicedRoundRobin(BalancingStrategy):
         self._owner = -1  # index in _endpoints; -1: none yet
         self._slice_start = -math.inf
         self._slice_end = -math.inf  # picks at or after this time move to the next endpoint
+        self._pending: str | None = None  # the owner left: the id of the endpoint taking over next
 
     def set_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
-        old, owner = self._endpoints, self._owner
+        old, owner, pending = self._endpoints, self._owner, self._pending
         new = usable(endpoints)
         self._endpoints = new
         position = {e.id: i for i, e in enumerate(new)}
-        if not (0 <= owner < len(old)):
+        if pending is not None:
+            # A hand-over is still due (the owner left at an earlier change): to that endpoint, or, if it
+            # left too, to the next one after it in the old order that stays.
+            start = next((i for i, e in enumerate(old) if e.id == pending), 0) - 1
+        elif 0 <= owner < len(old):
+            stays = position.get(old[owner].id)
+            if stays is not None:
+                self._owner = stays
+                self._slice_end = self._slice_start + self._slice * new[stays].weight
+                return
+            start = owner  # the owner left: the next one after it (in the old order) that stays goes next
+        else:
             self._owner = -1
             return
-        stays = position.get(old[owner].id)
-        if stays is not None:
-            self._owner = stays
-            self._slice_end = self._slice_start + self._slice * new[stays].weight
-            return
-        # The owner left: the next one after it (in the old order) that stays goes next.
-        self._owner, self._slice_end = -1, -math.inf
-        for step in range(1, len(old)):
-            after = position.get(old[(owner + step) % len(old)].id)
+        self._owner, self._slice_end, self._pending = -1, -math.inf, None
+        for step in range(1, len(old) + 1):
+            successor = old[(start + step) % len(old)]
+            after = position.get(successor.id)
             if after is not None:
                 self._owner = after - 1  # the hand-over at the next pick advances to `after`
+                self._pending = successor.id
                 break
 
     def pick(self, context: PickContext = NO_CONTEXT) -> Endpoint | None:
@@ -65,6 +73,7 @@ class TimeSlicedRoundRobin(BalancingStrategy):
         if now >= self._slice_end or self._owner < 0:
             owner = (self._owner + 1) % len(endpoints)
             self._owner = owner
+            self._pending = None
             self._slice_start = now
             self._slice_end = now + self._slice * endpoints[owner].weight
         return endpoints[self._owner]
