@@ -111,8 +111,6 @@ async def test_time_sliced_owner_removed_by_one_reload_hands_over_to_the_next_in
 KEYS = [f"user-{i}" for i in range(240)]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: RingHash with few endpoints (ring floor MIN_RING=1024 split by "
-                                       "n) moves keys between surviving endpoints when one is removed")
 async def test_ring_hash_removing_one_endpoint_keeps_every_other_endpoints_keys() -> None:
     """RingHash's contract: "Removing one of n endpoints moves only the keys its nodes held". With 3
     endpoints, removing `c` must leave every key of `a` and `b` where it was. Today each survivor's node
@@ -132,8 +130,6 @@ async def test_ring_hash_removing_one_endpoint_keeps_every_other_endpoints_keys(
     await _close([a, b, c])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: RingHash with few endpoints moves keys between existing "
-                                       "endpoints when one is added (nodes per endpoint = 1024 / n)")
 async def test_ring_hash_adding_one_endpoint_only_takes_keys_for_the_newcomer() -> None:
     """Adding `c` to [a, b]: a key either stays where it was or moves to `c`, never from a to b."""
     a, b, c = await start_backends("a", "b", "c")

@@ -4,10 +4,14 @@ Algorithm: Karger et al., "Consistent Hashing and Random Trees" (STOC 1997), as 
 Envoy's ring hash use it. Every endpoint places virtual nodes on a 64-bit ring in proportion to its
 weight; a request key hashes to a point and goes to the first virtual node at or after it (wrapping).
 Removing one of n endpoints moves only the keys its nodes held, about 1/n; adding one takes about 1/(n+1).
+That holds exactly while the endpoints' weights are equal (each keeps its 160 nodes whatever n is); with
+unequal weights a change of the average weight rescales every endpoint's node count, so a few keys also
+move between endpoints that stay (as in Envoy's ring hash).
 
-Ring size: 160 virtual nodes per endpoint of average weight (ketama's figure), at least 1,024 and at most
-131,072 in all (so 10,000 endpoints still build in well under 100 ms; they get about 13 nodes each, which
-spreads keys within roughly +-30 % per endpoint). Node positions come from blake2b of the endpoint id and
+Ring size: 160 virtual nodes per endpoint of average weight (ketama's figure; no floor on the ring, which
+would make every endpoint's node count depend on n), at most 131,072 in all (so 10,000 endpoints still
+build in well under 100 ms; they get about 13 nodes each, which spreads keys within roughly +-30 % per
+endpoint). Node positions come from blake2b of the endpoint id and
 the node number (top 53 bits: a ring of 2^53 points), so an endpoint's nodes do not depend on the
 other endpoints. The key is `context.hash_key` (the header, the cookie or the client address, per
 `hashOn`); a request without it goes round robin (see `_keyed`). Key hash: CRC-32 spread to 64 bits
@@ -33,7 +37,6 @@ from steelyard.strategies._keyed import KeyedStrategy
 from steelyard.strategies.base import Clock, Endpoint, register
 
 NODES_PER_ENDPOINT = 160
-MIN_RING = 1024
 MAX_RING = 1 << 17
 POSITION_SHIFT = 11  # ring positions are the top 53 bits of a 64-bit hash
 
@@ -62,7 +65,7 @@ class RingHash(KeyedStrategy):
             self._ring = []
             return
         total = sum(e.weight for e in new)
-        size = min(max(NODES_PER_ENDPOINT * len(new), MIN_RING), MAX_RING)
+        size = min(NODES_PER_ENDPOINT * len(new), MAX_RING)
         bits = max(1, (len(new) - 1).bit_length())
         keep = ((1 << 53) - 1) & ~((1 << bits) - 1)
         ring: list[float] = []
