@@ -33,6 +33,7 @@ from steelyard.admin.source import (
     EndpointView,
     ProcessCounters,
     ReloadRecord,
+    SourceUnavailable,
     UpstreamView,
 )
 
@@ -167,7 +168,10 @@ def carry_counters(merged: ProcessCounters, gone: Sequence[ProcessCounters]) -> 
         return merged
     extra = {name: getattr(merged, name) + sum(getattr(c, name) for c in gone) for name in _COUNTER_FIELDS}
     responses = _sum_maps([merged.responses, *(c.responses for c in gone)])
-    return dataclasses.replace(merged, **extra, responses=responses)
+    # (every worker counts the same reloads: the most any of them, gone or not, has seen)
+    reloads = {name: max(getattr(merged, name), *(getattr(c, name) for c in gone))
+               for name in ("reloads_ok", "reloads_failed")}
+    return dataclasses.replace(merged, **extra, **reloads, responses=responses)
 
 
 def carry_upstreams(merged: Sequence[UpstreamView],
@@ -296,12 +300,19 @@ class AggregateSource:
         return True, ""
 
     async def _broadcast(self, path: str, body: dict[str, Any]) -> None:
-        async def one(url: str) -> None:
-            async with self._client().post(url + path, json=body) as resp:
-                if resp.status >= 400:
-                    raise LookupError((await resp.json()).get("error", f"worker answered {resp.status}"))
-        await asyncio.gather(*(one(u) for u in self.urls))
+        async def one(index: int, url: str) -> str | None:
+            try:
+                async with self._client().post(url + path, json=body) as resp:
+                    if resp.status >= 400:
+                        raise LookupError((await resp.json()).get("error", f"worker answered {resp.status}"))
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                return f"worker {index + 1} ({exc.__class__.__name__})"
+            return None
+        missed = [m for m in await asyncio.gather(*(one(i, u) for i, u in enumerate(self.urls))) if m]
         await self.poll()
+        if missed:
+            raise SourceUnavailable(f"not applied in {', '.join(missed)}, which did not answer; the other "
+                                    "workers applied it")
 
     async def set_weight(self, upstream: str, endpoint: str, weight: int | None) -> None:
         await self._broadcast(f"/api/v1/endpoints/{upstream}/{endpoint}/weight", {"weight": weight})
@@ -313,8 +324,11 @@ class AggregateSource:
     async def explain(self, upstream: str, client_ip: str | None, hash_key: str | None) -> dict[str, object]:
         """Worker 1's answer: each worker balances on its own state, so this is one worker's next pick."""
         params = {"lb": upstream, "client_ip": client_ip or "", "hash_key": hash_key or ""}
-        async with self._client().get(self.urls[0] + "/api/v1/explain", params=params) as resp:
-            doc = await resp.json()
+        try:
+            async with self._client().get(self.urls[0] + "/api/v1/explain", params=params) as resp:
+                doc = await resp.json()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise SourceUnavailable(f"worker 1 did not answer ({exc.__class__.__name__})") from None
         if resp.status >= 400:
             raise LookupError(doc.get("error", f"worker answered {resp.status}"))
         answer: dict[str, object] = doc["upstreams"][0]

@@ -27,7 +27,13 @@ from typing import Any
 
 from aiohttp import web
 
-from steelyard.admin.source import AdminSource, EndpointView, UpstreamView, resolve_upstreams
+from steelyard.admin.source import (
+    AdminSource,
+    EndpointView,
+    SourceUnavailable,
+    UpstreamView,
+    resolve_upstreams,
+)
 from steelyard.admin.stats import Sampler
 
 __all__ = ["StateBuilder", "add_routes"]
@@ -176,6 +182,8 @@ def add_routes(app: web.Application, builder: StateBuilder) -> None:
                 answers.append(await answer if inspect.isawaitable(answer) else answer)
         except LookupError as exc:
             return error(404, str(exc))
+        except SourceUnavailable as exc:
+            return error(503, str(exc))
         return _json({"load_balancer": name, "client_ip": client_ip, "hash_key": hash_key,
                       "upstreams": answers})
 
@@ -186,7 +194,7 @@ def add_routes(app: web.Application, builder: StateBuilder) -> None:
             return error(415, "send operations with Content-Type: application/json")
         try:
             body = await request.json() if request.can_read_body else {}
-        except ValueError:
+        except (ValueError, RecursionError):  # (RecursionError: brackets nested thousands deep)
             return error(400, "the request body is not valid JSON")
         if not isinstance(body, dict):
             return error(400, "the request body must be a JSON object")
@@ -213,6 +221,8 @@ def add_routes(app: web.Application, builder: StateBuilder) -> None:
                             await done
                     except LookupError as exc:  # gone by a reload since the list was read
                         return error(404, str(exc))
+                    except SourceUnavailable as exc:  # (applied where it could be: say so, and where not)
+                        return error(503, str(exc))
                     touched.append((up.key, ep.id))
         if not touched:
             return error(404, f"load balancer {name!r} has no endpoint {endpoint!r}")

@@ -61,6 +61,10 @@ class UpstreamView:
     strategy_state: Mapping[str, object] = field(default_factory=dict)  # strategy.describe()
 
 
+class SourceUnavailable(Exception):
+    """An operation could not reach what it acts on (`--workers`: a worker not answering): 503."""
+
+
 @dataclass(frozen=True, slots=True)
 class ProcessCounters:
     """Process-wide counters and gauges (not per load balancer)."""

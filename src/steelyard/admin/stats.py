@@ -57,15 +57,39 @@ class Sampler:
         self.rate_window = rate_window
         self.latency_window = latency_window
         self.samples: deque[_Sample] = deque(maxlen=int(keep) + 1)
+        # An endpoint a reload removes and puts back keeps its counters in the proxy: its samples start
+        # again from 0 at its return (less what it had when last seen), or the first difference after it
+        # would be a lifetime's traffic shown as the last second's.
+        self._last_seen: dict[Key, tuple[int, tuple[int, ...] | None]] = {}  # raw counts when last seen
+        self._offsets: dict[Key, tuple[int, tuple[int, ...] | None]] = {}
 
     def take(self, upstreams: Sequence[UpstreamView]) -> None:
         requests: dict[Key, int] = {}
         latency: dict[Key, tuple[int, ...]] = {}
+        previous = self.samples[-1].requests if self.samples else {}
+        last_seen, offsets = self._last_seen, self._offsets
         for up in upstreams:
             for ep in up.endpoints:
-                requests[(up.key, ep.id)] = ep.requests
-                if ep.latency_counts is not None:
-                    latency[(up.key, ep.id)] = ep.latency_counts
+                key = (up.key, ep.id)
+                counts = ep.latency_counts
+                if key not in previous and key in last_seen:
+                    offsets[key] = last_seen[key]  # back after an absence
+                last_seen[key] = (ep.requests, counts)
+                offset = offsets.get(key)
+                if offset is None:
+                    requests[key] = ep.requests
+                    if counts is not None:
+                        latency[key] = counts
+                    continue
+                requests[key] = ep.requests - offset[0]
+                if counts is not None:
+                    then = offset[1]
+                    latency[key] = counts if then is None else tuple(
+                        a - b for a, b in zip(counts, then, strict=True))
+        if len(last_seen) > 4 * len(requests) + 1000:  # (endpoints long gone: forget them)
+            for key in [k for k in last_seen if k not in requests]:
+                last_seen.pop(key, None)
+                offsets.pop(key, None)
         self.samples.append(_Sample(self.clock(), requests, latency))
 
     def _since(self, window: float) -> tuple[_Sample, _Sample] | None:

@@ -81,8 +81,9 @@ def render(state: dict[str, Any]) -> Group:
     parts: list[Any] = [header]
     for lb in state.get("load_balancers", []):
         for up in lb["upstreams"]:
-            table = Table(title=f"{lb['name']} · {up['port']} ({up['protocol']}) · {up['strategy']} · "
-                                f"{_num(up.get('requests_per_second'))} req/s",
+            # (names come from configuration, verbatim: Text, never rich markup, whose [..] they may hold)
+            table = Table(title=Text(f"{lb['name']} · {up['port']} ({up['protocol']}) · {up['strategy']} · "
+                                     f"{_num(up.get('requests_per_second'))} req/s"),
                           title_justify="left", expand=False, box=box.SIMPLE_HEAD)
             table.add_column("endpoint", no_wrap=True)
             table.add_column("health", no_wrap=True)
@@ -93,7 +94,8 @@ def render(state: dict[str, Any]) -> Group:
                 weight = f"{ep['effective_weight']:g}/{ep['configured_weight']}"
                 if ep.get("override_weight") is not None:
                     weight += f" (set {ep['override_weight']})"
-                table.add_row(name, Text(ep["health"], style=HEALTH_STYLE.get(ep["health"], "")), weight,
+                health = Text(ep["health"], style=HEALTH_STYLE.get(ep["health"], ""))
+                table.add_row(Text(name), health, weight,
                               str(ep["in_flight"]), _num(ep.get("requests_per_second")),
                               _num(ep.get("p50_ms"), 2), _num(ep.get("p99_ms"), 2), str(ep["requests"]),
                               str(ep["ejections"]))
