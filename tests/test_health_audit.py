@@ -1,7 +1,7 @@
 """Audit of health checking, outlier detection, slow start and dynamic weights, on real sockets (127.0.0.1).
 
-Tests marked xfail(strict=True) assert the correct behaviour of a bug found by this audit; the others pin
-behaviour that was checked and found right.
+Some tests were written as strict xfails for bugs this audit found and pass since their fixes; the others
+pin behaviour that was checked and found right.
 """
 
 from __future__ import annotations

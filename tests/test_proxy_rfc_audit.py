@@ -2,8 +2,8 @@
 
 What tests/test_proxy_hygiene.py and tests/test_proxy_http.py already cover is not repeated here: this file
 looks at the corners (transfer-coding on HTTP/1.0, Upgrade on HTTP/1.0, trailer fields, Connection naming a
-field the proxy rewrites, request-target forms, list fields). Tests marked xfail(strict) describe the
-correct behaviour of a bug found; the plain ones pin tricky cases verified correct.
+field the proxy rewrites, request-target forms, list fields). Eleven tests began as strict xfails for bugs
+found, and pass since their fixes; the others pin tricky cases verified correct.
 """
 
 from __future__ import annotations

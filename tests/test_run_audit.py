@@ -1,8 +1,8 @@
 """Audit of `steelyard run` as a process: hot reload, invalid changes, graceful shutdown, `--workers N`
 and `--max-connections`, with real processes and sockets on 127.0.0.1.
 
-Tests marked xfail(strict=True) assert the correct behaviour of a bug found by this audit; the plain
-ones pin tricky cases verified to work.
+Five tests began as strict xfails for bugs this audit found, and pass since their fixes; the others pin
+tricky cases verified to work.
 """
 
 from __future__ import annotations
