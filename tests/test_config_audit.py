@@ -1,0 +1,258 @@
+"""Audit of configuration loading and validation (`steelyard validate`, `run -c`, hot reload).
+
+The promise: an invalid configuration names the file, the field and why (no traceback), and the running
+proxy keeps its last good configuration. Strict xfails mark the bugs this audit found; the other tests pin
+tricky cases verified to work.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from steelyard.cli import main
+from steelyard.config import load_files, load_texts
+from steelyard.config.desired import DesiredState
+from steelyard.runtime.file_provider import FileProvider
+
+
+def balancer(name: str = "a", *, ports: str = "[{name: http, port: 8080, address: 127.0.0.1}]",
+             endpoints: str = '[{address: "127.0.0.1:9001"}]', extra: str = "") -> str:
+    return ("apiVersion: steelyard.dev/v1alpha1\nkind: LoadBalancer\n"
+            f"metadata: {{name: {name}}}\nspec:\n  ports: {ports}\n  endpoints: {endpoints}\n") + extra
+
+
+def policy(spec: str) -> str:
+    return "apiVersion: steelyard.dev/v1alpha1\nkind: BalancerPolicy\nmetadata: {name: p}\nspec:\n" + spec
+
+
+def errors_of(text: str, name: str = "f.yaml") -> list[str]:
+    result = load_texts([(name, text)])
+    assert result.state is None, "the configuration was accepted"
+    return [str(e) for e in result.errors]
+
+
+def validate(path: Path, timeout: float = 10) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "steelyard", "validate", str(path)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# --- crashes and hangs instead of an error -------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="BUG: kind given as a list or mapping crashes the loader with "
+                                       "TypeError: unhashable (loader.parse_documents `kind not in KINDS`)")
+@pytest.mark.parametrize("kind", ["[LoadBalancer]", "{LoadBalancer: 1}"])
+def test_a_kind_that_is_not_a_string_is_an_error_not_a_crash(
+        kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "lb.yaml"
+    path.write_text(balancer().replace("kind: LoadBalancer", f"kind: {kind}"))
+    assert main(["validate", str(path)]) == 1
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith(f"{path}:2: kind: ") and "is not one of LoadBalancer, BalancerPolicy" in first
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a self-referencing YAML alias (&x [*x]) makes _record in "
+                                       "yaml_source recurse until RecursionError: traceback, exit 1 "
+                                       "without naming the file")
+def test_a_recursive_alias_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "lb.yaml"
+    path.write_text(balancer().replace("metadata: {name: a}", "metadata: {name: a, x: &x [*x]}"))
+    done = validate(path)
+    assert "Traceback" not in done.stderr
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"{path}:")
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: deeply nested flow YAML ([[[...]]]) raises RecursionError, "
+                                       "not a YAMLError: read_documents does not catch it, validate shows "
+                                       "a traceback")
+def test_deeply_nested_yaml_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "lb.yaml"
+    path.write_text(balancer(extra="  selector: " + "[" * 5000 + "]" * 5000 + "\n"))
+    done = validate(path)
+    assert "Traceback" not in done.stderr
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"{path}:")
+
+
+def _alias_bomb(levels: int) -> str:
+    lines = ["  x0: &a0 [q, q, q, q, q, q, q, q, q]"]
+    lines += [f"  x{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return balancer().replace("metadata: {name: a}\n", "metadata:\n  name: a\n" + "\n".join(lines) + "\n")
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: aliases are expanded without a limit (yaml_source._record walks "
+                                       "every alias again): a 1 KB file takes minutes; a reload runs it on "
+                                       "the event loop, freezing the proxy")
+def test_a_small_file_with_exponential_aliases_is_refused_quickly(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_alias_bomb(9))  # 9**9 leaves from under 1 KB (a "billion laughs")
+    assert path.stat().st_size < 1500
+    try:
+        done = validate(path, timeout=2.5)
+    except subprocess.TimeoutExpired:
+        pytest.fail("steelyard validate still running after 2.5 s on a 1 KB file")
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"{path}:")
+
+
+# --- accepted by validate, wrong at run time ---------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="BUG: one LoadBalancer listing the same port twice is not a conflict "
+                                       "(_claim_listeners checks only other balancers' committed listeners): "
+                                       "TCP gets 2 routes, HTTP+TCP becomes HTTP")
+@pytest.mark.parametrize("protocols", [("HTTP", "HTTP"), ("TCP", "TCP"), ("HTTP", "TCP")],
+                         ids=lambda p: "+".join(p))
+def test_one_load_balancer_with_the_same_port_twice_is_a_conflict(protocols: tuple[str, str]) -> None:
+    one, two = protocols
+    ports = (f"[{{name: one, port: 8080, address: 127.0.0.1, protocol: {one}}},\n"
+             f"    {{name: two, port: 8080, address: 127.0.0.1, protocol: {two}}}]")
+    text = balancer(ports=ports)
+    assert load_texts([("f.yaml", text.replace("port: 8080, address: 127.0.0.1, protocol: " + two,
+                                               "port: 8081, address: 127.0.0.1, protocol: " + two))]).ok
+    out = errors_of(text)
+    assert any(e.startswith("f.yaml:6: LoadBalancer/a: spec.ports[1].port: ") for e in out), out
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: names and port names may hold '/', so upstream keys "
+                                       "(ns/name/port) collide: LoadBalancer 'a/b' port http silently "
+                                       "serves LoadBalancer 'a' port 'b/http''s backends")
+def test_two_load_balancers_never_share_an_upstream_by_a_name_with_a_slash() -> None:
+    text = (balancer("'a/b'", endpoints='[{address: "127.0.0.1:9001"}]') + "---\n"
+            + balancer("a", ports="[{name: b/http, port: 8081, address: 127.0.0.1}]",
+                       endpoints='[{address: "127.0.0.1:9002"}]'))
+    result = load_texts([("f.yaml", text)])
+    if result.state is None:  # refused: it must say which name is not allowed
+        assert any("metadata.name" in str(e) or ".name" in str(e) for e in result.errors)
+        return
+    listener = next(lst for lst in result.state.listeners if lst.port == 8080)
+    upstream = result.state.upstreams[listener.routes[0].upstream]
+    assert upstream.load_balancer == "default/a/b"
+    assert [e.id for e in upstream.endpoints] == ["127.0.0.1:9001"]
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: spec.ports[].address is never checked: validate says ok, run "
+                                       "then fails to bind with a message naming neither file nor field")
+@pytest.mark.parametrize("address", ["not an ip", "127.0.0.1:8080"])
+def test_a_listener_address_that_cannot_be_bound_is_a_config_error(address: str, tmp_path: Path) -> None:
+    path = tmp_path / "lb.yaml"
+    path.write_text(balancer(ports=f'[{{name: http, port: 8080, address: "{address}"}}]'))
+    done = validate(path)
+    assert done.returncode == 1, done.stdout
+    assert done.stderr.startswith(f"{path}:5: LoadBalancer/a: spec.ports[0].address: ")
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: PortSpec.target_port (int | str) has no range: 0, -5 and 70000 "
+                                       "are accepted and become a backend's port")
+@pytest.mark.parametrize("target", [0, -5, 70000])
+def test_a_target_port_out_of_range_is_an_error(target: int) -> None:
+    text = balancer(ports=f"[{{name: http, port: 8080, address: 127.0.0.1, targetPort: {target}}}]",
+                    endpoints='[{address: "127.0.0.1"}]')
+    out = errors_of(text)
+    assert any(e.startswith("f.yaml:5: LoadBalancer/a: spec.ports[0].targetPort: ") for e in out), out
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: healthCheck.path is not checked; it goes verbatim into "
+                                       "'GET {path} HTTP/1.1' (health_checks.py): every probe is malformed, "
+                                       "every endpoint goes unhealthy")
+@pytest.mark.parametrize("path", ["healthz", "/a b", "/h\\r\\nX-Injected: 1"],
+                         ids=["no-slash", "space", "crlf"])
+def test_a_health_check_path_that_makes_a_malformed_request_is_an_error(path: str) -> None:
+    text = policy(f'  healthCheck: {{type: HTTP, path: "{path}"}}\n')
+    out = errors_of(text)
+    assert any(e.startswith("f.yaml:5: BalancerPolicy/p: spec.healthCheck.path: ") for e in out), out
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a boolean is taken as a number (pydantic lax mode): port: true "
+                                       "listens on port 1, weight: true is weight 1")
+@pytest.mark.parametrize("field", ["port", "weight"])
+def test_a_boolean_where_a_number_is_expected_is_an_error(field: str) -> None:
+    if field == "port":
+        text = balancer(ports="[{name: http, port: true, address: 127.0.0.1}]")
+        where = "f.yaml:5: LoadBalancer/a: spec.ports[0].port: "
+    else:
+        text = balancer(endpoints='[{address: "127.0.0.1:9001", weight: true}]')
+        where = "f.yaml:6: LoadBalancer/a: spec.endpoints[0].weight: "
+    out = errors_of(text)
+    assert any(e.startswith(where) for e in out), out
+
+
+# --- errors that do not point at the field or line -----------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="BUG: pathPrefix without a leading '/' is reported on field 'spec' at "
+                                       "spec's line (a model validator), not on spec.pathPrefix")
+def test_a_relative_path_prefix_names_the_path_prefix_field_and_line() -> None:
+    text = balancer(extra="  pathPrefix: api\n")
+    [error] = errors_of(text)
+    assert error.startswith("f.yaml:7: LoadBalancer/a: spec.pathPrefix: ") and "must start with '/'" in error
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: an unclosed quote is reported at the end of the file (the "
+                                       "problem mark): the line where the quote opens (context mark) is lost")
+def test_an_unclosed_quote_names_the_line_where_it_opens() -> None:
+    text = balancer().replace('"127.0.0.1:9001"', '"127.0.0.1:9001') + "# end\n# of\n# file\n"
+    [error] = errors_of(text)
+    assert error.startswith("f.yaml:6: YAML syntax error: ") or "line 6" in error, error
+
+
+# --- verified tricky cases ------------------------------------------------------------------------------
+
+def test_yaml_1_1_words_stay_strings_and_bad_scalars_name_the_field() -> None:
+    out = errors_of(policy("  retries: {on: [no, yes]}\n  healthCheck: {type: TCP, interval: 1e3s}\n"))
+    assert out == [
+        "f.yaml:5: BalancerPolicy/p: spec.retries.on[0]: 'no' is not one of connect-failure, reset, 502, "
+        "503, 504",
+        "f.yaml:5: BalancerPolicy/p: spec.retries.on[1]: 'yes' is not one of connect-failure, reset, 502, "
+        "503, 504",
+        "f.yaml:6: BalancerPolicy/p: spec.healthCheck.interval: '1e3s' is not a duration; write it with a "
+        "unit, like '500ms', '2s' or '1m'",
+    ]
+
+
+def test_durations_compound_forms_and_wrong_case_enums() -> None:
+    ok = load_texts([("f.yaml", policy("  healthCheck: {type: TCP, interval: 1m30s, timeout: 1.5s}\n"))])
+    assert ok.errors == ()
+    out = errors_of(policy("  strategy: {type: roundrobin}\n  healthCheck: {interval: -1s}\n"))
+    assert out[0].startswith("f.yaml:5: BalancerPolicy/p: spec.strategy.type: 'roundrobin' is not one of ")
+    assert out[1].startswith("f.yaml:6: BalancerPolicy/p: spec.healthCheck.interval: '-1s' is not a duration")
+
+
+def test_a_duplicate_name_in_a_second_file_names_that_file_and_line(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text(balancer())
+    second.write_text("# another copy\n" + balancer(ports="[{name: http, port: 8081, address: 127.0.0.1}]"))
+    result = load_files([str(first), str(second)])
+    assert [str(e) for e in result.errors] == [
+        f"{second}:4: LoadBalancer/a: metadata.name: duplicate LoadBalancer 'default/a': another one has "
+        "this name"]
+
+
+def test_bom_tabs_and_non_mapping_documents(tmp_path: Path) -> None:
+    assert load_texts([("f.yaml", "\ufeff" + balancer())]).errors == ()
+    [tab] = errors_of(balancer().replace("  endpoints", "\tendpoints"))
+    assert tab.startswith("f.yaml:6: YAML syntax error: ") and "'\\t'" in tab
+    assert errors_of("- a\n") == ["f.yaml:1: a document must be a mapping with apiVersion, kind, metadata "
+                                  "and spec"]
+    folder = tmp_path / "dir.yaml"
+    folder.mkdir()
+    assert [str(e) for e in load_files([str(folder)]).errors] == [f"{folder}: is a directory, not a file"]
+
+
+def test_a_reload_to_an_invalid_or_deleted_file_keeps_the_last_good_state(tmp_path: Path) -> None:
+    path = tmp_path / "lb.yaml"
+    path.write_text(balancer())
+    provider = FileProvider([str(path)])
+    good = provider.accept(provider.load(), "start")
+    assert isinstance(good, DesiredState) and provider.current is good
+    path.write_text(balancer().replace("port: 8080", "port: 0"))
+    bad = provider.load()
+    assert bad.state is None and bad.errors == (
+        f"{path}:5: LoadBalancer/a: spec.ports[0].port: 0 is too small: must be at least 1",)
+    assert provider.accept(bad, "file changed") is None and provider.current is good
+    path.unlink()
+    gone = provider.load()
+    assert gone.errors == (f"{path}: no such file",)
+    assert provider.accept(gone, "file changed") is None and provider.current is good
