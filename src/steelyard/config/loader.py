@@ -186,7 +186,7 @@ def parse_documents(
         if kind is None:
             err(f"is required (one of {', '.join(KINDS)})", "kind")
             continue
-        if kind not in KINDS:
+        if not isinstance(kind, str) or kind not in KINDS:
             err(f"{_shown(kind)} is not one of {', '.join(KINDS)}", "kind")
             continue
         if data.get("apiVersion") != API_VERSION:
@@ -537,8 +537,15 @@ class _Builder:
         hosts = tuple(sorted({_normal_host(h) for h in lb.spec.hosts}))
         prefix = lb.spec.path_prefix
         claims: list[tuple[tuple[str, int], Protocol, Route]] = []
+        own: list[tuple[int, str, int]] = []  # this load balancer's ports so far
         for i, address, port, protocol, key in ports:
             where = f"spec.ports[{i}].port"
+            again = next((j for j, a, p in own if p == port and _addresses_overlap(a, address)), None)
+            own.append((i, address, port))
+            if again is not None:
+                self.error(lb, where, f"{address}:{port} is already spec.ports[{again}] of this load "
+                           "balancer")
+                continue
             clash = next((f"{a}:{p} ({proto.value})" for (a, p), (proto, _) in listeners.items()
                           if p == port and proto != protocol and _addresses_overlap(a, address)), None)
             if clash:

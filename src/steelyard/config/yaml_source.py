@@ -51,30 +51,50 @@ _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
-def _record(node: yaml.Node, path: str, lines: dict[str, int],
-            duplicates: list[tuple[str, int, int]]) -> None:
-    if isinstance(node, yaml.MappingNode):
-        first_seen: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            child = f"{path}.{key}" if path else key
-            line = key_node.start_mark.line + 1
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                if key in first_seen:
-                    duplicates.append((child, first_seen[key], line))
-                else:
-                    first_seen[key] = line
-            lines.setdefault(child, line)
-            _record(value_node, child, lines, duplicates)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            child = f"{path}[{index}]"
-            lines.setdefault(child, item.start_mark.line + 1)
-            _record(item, child, lines, duplicates)
+MAX_NODES = 100_000  # nodes of one document once aliases are expanded
+MAX_DEPTH = 200  # mappings and sequences nested in one another
+
+
+class _TooLarge(Exception):
+    """A document past MAX_NODES: an alias that refers to itself, or aliases nested into millions."""
+
+
+def _record(root: yaml.Node, lines: dict[str, int], duplicates: list[tuple[str, int, int]]) -> None:
+    """Each field path's line, and keys given twice; a walk with a budget, not a recursion (an alias that
+    contains itself, or nests thousands deep, ends in an error, not a crash or a minutes-long walk)."""
+    stack: list[tuple[yaml.Node, str, int]] = [(root, "", 0)]
+    visited = 0
+    while stack:
+        node, path, depth = stack.pop()
+        visited += 1
+        if visited > MAX_NODES or depth > MAX_DEPTH:
+            raise _TooLarge
+        children: list[tuple[yaml.Node, str, int]] = []
+        if isinstance(node, yaml.MappingNode):
+            first_seen: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                key = str(key_node.value)
+                child = f"{path}.{key}" if path else key
+                line = key_node.start_mark.line + 1
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    if key in first_seen:
+                        duplicates.append((child, first_seen[key], line))
+                    else:
+                        first_seen[key] = line
+                lines.setdefault(child, line)
+                children.append((value_node, child, depth + 1))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                child = f"{path}[{index}]"
+                lines.setdefault(child, item.start_mark.line + 1)
+                children.append((item, child, depth + 1))
+        stack.extend(reversed(children))
 
 
 def _problem_line(exc: yaml.YAMLError) -> int | None:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if "quoted scalar" in (getattr(exc, "context", None) or ""):  # (unclosed: where it opens, not the end)
+        mark = getattr(exc, "context_mark", None) or mark
     return mark.line + 1 if mark is not None else None
 
 
@@ -96,13 +116,22 @@ def read_documents(name: str, text: str) -> tuple[list[SourceDocument], list[Con
                 continue
             lines: dict[str, int] = {}
             duplicates: list[tuple[str, int, int]] = []
-            _record(node, "", lines, duplicates)
-            data = loader.construct_document(node)
+            try:
+                _record(node, lines, duplicates)
+                data = loader.construct_document(node)
+            except (_TooLarge, RecursionError):
+                return docs, [ConfigError(
+                    f"the document from line {node.start_mark.line + 1} nests more than {MAX_DEPTH} levels "
+                    f"deep or expands to more than {MAX_NODES:,} values through its aliases (one that "
+                    "contains itself?)", file=name,
+                    line=node.start_mark.line + 1)]
             if data is None:
                 continue  # an empty document (`---` alone or comments only)
             docs.append(SourceDocument(name, node.start_mark.line + 1, data, lines, tuple(duplicates)))
     except yaml.YAMLError as exc:
         return docs, [ConfigError(_problem_text(exc), file=name, line=_problem_line(exc))]
+    except RecursionError:  # (PyYAML composes nested collections recursively)
+        return docs, [ConfigError(f"nests more than {MAX_DEPTH} levels deep", file=name)]
     finally:
         loader.dispose()
     return docs, []

@@ -10,11 +10,43 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from steelyard.model.addresses import check_endpoint_address, check_host
 from steelyard.model.durations import PositiveDuration
+
+# Port numbers and weights: integers only (`port: true` would be port 1 in pydantic's lax mode).
+PortNumber = Annotated[int, Field(strict=True, ge=1, le=65535)]
+
+
+def _check_listen_address(value: str) -> str:
+    """A listener binds an IP address (0.0.0.0 or :: for all): refused here, not at bind time."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address to listen on (e.g. 0.0.0.0, 127.0.0.1, ::)") \
+            from None
+    return value
+
+
+def _check_probe_path(value: str) -> str:
+    """The path goes into the probe's request line: absolute, no whitespace or control characters."""
+    if not value.startswith("/") or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{value!r} must start with '/' and hold no spaces or control characters")
+    return value
+
+
+def _check_name(value: str) -> str:
+    """Names are joined with '/' into upstream keys (namespace/name/port): no '/' in them."""
+    if "/" in value or any(c.isspace() for c in value):
+        raise ValueError(f"{value!r} must not contain '/' or whitespace")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
 
 API_GROUP = "steelyard.dev"
 API_VERSION = f"{API_GROUP}/v1alpha1"
@@ -108,7 +140,7 @@ class HealthCheckType(StrEnum):
 
 class HealthCheck(_Spec):
     type: HealthCheckType = HealthCheckType.NONE
-    path: str = "/healthz"
+    path: Annotated[str, AfterValidator(_check_probe_path)] = "/healthz"
     interval: PositiveDuration = "5s"  # type: ignore[assignment]
     timeout: PositiveDuration = "1s"  # type: ignore[assignment]
     healthy_threshold: Annotated[int, Field(ge=1)] = 2
@@ -154,11 +186,19 @@ class Protocol(StrEnum):
 
 
 class PortSpec(_Spec):
-    name: str = "http"
-    port: Annotated[int, Field(ge=1, le=65535)]
+    name: Name = "http"
+    port: PortNumber
     protocol: Protocol = Protocol.HTTP
-    target_port: int | str | None = None
-    address: str = "0.0.0.0"
+    target_port: int | str | None = None  # a number, or the name of a pod's port
+    address: Annotated[str, AfterValidator(_check_listen_address)] = "0.0.0.0"
+
+    @field_validator("target_port")
+    @classmethod
+    def _target_port_in_range(cls, value: int | str | None) -> int | str | None:
+        # (a validator, not PortNumber: the CRD renders int-or-string only for two plain types)
+        if isinstance(value, bool) or (isinstance(value, int) and not 1 <= value <= 65535):
+            raise ValueError(f"{value!r} is not a port number (1-65535) or a port name")
+        return value
 
 
 class PolicyRef(_Spec):
@@ -189,7 +229,7 @@ EndpointAddress = Annotated[str, AfterValidator(check_endpoint_address)]
 
 class StaticEndpoint(_Spec):
     address: EndpointAddress
-    weight: Annotated[int, Field(ge=0, le=1000)] = 1
+    weight: Annotated[int, Field(strict=True, ge=0, le=1000)] = 1
     name: str | None = None
 
 
@@ -202,11 +242,12 @@ class LoadBalancerSpec(_Spec):
     service: ServiceRef | None = None
     endpoints: tuple[StaticEndpoint, ...] = ()
 
-    @model_validator(mode="after")
-    def _path_prefix_is_absolute(self) -> LoadBalancerSpec:
-        if not self.path_prefix.startswith("/"):
-            raise ValueError(f"pathPrefix {self.path_prefix!r} must start with '/'")
-        return self
+    @field_validator("path_prefix")
+    @classmethod
+    def _path_prefix_is_absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"{value!r} must start with '/'")
+        return value
 
 
 class ObjectMeta(BaseModel):
@@ -214,8 +255,8 @@ class ObjectMeta(BaseModel):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow", frozen=True)
 
-    name: Annotated[str, Field(min_length=1, max_length=253)]
-    namespace: str = "default"
+    name: Annotated[Name, Field(min_length=1, max_length=253)]
+    namespace: Name = "default"
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
     generation: int | None = None
