@@ -1,7 +1,7 @@
 """Audit of the Kubernetes provider against the test API server (tests/kube_support.py), over real HTTP on
 127.0.0.1: what an operator would see from the desired state each replica serves and from the status the
-leader writes. Strict xfails mark bugs found (the reason says what is wrong); the rest are checks of
-tricky cases that hold."""
+leader writes. Seven tests began as strict xfails for bugs found and pass since their fixes; the rest are
+checks of tricky cases that hold."""
 
 from __future__ import annotations
 
@@ -116,13 +116,11 @@ def condition(api: KubeApi, name: str, kind: str = "LoadBalancer", cond: str = "
 # -- listener conflicts: which load balancer gets a contested port ------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the winner of a listener conflict is whichever LoadBalancer "
-                   "comes first in the informer's dict (event order, then list order after a relist), so "
-                   "a relist after 410 silently moves the port to the other load balancer")
 async def test_a_listener_conflict_winner_does_not_flip_after_a_relist(api: KubeApi, replicas: Any) -> None:
     # zeta claims the port first; alpha, created later, asks for the same listener and must be refused.
     await call(api.create, load_balancer("zeta", port=18301, selector={"app": "zeta"}))
     replica = await replicas()
+    await asyncio.sleep(1.1)  # (creationTimestamp has whole seconds: alpha is then the younger one)
     await call(api.create, load_balancer("alpha", port=18301, selector={"app": "alpha"}))
     await eventually(lambda: replica.report("default/alpha") is not None, what="alpha translated")
     assert replica.served() == {"default/zeta"}
@@ -137,12 +135,10 @@ async def test_a_listener_conflict_winner_does_not_flip_after_a_relist(api: Kube
     assert replica.served() == {"default/zeta"}, "the port moved from zeta to alpha with no change by anyone"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: two replicas resolve the same listener conflict differently "
-                   "(the one started later lists alpha before zeta), so they serve different load balancers "
-                   "on one port")
 async def test_replicas_agree_on_the_winner_of_a_listener_conflict(api: KubeApi, replicas: Any) -> None:
     await call(api.create, load_balancer("zeta", port=18302, selector={"app": "zeta"}))
     old = await replicas()
+    await asyncio.sleep(1.1)  # (creationTimestamp has whole seconds: alpha is then the younger one)
     await call(api.create, load_balancer("alpha", port=18302, selector={"app": "alpha"}))
     await eventually(lambda: old.report("default/alpha") is not None, what="alpha translated")
     new = await replicas()  # a replica (re)started now: same cluster, same objects
@@ -240,8 +236,6 @@ async def test_a_bad_weight_annotation_is_a_warning_and_weight_one(api: KubeApi,
 # -- status: what the leader writes -------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a BalancerPolicy with several problems gets only the last one "
-                   "in its status (translate() overwrites the PolicyReport once per error)")
 async def test_policy_status_names_every_problem(api: KubeApi, replicas: Any) -> None:
     # Three problems the CRD schema lets through but the config loader refuses (as `steelyard validate`
     # reports them: every one at once).
@@ -301,26 +295,19 @@ async def one_pod_failing_its_checks(api: KubeApi, replicas: Any) -> dict[str, A
                                  what="the ejected count"))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: one pod failing its health checks on a two-port load balancer "
-                   "is reported as endpoints {ready: 1, ejected: 2} (ejected counts host:port per port, "
-                   "ready counts pods)")
 async def test_ejected_endpoints_are_counted_like_ready_ones(api: KubeApi, replicas: Any) -> None:
     status = await one_pod_failing_its_checks(api, replicas)
     assert status["endpoints"] == {"ready": 1, "terminating": 0, "ejected": 1}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: endpoints failing health checks are reported in Degraded as "
-                   "'ejected by outlier detection', with no outlierDetection configured")
 async def test_degraded_does_not_blame_outlier_detection_for_failing_checks(api: KubeApi,
                                                                             replicas: Any) -> None:
     status = await one_pod_failing_its_checks(api, replicas)
     degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
     assert degraded["status"] == "True"
-    assert "outlier" not in degraded["message"], degraded["message"]
+    assert "failing health checks" in degraded["message"], degraded["message"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a bad weight annotation on a pod behind a two-port load "
-                   "balancer is warned about once per port (the Degraded message repeats it)")
 async def test_a_bad_weight_annotation_is_warned_about_once(api: KubeApi, replicas: Any) -> None:
     await call(api.create, two_port_balancer())
     await call(api.create, two_port_pod("a", weight="heavy"))
@@ -330,9 +317,6 @@ async def test_a_bad_weight_annotation_is_warned_about_once(api: KubeApi, replic
     assert len(replica.report().warnings) == 1, replica.report().warnings
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: when no endpoint is found because of a targetPort no pod or "
-                   "slice has, the status says only 'no ready endpoint': the warning naming the port is "
-                   "dropped (load_balancer_status shows warnings only while Ready)")
 async def test_a_target_port_typo_is_explained_in_the_status(api: KubeApi, replicas: Any) -> None:
     await call(api.create, load_balancer("web", port=18370, selector={"app": "web"}, target_port="htp"))
     await call(ready_pod, api, "a", 9090)  # its container port is named "http"

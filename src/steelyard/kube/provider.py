@@ -187,7 +187,9 @@ class KubeProvider:
                     rows = rt.tracker.describe(rt.clock())
                 except Exception:  # the runtime's shape changed: report none rather than fail status
                     continue
-                out.update(row["id"] for row in rows if row.get("state") in ("ejected", "unhealthy"))
+                # (by pod, as `ready` counts them: one pod behind two ports is one endpoint)
+                out.update(row.get("name") or str(row["id"]).rsplit(":", 1)[0] for row in rows
+                           if row.get("state") in ("ejected", "unhealthy"))
             return len(out)
 
         self.ejected = ejected

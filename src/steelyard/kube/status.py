@@ -77,9 +77,11 @@ def load_balancer_status(report: LoadBalancerReport, current: Mapping[str, Any] 
                          now: str | None = None) -> dict[str, Any]:
     now = now or _now()
     if not report.ready:
-        degraded = (False, "NotReady", "the load balancer is not ready; see the Ready condition")
+        degraded = (False, "NotReady", "the load balancer is not ready; see the Ready condition"
+                    + "".join(f"; {w}" for w in report.warnings))  # (a targetPort no pod has, say)
     elif ejected:
-        degraded = (True, "EndpointsEjected", f"{ejected} endpoint(s) ejected by outlier detection")
+        degraded = (True, "EndpointsEjected", f"{ejected} endpoint(s) out of rotation: failing health checks "
+                    "or ejected by outlier detection")
     elif report.warnings:
         degraded = (True, "Warnings", "; ".join(report.warnings))
     else:

@@ -322,7 +322,11 @@ def translate(objects: ClusterObjects) -> Translation:
     balancers: list[LoadBalancer] = []
     lb_objects: dict[str, Mapping[str, Any]] = {}
     failed: dict[str, tuple[str, str]] = {}  # key -> (reason, message)
-    for obj in objects.load_balancers:
+    # Oldest first (then by key): who wins a contested listener must not depend on the informer's order,
+    # which a relist changes and another replica may not share (as Kubernetes settles such conflicts).
+    ordered = sorted(objects.load_balancers,
+                     key=lambda o: (str(_meta(o).get("creationTimestamp") or ""), _key(o)))
+    for obj in ordered:
         key = _key(obj)
         lb_objects[key] = obj
         try:
@@ -336,7 +340,11 @@ def translate(objects: ClusterObjects) -> Translation:
         key = _error_key(error)
         if error.kind == "BalancerPolicy":
             invalid_policies.add(key)
-            policy_reports[key] = PolicyReport(key, None, False, f"{error.field}: {error.message}")
+            said = f"{error.field}: {error.message}"
+            earlier = policy_reports.get(key)
+            if earlier is not None and not earlier.valid:  # every problem, not only the last one
+                said = f"{earlier.message}; {said}"
+            policy_reports[key] = PolicyReport(key, None, False, said)
         elif key not in failed:
             message = error.message.replace(" (see above)", "")
             failed[key] = (_reason(error), f"{error.field}: {message}" if error.field else message)
@@ -375,7 +383,7 @@ def translate(objects: ClusterObjects) -> Translation:
         if key in failed:
             reason, message = failed[key]
             lb_reports[key] = LoadBalancerReport(key, generation, False, reason, message, None,
-                                                 warnings=tuple(warnings), policy=policy_key)
+                                                 warnings=tuple(dict.fromkeys(warnings)), policy=policy_key)
             continue
         strategy = next((u.policy.strategy.type.value for u in mine.values()), StrategyType.ROUND_ROBIN.value)
         if missing_service:
@@ -391,7 +399,7 @@ def translate(objects: ClusterObjects) -> Translation:
         else:
             ok, reason, message = True, "Serving", f"{ready} ready endpoint(s)"
         lb_reports[key] = LoadBalancerReport(key, generation, ok, reason, message, strategy, ready,
-                                             terminating, tuple(warnings), policy_key)
+                                             terminating, tuple(dict.fromkeys(warnings)), policy_key)
     for key, (reason, message) in failed.items():
         if key not in lb_reports:
             lb_reports[key] = LoadBalancerReport(key, _generation(lb_objects[key]), False, reason, message,
