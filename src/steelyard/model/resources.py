@@ -16,7 +16,7 @@ from pydantic.alias_generators import to_camel
 from steelyard.model.addresses import check_endpoint_address, check_host
 from steelyard.model.durations import PositiveDuration
 
-# Port numbers and weights: integers only (`port: true` would be port 1 in pydantic's lax mode).
+# Port numbers: integers only (`port: true` would be port 1 in pydantic's lax mode; weights too, below).
 PortNumber = Annotated[int, Field(strict=True, ge=1, le=65535)]
 
 

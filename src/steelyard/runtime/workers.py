@@ -248,7 +248,7 @@ class LastGood:
 
     def snapshot(self) -> bool:
         """Copy the files and keep the copies if they load valid (the files may change meanwhile)."""
-        from steelyard.runtime.file_provider import _default_loader
+        from steelyard.config import load_files  # type: ignore[attr-defined]
 
         self._generation += 1
         staging = os.path.join(self.dir, str(self._generation))
@@ -257,7 +257,7 @@ class LastGood:
         try:
             for path, copy in zip(self.paths, copies, strict=True):
                 shutil.copyfile(path, copy)
-            valid = _default_loader(copies).state is not None
+            valid = not load_files(list(copies)).errors
         except OSError:
             valid = False
         if not valid:
