@@ -225,3 +225,23 @@ def test_a_reload_to_an_invalid_or_deleted_file_keeps_the_last_good_state(tmp_pa
     gone = provider.load()
     assert gone.errors == (f"{path}: no such file",)
     assert provider.accept(gone, "file changed") is None and provider.current is good
+
+
+def test_a_reload_to_a_configuration_with_nothing_in_it_keeps_the_last_good_state(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An emptied file (an editor caught mid-write, a truncation) would otherwise close every listener at
+    the next poll: a reload to no resources at all keeps serving the last good configuration and says so.
+    At start an empty configuration stays valid (it serves nothing)."""
+    path = tmp_path / "lb.yaml"
+    path.write_text(balancer())
+    provider = FileProvider([str(path)])
+    good = provider.accept(provider.load(), "start")
+    assert isinstance(good, DesiredState) and good.listeners
+    for emptied in ("", "# being edited\n", "---\n"):
+        path.write_text(emptied)
+        loaded = provider.load()
+        assert loaded.state is not None and not loaded.state.listeners  # (valid in itself)
+        assert provider.accept(loaded, "file changed") is None and provider.current is good
+    assert "holds no resources (an empty or half-written file?)" in caplog.text
+    fresh = FileProvider([str(path)])
+    assert fresh.accept(fresh.load(), "start") is not None  # at start: nothing to keep

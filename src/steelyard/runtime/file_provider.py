@@ -107,6 +107,15 @@ class FileProvider:
             for hook in self.on_invalid:
                 hook(self.source, loaded.errors)
             return None
+        if self.current is not None and self.current.listeners and not loaded.state.listeners \
+                and not loaded.state.upstreams:
+            # Nothing at all where there was a configuration: far likelier a file caught half-written (or
+            # emptied by mistake) than a wish to close every listener; stopping the process does that.
+            log.error("configuration %s (%s) holds no resources (an empty or half-written file?); keeping "
+                      "the last good one", self.source, reason)
+            for hook in self.on_invalid:
+                hook(self.source, ("holds no resources (an empty or half-written file?)",))
+            return None
         if same_configuration(loaded.state, self.current):
             log.info("configuration %s re-read (%s): unchanged", self.source, reason)
             return None
