@@ -216,6 +216,19 @@ async def test_a_deeply_nested_body_is_a_400(admin: AdminServer, source: FakeSou
     assert source.ups[UP].endpoints[B].override is None
 
 
+async def test_unknown_api_routes_and_wrong_methods_are_json_errors(admin: AdminServer) -> None:
+    """Under /api/ every answer is JSON, an unknown operation or a wrong method included (aiohttp's own
+    pages are plain text, which the dashboard's resp.json() cannot read); the dashboard's paths keep
+    aiohttp's pages."""
+    status, ctype, doc = await request(admin, "POST", f"/api/v1/endpoints/{UP}/{B}/explode", data="{}",
+                                       headers={"Content-Type": "application/json"})
+    assert (status, ctype) == (404, "application/json") and "no such route" in doc["error"]
+    status, ctype, doc = await request(admin, "DELETE", "/api/v1/state")
+    assert (status, ctype) == (405, "application/json") and "method not allowed" in doc["error"]
+    status, ctype, _ = await request(admin, "GET", "/no-such-page")
+    assert status == 404 and ctype != "application/json"
+
+
 @pytest.mark.parametrize("body", ['{"weight": NaN}', '{"weight": Infinity}', '{"weight": -0.0}',
                                   '{"weight": 3.0}', '{"weight": 1e3}', '{"weight": true}',
                                   '{"weight": 1001}',

@@ -95,7 +95,7 @@ class AdminServer:
     # -- lifecycle --------------------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._auth])
+        app = web.Application(middlewares=[self._auth, self._api_errors])
         r = app.router
         r.add_get("/healthz", self._healthz)
         r.add_get("/readyz", self._readyz)
@@ -184,6 +184,21 @@ class AdminServer:
             resp.headers["WWW-Authenticate"] = 'Bearer realm="steelyard"'
             return resp
         return await handler(request)
+
+    @web.middleware
+    async def _api_errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """No route or the wrong method under /api/: a JSON error like the API's others, not aiohttp's
+        plain-text page (the dashboard and scripts read every /api/ answer as JSON)."""
+        try:
+            return await handler(request)
+        except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+            if not request.path.startswith("/api/"):
+                raise
+            resp = error(exc.status, f"{request.method} {request.path}: "
+                                     + ("no such route" if exc.status == 404 else "method not allowed"))
+            if isinstance(exc, web.HTTPMethodNotAllowed):
+                resp.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+            return resp
 
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.Response(text="ok\n")
