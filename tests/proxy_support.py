@@ -35,6 +35,7 @@ import httptools
 from steelyard.config.desired import BackendEndpoint, DesiredState, Listener, Route, Upstream
 from steelyard.model import BalancerPolicySpec, Protocol
 from steelyard.proxy import ProxyConfig, ProxyServer, UpstreamRegistry
+from steelyard.runtime.upstream import UpstreamRuntime
 
 LISTENER_PORT = 18080  # the listener's configured port (its key); the socket binds an ephemeral port
 
@@ -263,6 +264,12 @@ class Harness:
     def apply(self, state: DesiredState) -> None:
         self.state = state
         self.proxy.snapshot = self.registry.apply(state)
+
+    def runtime(self, key: str = "default/web/http") -> UpstreamRuntime:
+        """The running upstream `key` (make_state's default key unless told)."""
+        runtime = self.registry.get(key)
+        assert runtime is not None, f"no upstream {key!r}"
+        return runtime
 
     async def __aexit__(self, *exc: object) -> None:
         assert self.server is not None

@@ -21,12 +21,6 @@ from steelyard.runtime.upstream import UpstreamRuntime
 KEY = "default/web/http"
 
 
-def runtime_of(h: Harness) -> UpstreamRuntime:
-    runtime = h.registry.get(KEY)
-    assert runtime is not None
-    return runtime
-
-
 @contextlib.asynccontextmanager
 async def checking(h: Harness) -> AsyncIterator[HealthChecker]:
     """Active health checks wired as `steelyard run` wires them: results to the upstream's runtime."""
@@ -52,7 +46,7 @@ async def test_a_nan_reported_weight_does_not_stop_health_checks_from_working() 
     a, b = await start_backends("a", "b")
     policy = {"dynamicWeights": {"mode": "Header"}, "healthCheck": TCP_CHECK, "retries": {"attempts": 0}}
     async with Harness(make_state([a, b], policy=policy)) as h, checking(h):
-        runtime = runtime_of(h)
+        runtime = h.runtime()
         client = await h.connect()
         r = await client.request("GET", "/weight?w=nan")
         assert r.status == 200
@@ -93,7 +87,7 @@ async def test_consecutive_failures_eject_even_when_a_client_gives_up_between_th
     reading is paused then; here it leaves mid-upload, which the proxy sees at once.)"""
     (a,) = await start_backends("a")
     async with Harness(make_state([a], policy=OUTLIERS_3)) as h:
-        runtime = runtime_of(h)
+        runtime = h.runtime()
         assert (await get(h, "/status/503")).status == 503
         assert (await get(h, "/status/503")).status == 503
         if client_gives_up:
@@ -151,7 +145,7 @@ async def test_latency_mode_lowers_a_slow_endpoint_of_the_default_weight() -> No
     slow = await Scripted(slow_backend).start()
     policy = {"dynamicWeights": {"mode": "Latency"}, "strategy": {"type": "WeightedRoundRobin"}}
     async with Harness(make_state([fast, slow.endpoint], policy=policy)) as h:
-        runtime = runtime_of(h)
+        runtime = h.runtime()
         client = await h.connect()
         for _ in range(20):
             assert (await client.request()).status == 200
@@ -175,7 +169,7 @@ async def test_ejection_time_grows_with_each_ejection_and_ends_on_time() -> None
     policy = {"outlierDetection": {"consecutiveFailures": 2, "baseEjectionTime": "200ms",
                                    "maxEjectionPercent": 50}, "retries": {"attempts": 0}}
     async with Harness(make_state([a, b], policy=policy)) as h:
-        runtime = runtime_of(h)
+        runtime = h.runtime()
         a.mode = 503
         for _ in range(4):  # round robin: a fails twice
             await get(h)
@@ -207,7 +201,7 @@ async def test_failing_health_checks_take_endpoints_out_and_the_503_says_why() -
               "slowStart": {"window": "10s", "minWeightPercent": 10},
               "strategy": {"type": "WeightedRoundRobin"}}
     async with Harness(make_state([a, b], policy=policy)) as h, checking(h):
-        runtime = runtime_of(h)
+        runtime = h.runtime()
         await asyncio.sleep(0.15)
         assert {(await get(h)).text for _ in range(4)} == {"a", "b"}
         a.mode = b.mode = 500
@@ -252,7 +246,7 @@ async def test_a_drained_endpoint_finishes_its_request_in_flight_and_takes_no_ne
     policy = {"slowStart": {"window": "10s", "minWeightPercent": 20},
               "strategy": {"type": "WeightedRoundRobin"}}
     async with Harness(make_state([a, b], policy=policy)) as h:
-        runtime = runtime_of(h)
+        runtime = h.runtime()
         slow = await h.connect()
         await slow.send(b"GET /slow?ms=400 HTTP/1.1\r\nHost: x\r\n\r\n")
         assert await eventually(lambda: ("GET", "/slow") in a.requests + b.requests)

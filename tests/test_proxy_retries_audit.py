@@ -29,19 +29,12 @@ from test_proxy_timeouts import UPGRADE, head_of
 
 pytestmark = pytest.mark.filterwarnings("ignore:Overriding the .event_loop_policy. fixture")
 
-KEY = "default/web/http"
 LC = {"type": "LeastConnections"}
 
 
 @pytest.fixture(scope="module")
 def event_loop_policy() -> uvloop.EventLoopPolicy:
     return uvloop.EventLoopPolicy()
-
-
-def _runtime(h: Harness) -> UpstreamRuntime:
-    runtime = h.registry.get(KEY)
-    assert runtime is not None
-    return runtime
 
 
 def _counts(runtime: UpstreamRuntime) -> tuple[dict[str, int], dict[str, int]]:
@@ -53,7 +46,7 @@ def _counts(runtime: UpstreamRuntime) -> tuple[dict[str, int], dict[str, int]]:
 
 async def settled(h: Harness, timeout: float = 2.0) -> None:
     """Every pick completed: nothing in flight anywhere (stats and strategy)."""
-    runtime = _runtime(h)
+    runtime = h.runtime()
 
     def zero() -> bool:
         stats, strategy = _counts(runtime)
@@ -147,7 +140,7 @@ async def test_connect_refused_is_retried_and_every_pick_completes() -> None:
             for _ in range(4):
                 r = await asyncio.wait_for(client.request(), 5)
                 assert (r.status, r.text) == (200, "good")
-            assert _runtime(h).stats[dead.id].failures >= 1
+            assert h.runtime().stats[dead.id].failures >= 1
             await settled(h)
             client.close()
 
@@ -188,7 +181,7 @@ async def test_client_gone_while_the_upstream_connect_is_pending_completes_the_p
         async with Harness(make_state([hole], policy=policy)) as h:
             client = await h.connect()
             await client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            runtime = _runtime(h)
+            runtime = h.runtime()
             assert await eventually(lambda: runtime.stats.get(hole.id) is not None
                                     and runtime.stats[hole.id].in_flight == 1)
             reset(client)
@@ -284,8 +277,8 @@ async def test_client_gone_waiting_for_the_head_completes() -> None:
     async with backends("a") as (a,), Harness(make_state([a], policy={"strategy": LC})) as h:
         client = await h.connect()
         await client.send(b"GET /slow?ms=2000 HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert await eventually(lambda: a.endpoint.id in _runtime(h).stats
-                                and _runtime(h).stats[a.endpoint.id].in_flight == 1)
+        assert await eventually(lambda: a.endpoint.id in h.runtime().stats
+                                and h.runtime().stats[a.endpoint.id].in_flight == 1)
         reset(client)
         await settled(h, 1.0)
 
@@ -334,7 +327,7 @@ async def test_a_retried_status_goes_to_the_other_endpoint_and_completes(body: b
             for _ in range(4):
                 r = await asyncio.wait_for(client.request(), 3)
                 assert (r.status, r.text) == (200, "good")
-            stats = _runtime(h).stats[failing.endpoint.id]
+            stats = h.runtime().stats[failing.endpoint.id]
             assert stats.by_class[5] >= 1
             await settled(h)
             client.close()
@@ -354,7 +347,7 @@ async def test_a_retry_picked_in_advance_is_released_when_the_client_leaves() ->
         async with Harness(make_state([stalled.endpoint], policy=policy)) as h:
             # only the stalled endpoint first (so it is picked), then the good one joins before the head
             h.apply(make_state([stalled.endpoint, good.endpoint], policy=policy))
-            runtime = _runtime(h)
+            runtime = h.runtime()
             client = await h.connect()
             await client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             picked = await eventually(lambda: sum(s.requests for s in runtime.stats.values()) == 2)
@@ -542,7 +535,7 @@ async def test_a_websocket_tunnel_that_ends_either_way_completes(who_ends: str) 
             writer.close()
         assert await eventually(lambda: backend.open == 0 and not h.proxy.http_connections)
         await settled(h)
-        assert _runtime(h).stats[backend.endpoint.id].by_class[1] == 1
+        assert h.runtime().stats[backend.endpoint.id].by_class[1] == 1
 
 
 # -- bugs ---------------------------------------------------------------------------------------------------

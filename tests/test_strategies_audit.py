@@ -22,11 +22,9 @@ import uvloop
 
 from proxy_support import Backend, Client, Harness, Scripted, eventually, make_state, start_backends
 from steelyard.config.desired import BackendEndpoint
-from steelyard.runtime.upstream import UpstreamRuntime
 
 pytestmark = pytest.mark.filterwarnings("ignore:Overriding the .event_loop_policy. fixture")
 
-KEY = "default/web/http"
 
 ALL_STRATEGIES = ["RoundRobin", "WeightedRoundRobin", "LeastConnections", "TimeSlicedRoundRobin", "Random",
                   "PowerOfTwoChoices", "PeakEWMA", "RingHash", "Maglev", "SourceIPHash"]
@@ -35,12 +33,6 @@ ALL_STRATEGIES = ["RoundRobin", "WeightedRoundRobin", "LeastConnections", "TimeS
 @pytest.fixture(scope="module")
 def event_loop_policy() -> uvloop.EventLoopPolicy:
     return uvloop.EventLoopPolicy()
-
-
-def _runtime(h: Harness) -> UpstreamRuntime:
-    runtime = h.registry.get(KEY)
-    assert runtime is not None
-    return runtime
 
 
 def _strategy_policy(kind: str, **extra: Any) -> dict[str, Any]:
@@ -275,7 +267,7 @@ async def test_a_retry_that_finds_every_endpoint_tried_does_not_count_as_no_usab
         assert response.status == expected_status
         if how == "503":
             assert response.text == "a 503"  # the endpoint's own answer, not a local one
-        runtime = _runtime(h)
+        runtime = h.runtime()
         assert runtime.no_endpoint == 0, runtime.no_endpoint
         client.close()
     await _close(started)
@@ -299,7 +291,7 @@ async def test_least_connections_counts_a_request_in_flight_after_its_retry() ->
         await r1.send(b"GET /slow?ms=1000 HTTP/1.1\r\nHost: x\r\n\r\n")
         assert await eventually(lambda: len(b.requests) + len(c.requests) == 1)
         assert b.requests and not c.requests, "seeded retry draw did not choose b"
-        runtime = _runtime(h)
+        runtime = h.runtime()
         assert [e.id for e in runtime.usable_now()] == [b.endpoint.id, c.endpoint.id]  # x ejected
         r2 = await h.connect()
         await r2.send(b"GET /slow?ms=100 HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -321,7 +313,7 @@ async def test_least_connections_in_flight_counts_settle_at_zero_after_retries()
             await cl.send(b"GET /slow?ms=100 HTTP/1.1\r\nHost: x\r\n\r\n")
         answers = [(await cl.response(timeout=3)).text for cl in clients]
         assert set(answers) <= {"a", "b"}
-        runtime = _runtime(h)
+        runtime = h.runtime()
 
         def settled() -> bool:
             counts = runtime.strategy.describe()["in_flight"]
@@ -352,7 +344,7 @@ async def test_a_strategy_switched_with_requests_in_flight_ends_with_no_count_ne
             await cl.send(b"GET /slow?ms=300 HTTP/1.1\r\nHost: x\r\n\r\n")
         assert await eventually(lambda: sum(len(b.requests) for b in backends) == 4)
         h.apply(make_state(backends, policy={"strategy": {"type": new}}))
-        runtime = _runtime(h)
+        runtime = h.runtime()
         assert runtime.strategy.name == new
         for cl in slow:
             assert (await cl.response(timeout=3)).status == 200
