@@ -19,9 +19,10 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httptools
 
@@ -64,6 +65,16 @@ def require(**parts: object) -> None:
     missing = missing_parts(**parts)  # type: ignore[arg-type]
     if missing:
         pytest.skip(f"needs parts not in this tree yet: {', '.join(missing)}")
+
+
+def until(check: Callable[[], Any], timeout: float = 20.0) -> Any:
+    """Poll `check()` every 0.1 s until it returns something true or `timeout` passes; its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
 
 
 def free_port() -> int:

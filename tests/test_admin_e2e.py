@@ -8,14 +8,13 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from e2e_support import HttpClient, SteelyardProcess, backends, free_port, write_config
+from e2e_support import HttpClient, SteelyardProcess, backends, free_port, until, write_config
 
 
 def _config_loader_missing() -> bool:
@@ -46,16 +45,6 @@ async def send(port: int, n: int, connections: int = 1) -> list[str]:
         return out
     per = [n // connections + (1 if i < n % connections else 0) for i in range(connections)]
     return [name for part in await asyncio.gather(*(one(k) for k in per)) for name in part]
-
-
-def until(check: Any, timeout: float = 20.0) -> Any:
-    """Poll `check()` until it returns something true (the admin samples once a second)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.1)
 
 
 def test_run_serves_admin_metrics_status_reloads_and_access_log(tmp_path: Path) -> None:

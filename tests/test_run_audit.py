@@ -17,7 +17,6 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -29,6 +28,7 @@ from e2e_support import (
     free_port,
     request_once,
     require,
+    until,
     write_config,
 )
 
@@ -52,15 +52,6 @@ def _http_get(port: int, path: str, token: str | None = None) -> tuple[int, str]
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
-
-
-def _until(check: Any, timeout: float = 8.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.1)
 
 
 def _children(pid: int) -> list[int]:
@@ -92,7 +83,7 @@ def test_sighup_while_workers_start_does_not_kill_them(tmp_path: Path) -> None:
     config = write_config(tmp_path / "lb.yaml", port=free_port(), endpoints=[(DEAD, 1)])
     proxy = SteelyardProcess([config], "--workers", "2")
     try:
-        assert _until(lambda: len(_children(proxy.pid)) == 2, 10), proxy.output()
+        assert until(lambda: len(_children(proxy.pid)) == 2, 10), proxy.output()
         proxy.signal(signal.SIGHUP)  # e.g. a config-management run; the supervisor has its handler by now
         proxy.wait_for(r"steelyard ready: 2 workers", 15)
         assert proxy.proc.poll() is None, proxy.output()
@@ -127,7 +118,7 @@ def test_workers_aggregate_admin_with_the_token_from_the_environment(tmp_path: P
         try:
             proxy.wait_for(r"steelyard ready: 2 workers", 30)
             assert asyncio.run(request_once(port)).status == 200
-            ready = _until(lambda: _http_get(admin, "/readyz")[0] == 200, 5)
+            ready = until(lambda: _http_get(admin, "/readyz")[0] == 200, 5)
             assert ready, (_http_get(admin, "/readyz"), proxy.output())
 
             def served() -> float:  # (the aggregate polls the workers once a second)
@@ -135,7 +126,7 @@ def test_workers_aggregate_admin_with_the_token_from_the_environment(tmp_path: P
                 assert status == 200, metrics
                 return sum(float(v) for v in re.findall(r"^steelyard_requests_total\{[^}]*\} (\S+)$",
                                                         metrics, re.M))
-            assert _until(lambda: served() >= 1, 5), _http_get(admin, "/metrics", token)
+            assert until(lambda: served() >= 1, 5), _http_get(admin, "/metrics", token)
         finally:
             proxy.stop()
 
@@ -172,7 +163,7 @@ def test_max_connections_applies_per_worker_and_refusals_sum_in_the_supervisor_m
 
             def counted() -> float:
                 return _metric(_http_get(admin, "/metrics")[1], "steelyard_connections_refused_total")
-            assert _until(lambda: counted() == refused, 6), (counted(), refused)
+            assert until(lambda: counted() == refused, 6), (counted(), refused)
             proxy.signal(signal.SIGTERM)
             assert proxy.wait(15) == 0, proxy.output()
         finally:
@@ -289,7 +280,7 @@ def test_supervisor_readyz_is_503_as_soon_as_sigterm_starts_the_shutdown_delay(t
         writer.close()
 
     try:
-        assert _until(lambda: _http_get(admin, "/readyz")[0] == 200), _http_get(admin, "/readyz")
+        assert until(lambda: _http_get(admin, "/readyz")[0] == 200, 8), _http_get(admin, "/readyz")
         asyncio.run(just_after_a_poll())
         mark = proxy.mark()
         proxy.signal(signal.SIGTERM)
