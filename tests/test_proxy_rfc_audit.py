@@ -14,8 +14,8 @@ import re
 import pytest
 import uvloop
 
-from proxy_support import Harness, Scripted, make_state, start_backends
-from steelyard.config.desired import Route, Upstream
+from proxy_support import Backend, Harness, Scripted, make_state, start_backends
+from steelyard.config.desired import DesiredState, Route, Upstream
 from steelyard.proxy import ProxyConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore:Overriding the .event_loop_policy. fixture")
@@ -94,18 +94,22 @@ async def test_upgrade_in_an_http10_request_is_ignored() -> None:
 # -- trailer fields (RFC 9110 §6.5) ----------------------------------------------------------------------
 
 
+def _shop_and_internal_admin(web: Backend, admin: Backend) -> DesiredState:
+    """One listener: host shop.example to `web`, host admin.internal to `admin` (another load balancer)."""
+    web_up = make_state([web]).upstreams["default/web/http"]
+    admin_up = Upstream("default/admin/http", "default/admin", "http", web_up.protocol, web_up.policy, None,
+                        (admin.endpoint,))
+    return make_state([web], hosts=("shop.example",), extra_routes=[
+        (admin_up, Route(hosts=("admin.internal",), path_prefix="/", upstream=admin_up.key))])
+
+
 async def test_a_trailer_host_does_not_route_a_pipelined_request() -> None:
     """Trailer fields are dropped (RFC 9110 §6.5.1 allows it) and MUST NOT be used for routing, which the
     header section already decided. A request that waits behind another (pipelined) is routed when its turn
     comes; by then its trailer section was parsed, and a `Host` in it must not send it to another host's
     load balancer (here an internal one), while the head says the original Host."""
     web, admin = await start_backends("web", "admin")
-    base = make_state([web], hosts=("shop.example",))
-    web_up = base.upstreams["default/web/http"]
-    admin_up = Upstream("default/admin/http", "default/admin", "http", web_up.protocol, web_up.policy, None,
-                        (admin.endpoint,))
-    state = make_state([web], hosts=("shop.example",), extra_routes=[
-        (admin_up, Route(hosts=("admin.internal",), path_prefix="/", upstream=admin_up.key))])
+    state = _shop_and_internal_admin(web, admin)
     try:
         async with Harness(state, CONFIG) as h:
             client = await h.connect()
@@ -127,12 +131,7 @@ async def test_a_trailer_host_does_not_route_a_pipelined_request() -> None:
 async def test_a_trailer_host_does_not_route_a_request_sent_alone() -> None:
     """The same trailer on a request that is not queued: routed by its head (verified correct)."""
     web, admin = await start_backends("web", "admin")
-    base = make_state([web], hosts=("shop.example",))
-    web_up = base.upstreams["default/web/http"]
-    admin_up = Upstream("default/admin/http", "default/admin", "http", web_up.protocol, web_up.policy, None,
-                        (admin.endpoint,))
-    state = make_state([web], hosts=("shop.example",), extra_routes=[
-        (admin_up, Route(hosts=("admin.internal",), path_prefix="/", upstream=admin_up.key))])
+    state = _shop_and_internal_admin(web, admin)
     try:
         async with Harness(state, CONFIG) as h:
             client = await h.connect()
