@@ -24,6 +24,16 @@ if TYPE_CHECKING:
     pass
 
 
+class Clock:
+    """A clock the test moves by hand (`clock.now += 1.0`) for the admin's sampler."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @dataclass
 class FakeEndpoint:
     id: str

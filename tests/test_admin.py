@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from admin_fake import FakeSource
+from admin_fake import Clock, FakeSource
 from steelyard.admin.server import AdminServer, AdminSetupError, is_loopback, parse_address
 
 UP = "default/web/http"
@@ -21,17 +21,9 @@ def source() -> FakeSource:
                        "default/other/tcp": [("127.0.0.1:9101", 1)]})
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 async def admin(source: FakeSource) -> AsyncIterator[AdminServer]:
-    server = AdminServer(source, "127.0.0.1", 0, tick=3600, clock=Clock())  # ticks driven by the test
+    server = AdminServer(source, "127.0.0.1", 0, tick=3600, clock=Clock(1000.0))  # ticks driven by the test
     await server.start()
     yield server
     await server.stop()

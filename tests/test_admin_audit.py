@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 import uvloop
 
-from admin_fake import FakeSource
+from admin_fake import Clock, FakeSource
 from proxy_support import Harness, make_state, start_backends
 from steelyard.admin.aggregate import AggregateSource
 from steelyard.admin.runtime_source import RuntimeSource
@@ -30,14 +30,6 @@ def event_loop_policy() -> uvloop.EventLoopPolicy:
     return uvloop.EventLoopPolicy()
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def source() -> FakeSource:
     return FakeSource({UP: [(A, 5), (B, 1)]})
@@ -45,7 +37,7 @@ def source() -> FakeSource:
 
 @pytest.fixture
 async def admin(source: FakeSource) -> AsyncIterator[AdminServer]:
-    server = AdminServer(source, "127.0.0.1", 0, tick=3600, clock=Clock())
+    server = AdminServer(source, "127.0.0.1", 0, tick=3600, clock=Clock(1000.0))
     await server.start()
     yield server
     await server.stop()
@@ -69,7 +61,7 @@ async def test_an_endpoint_removed_and_put_back_shows_no_phantom_traffic() -> No
     state = make_state(backends)
     async with Harness(state) as h:
         source = RuntimeSource(h.proxy)
-        clock = Clock()
+        clock = Clock(1000.0)
         server = AdminServer(source, "127.0.0.1", 0, tick=3600, clock=clock)
         await server.start()
         try:

@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 import uvloop
 
+from admin_fake import Clock
 from proxy_support import Backend, Harness, make_state, start_backends
 from steelyard.admin.runtime_source import RuntimeSource
 from steelyard.admin.server import AdminServer
@@ -21,20 +22,12 @@ def event_loop_policy() -> uvloop.EventLoopPolicy:
     return uvloop.EventLoopPolicy()
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 async def running() -> AsyncIterator[tuple[Harness, RuntimeSource, AdminServer, list[Backend]]]:
     backends = await start_backends("a", "b", "c")
     async with Harness(make_state(backends)) as h:
         source = RuntimeSource(h.proxy)
-        admin = AdminServer(source, "127.0.0.1", 0, tick=3600, clock=Clock())
+        admin = AdminServer(source, "127.0.0.1", 0, tick=3600, clock=Clock(100.0))
         await admin.start()
         try:
             yield h, source, admin, backends

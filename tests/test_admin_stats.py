@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from admin_fake import FakeSource
+from admin_fake import Clock, FakeSource
 from steelyard.admin.stats import Sampler, histogram_quantile
 from steelyard.runtime.access_log import LATENCY_BUCKETS, AccessLog
 from steelyard.runtime.logs import setup_logging
@@ -27,14 +27,6 @@ def test_histogram_quantile_interpolates_inside_the_bucket() -> None:
     counts[-1] = 90  # most requests beyond the last bound: reported as the last finite bound
     assert histogram_quantile(0.99, counts) == LATENCY_BUCKETS[-1]
     assert histogram_quantile(0.5, [0] * len(counts)) is None
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_rates_quantiles_and_history_over_windows() -> None:
