@@ -7,7 +7,9 @@ against what the next pick really does.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -21,7 +23,31 @@ from steelyard.admin.source import (
 from steelyard.runtime.access_log import LatencyHistogram
 
 if TYPE_CHECKING:
-    pass
+    from steelyard.admin.aggregate import AggregateSource
+    from steelyard.admin.server import AdminServer
+
+
+@contextlib.asynccontextmanager
+async def worker_group(workers: list[FakeSource]
+                       ) -> AsyncIterator[tuple[list[AdminServer], AggregateSource, AdminServer]]:
+    """`--workers` in miniature, on 127.0.0.1: an admin server per fake worker, and the supervisor's public
+    one over an `AggregateSource` of them."""
+    from steelyard.admin.aggregate import AggregateSource
+    from steelyard.admin.server import AdminServer
+
+    servers = [AdminServer(w, "127.0.0.1", 0, tick=3600) for w in workers]
+    for s in servers:
+        await s.start()
+    aggregate = AggregateSource([s.url for s in servers])
+    public = AdminServer(aggregate, "127.0.0.1", 0, tick=3600)
+    await public.start()
+    try:
+        yield servers, aggregate, public
+    finally:
+        await public.stop()
+        await aggregate.close()
+        for s in servers:
+            await s.stop()
 
 
 class Clock:

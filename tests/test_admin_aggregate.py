@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from admin_fake import FakeSource
+from admin_fake import FakeSource, worker_group
 from steelyard.admin.aggregate import AggregateSource
 from steelyard.admin.server import AdminServer
 
@@ -19,17 +19,8 @@ A, B = "127.0.0.1:9001", "127.0.0.1:9002"
 @pytest.fixture
 async def group() -> AsyncIterator[tuple[list[FakeSource], list[AdminServer], AggregateSource, AdminServer]]:
     workers = [FakeSource({UP: [(A, 1), (B, 1)]}) for _ in range(3)]
-    servers = [AdminServer(w, "127.0.0.1", 0, tick=3600) for w in workers]
-    for s in servers:
-        await s.start()
-    aggregate = AggregateSource([s.url for s in servers])
-    public = AdminServer(aggregate, "127.0.0.1", 0, tick=3600)
-    await public.start()
-    yield workers, servers, aggregate, public
-    await public.stop()
-    await aggregate.close()
-    for s in servers:
-        await s.stop()
+    async with worker_group(workers) as (servers, aggregate, public):
+        yield workers, servers, aggregate, public
 
 
 async def get(server: AdminServer, path: str) -> tuple[int, dict[str, object]]:

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 import uvloop
 
-from admin_fake import Clock, FakeSource
+from admin_fake import Clock, FakeSource, worker_group
 from proxy_support import Harness, make_state, start_backends
 from steelyard.admin.aggregate import AggregateSource
 from steelyard.admin.runtime_source import RuntimeSource
@@ -100,17 +100,8 @@ async def test_an_endpoint_removed_and_put_back_shows_no_phantom_traffic() -> No
 @pytest.fixture
 async def group() -> AsyncIterator[tuple[list[FakeSource], list[AdminServer], AggregateSource, AdminServer]]:
     workers = [FakeSource({UP: [(A, 1), (B, 1)]}) for _ in range(2)]
-    servers = [AdminServer(w, "127.0.0.1", 0, tick=3600) for w in workers]
-    for s in servers:
-        await s.start()
-    aggregate = AggregateSource([s.url for s in servers], timeout=2.0)
-    public = AdminServer(aggregate, "127.0.0.1", 0, tick=3600)
-    await public.start()
-    yield workers, servers, aggregate, public
-    await public.stop()
-    await aggregate.close()
-    for s in servers:
-        await s.stop()
+    async with worker_group(workers) as (servers, aggregate, public):
+        yield workers, servers, aggregate, public
 
 
 async def test_group_drain_while_a_worker_is_down_is_a_json_error(group) -> None:  # type: ignore[no-untyped-def]
