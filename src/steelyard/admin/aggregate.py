@@ -210,6 +210,10 @@ def carry_upstreams(merged: Sequence[UpstreamView],
     return out
 
 
+# What a worker's admin API that does not answer raises (refused, reset, timed out).
+_UNREACHABLE = (aiohttp.ClientError, OSError, TimeoutError)
+
+
 class AggregateSource:
     """`AdminSource` over worker admin URLs (`http://127.0.0.1:PORT`), refreshed by `poll()`."""
 
@@ -305,7 +309,7 @@ class AggregateSource:
                 async with self._client().post(url + path, json=body) as resp:
                     if resp.status >= 400:
                         raise LookupError((await resp.json()).get("error", f"worker answered {resp.status}"))
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            except _UNREACHABLE as exc:
                 return f"worker {index + 1} ({exc.__class__.__name__})"
             return None
         missed = [m for m in await asyncio.gather(*(one(i, u) for i, u in enumerate(self.urls))) if m]
@@ -327,7 +331,7 @@ class AggregateSource:
         try:
             async with self._client().get(self.urls[0] + "/api/v1/explain", params=params) as resp:
                 doc = await resp.json()
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except _UNREACHABLE as exc:
             raise SourceUnavailable(f"worker 1 did not answer ({exc.__class__.__name__})") from None
         if resp.status >= 400:
             raise LookupError(doc.get("error", f"worker answered {resp.status}"))
