@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from steelyard.admin.wiring import WORKER_ADMIN, start_group_admin
-from steelyard.runtime.file_provider import FileProvider
+from steelyard.runtime.file_provider import FileProvider, file_signature
 from steelyard.runtime.run_cmd import RunOptions, print_errors
 from steelyard.runtime.tasks import TaskGroup
 
@@ -271,12 +271,12 @@ class LastGood:
     async def follow(self, poll_interval: float) -> None:
         """Take a new copy whenever the files change to a valid configuration (the named task
         `last-good`)."""
-        provider = FileProvider(self.paths, poll_interval=poll_interval)
-        provider.load()
+        seen = file_signature(self.paths)  # (the stat of the files: snapshot() reads and checks them once)
         while True:
             await asyncio.sleep(poll_interval)
-            if provider.changed():
-                provider.load()
+            now = file_signature(self.paths)
+            if now != seen:
+                seen = now
                 self.snapshot()
 
     def remove(self) -> None:
