@@ -14,13 +14,21 @@ COMPILED_SOURCES := $(wildcard src/steelyard/strategies/*.c) $(addsuffix .py,$(H
 
 .PHONY: demo test bench lint venv clean install deploy compiled pure
 
+# llhttp's C sources for proxy/http (from the pinned httptools release: tools/fetch_llhttp.py), fetched
+# before the install builds anything.
+LLHTTP := build/llhttp/VERSION
+
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/python tools/fetch_llhttp.py
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP) $(BUILT)
 
-$(BUILT): $(STAMP) $(COMPILED_SOURCES)
+$(LLHTTP): $(STAMP)
+	$(BIN)/python tools/fetch_llhttp.py
+
+$(BUILT): $(STAMP) $(LLHTTP) $(COMPILED_SOURCES)
 	$(BIN)/python setup.py -q build_ext --inplace
 	touch $(BUILT)
 
@@ -44,7 +52,7 @@ bench: $(BUILT)
 	$(BIN)/python -m bench
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench tools
 	$(BIN)/mypy --strict src/steelyard/model src/steelyard/config src/steelyard/strategies src/steelyard/endpoints.py
 	$(BIN)/lint-imports
 

@@ -22,6 +22,10 @@ from setuptools.command.build_ext import build_ext
 # The request path (see docs/benchmarks.md, "Where the time goes"): each has a .pxd with its declarations.
 HOT_PATH = ["steelyard.proxy.http", "steelyard.proxy.pool", "steelyard.proxy.server",
             "steelyard.proxy.tcp", "steelyard.runtime.upstream"]
+# llhttp's C sources, from the pinned httptools release's source distribution (tools/fetch_llhttp.py, run by
+# `make`): compiled into proxy/http, which calls llhttp from C instead of through httptools' Python objects.
+LLHTTP = "build/llhttp"
+LLHTTP_SOURCES = ["include/llhttp.h", "src/llhttp.c", "src/api.c", "src/http.c"]
 DIRECTIVES = {
     "language_level": 3,
     # Types come from the .pxd files only: Cython 3 would otherwise take `x: float` annotations as C doubles
@@ -39,8 +43,17 @@ def _hot_path() -> list[Extension]:
     except ImportError:
         print("steelyard: Cython is not installed: the request path runs as plain Python", file=sys.stderr)
         return []
+    if not all(os.path.exists(os.path.join(LLHTTP, source)) for source in LLHTTP_SOURCES):
+        print(f"steelyard: llhttp's sources are not in {LLHTTP} (tools/fetch_llhttp.py): the request path "
+              "runs as plain Python", file=sys.stderr)
+        return []
     extensions = [Extension(name, [os.path.join("src", *name.split(".")) + ".py"], optional=True)
                   for name in HOT_PATH]
+    for extension in extensions:
+        if extension.name == "steelyard.proxy.http":  # drives llhttp itself (see http.pxd)
+            extension.sources += [os.path.join(LLHTTP, source) for source in LLHTTP_SOURCES[1:]]
+            extension.include_dirs.append(os.path.join(LLHTTP, "include"))
+            extension.extra_compile_args.append("-fvisibility=hidden")  # (httptools has its own llhttp)
     try:  # (the generated C goes to build/, not next to the sources)
         compiled = cythonize(extensions, compiler_directives=DIRECTIVES, build_dir="build/cython", quiet=True)
     except Exception as exc:  # a Cython error must not stop the install: plain Python works

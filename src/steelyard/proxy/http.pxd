@@ -9,6 +9,7 @@
 # __cinit__ when compiled.
 
 cimport cython
+from libc.stdint cimport int32_t, uint8_t, uint16_t
 
 from steelyard.proxy.pool cimport EndpointPool
 from steelyard.proxy.server cimport ProxyServer, Writer
@@ -16,6 +17,7 @@ from steelyard.runtime.upstream cimport Attempt, UpstreamRuntime
 
 # The common response head's scan (see _scan_common_head): C loops over the head's bytes.
 ctypedef const unsigned char *chars
+ctypedef const char *cchars
 @cython.locals(k=Py_ssize_t)
 cdef bint _lower_is(chars data, Py_ssize_t start, chars name, Py_ssize_t size) noexcept
 @cython.locals(first=int)
@@ -24,6 +26,106 @@ cdef int _scan_kind(chars data, Py_ssize_t start, Py_ssize_t size) noexcept
                last=Py_ssize_t, colon=Py_ssize_t, eol=Py_ssize_t, kind=int, value=Py_ssize_t,
                value_end=Py_ssize_t, k=Py_ssize_t)
 cpdef object _scan_common_head(bytes data, Py_ssize_t end, list parts)
+
+
+# llhttp itself (the parser httptools wraps), driven from C by _LLRequestParser and _LLResponseParser: its
+# callbacks reach the protocols' on_* methods as C calls. The sources come from the installed httptools
+# release's source distribution (tools/fetch_llhttp.py), built into this module by setup.py.
+cdef extern from "llhttp.h":
+    ctypedef struct llhttp_t:
+        int32_t error
+        void *data
+        uint8_t method
+        uint8_t http_major
+        uint8_t http_minor
+        uint8_t upgrade
+        uint16_t status_code
+    ctypedef int (*llhttp_data_cb)(llhttp_t *, const char *, size_t) noexcept
+    ctypedef int (*llhttp_cb)(llhttp_t *) noexcept
+    ctypedef struct llhttp_settings_t:
+        llhttp_cb on_message_begin
+        llhttp_data_cb on_url
+        llhttp_data_cb on_header_field
+        llhttp_data_cb on_header_value
+        llhttp_cb on_headers_complete
+        llhttp_data_cb on_body
+        llhttp_cb on_message_complete
+        llhttp_cb on_chunk_header
+        llhttp_cb on_chunk_complete
+    ctypedef enum llhttp_type_t:
+        HTTP_REQUEST
+        HTTP_RESPONSE
+    ctypedef enum llhttp_errno_t:
+        HPE_OK
+        HPE_PAUSED_UPGRADE
+        HPE_USER
+        HPE_INVALID_METHOD
+        HPE_INVALID_URL
+        HPE_INVALID_STATUS
+        HPE_CB_MESSAGE_BEGIN
+        HPE_CB_HEADERS_COMPLETE
+        HPE_CB_MESSAGE_COMPLETE
+        HPE_CB_CHUNK_HEADER
+        HPE_CB_CHUNK_COMPLETE
+    ctypedef int llhttp_method_t
+    void llhttp_init(llhttp_t *parser, llhttp_type_t type, const llhttp_settings_t *settings)
+    void llhttp_settings_init(llhttp_settings_t *settings)
+    llhttp_errno_t llhttp_execute(llhttp_t *parser, const char *data, size_t len)
+    int llhttp_should_keep_alive(const llhttp_t *parser)
+    void llhttp_resume_after_upgrade(llhttp_t *parser)
+    const char *llhttp_get_error_reason(const llhttp_t *parser)
+    void llhttp_set_error_reason(llhttp_t *parser, const char *reason)
+    const char *llhttp_get_error_pos(const llhttp_t *parser)
+    const char *llhttp_method_name(llhttp_method_t method)
+ctypedef llhttp_t *llhttp_p
+
+cdef class _LLParser:
+    cdef llhttp_t ll
+    cdef llhttp_settings_t settings
+    cdef object last_error
+    @cython.locals(ll=llhttp_p, start=cchars, err=llhttp_errno_t, reason=cchars,
+                   offset=Py_ssize_t)
+    cpdef feed_data(self, bytes data)
+    cpdef bint should_keep_alive(self)
+    cpdef str get_http_version(self)
+    cdef int _failed(self, object exc, const char *reason) noexcept
+
+cdef class _LLRequestParser(_LLParser):
+    cdef HttpProxyProtocol proto
+    cdef bint live
+    cdef bytes name
+    cdef bytes value
+    cpdef bytes get_method(self)
+    cdef _header_done(self)
+
+cdef class _LLResponseParser(_LLParser):
+    cdef UpstreamConnection proto
+    cpdef int get_status_code(self)
+
+@cython.locals(parser=_LLRequestParser)
+cdef int _request_on_url(llhttp_t *ll, const char *at, size_t length) noexcept
+@cython.locals(parser=_LLRequestParser)
+cdef int _request_on_header_field(llhttp_t *ll, const char *at, size_t length) noexcept
+@cython.locals(parser=_LLRequestParser)
+cdef int _request_on_header_value(llhttp_t *ll, const char *at, size_t length) noexcept
+@cython.locals(parser=_LLRequestParser)
+cdef int _request_on_headers_complete(llhttp_t *ll) noexcept
+@cython.locals(parser=_LLRequestParser)
+cdef int _request_on_body(llhttp_t *ll, const char *at, size_t length) noexcept
+@cython.locals(parser=_LLRequestParser)
+cdef int _request_on_message_complete(llhttp_t *ll) noexcept
+@cython.locals(parser=_LLRequestParser)
+cdef int _request_on_chunk_header(llhttp_t *ll) noexcept
+@cython.locals(parser=_LLRequestParser)
+cdef int _request_on_chunk_complete(llhttp_t *ll) noexcept
+@cython.locals(parser=_LLResponseParser)
+cdef int _response_on_message_begin(llhttp_t *ll) noexcept
+@cython.locals(parser=_LLResponseParser)
+cdef int _response_on_headers_complete(llhttp_t *ll) noexcept
+@cython.locals(parser=_LLResponseParser)
+cdef int _response_on_body(llhttp_t *ll, const char *at, size_t length) noexcept
+@cython.locals(parser=_LLResponseParser)
+cdef int _response_on_message_complete(llhttp_t *ll) noexcept
 
 
 cdef class HttpRequest:
@@ -104,7 +206,7 @@ cdef class HttpProxyProtocol(Writer):
     cdef public bint eof_in
     cdef public object listener_key
     cdef public list out
-    cdef public object parser
+    cdef public _LLRequestParser parser  # (httptools' parser when running as plain Python)
     cdef public HttpRequest parsing
     cdef public int paused
     cdef public object queue
@@ -114,6 +216,11 @@ cdef class HttpProxyProtocol(Writer):
     cdef public double tunnel_idle_timeout
     cdef public bint write_paused
 
+    cpdef on_url(self, bytes url)
+    cpdef on_header(self, bytes name, bytes value)
+    cpdef on_headers_complete(self)
+    cpdef on_body(self, bytes body)
+    cpdef on_message_complete(self)
     cpdef _regenerate_head(self, HttpRequest req, bytes method, bytes url, list kept, bint keep_alive)
     @cython.locals(conn=UpstreamConnection, pool=EndpointPool, runtime=UpstreamRuntime, attempt=Attempt)
     cpdef _start(self, HttpRequest req)
@@ -159,7 +266,7 @@ cdef class UpstreamConnection(Writer):
     cdef public bint keep_client
     cdef public double last_read
     cdef public bint message_done
-    cdef public object parser
+    cdef public _LLResponseParser parser  # (httptools' parser when running as plain Python)
     cdef public EndpointPool pool
     cdef public bint read_paused
     cdef public HttpRequest req
@@ -173,6 +280,10 @@ cdef class UpstreamConnection(Writer):
     cdef public object weight_hint
     cdef public bint write_full
 
+    cpdef on_message_begin(self)
+    cpdef on_headers_complete(self)
+    cpdef on_body(self, bytes body)
+    cpdef on_message_complete(self)
     cpdef close(self)
     cpdef flush(self)
     cpdef abandon(self)

@@ -63,8 +63,11 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 from httptools import (
+    HttpParserCallbackError,
     HttpParserError,
     HttpParserInvalidMethodError,
+    HttpParserInvalidStatusError,
+    HttpParserInvalidURLError,
     HttpParserUpgrade,
     HttpRequestParser,
     HttpResponseParser,
@@ -541,7 +544,7 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
         self.server = server
         self.config = server.config
         self.listener_key = listener_key
-        self.parser = HttpRequestParser(self)
+        self.parser = _request_parser(self)
         self.transport: asyncio.Transport | None = None
         self.client_ip = ""
         self.parsing: HttpRequest | None = None
@@ -1328,7 +1331,7 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
             head = b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
         else:
             head = b"PUT / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % req.content_length
-        self.parser = HttpRequestParser(_SkippedBody(self))
+        self.parser = _skipped_head_parser(self)
         self.parser.feed_data(head)
 
     def start_tunnel(self, conn: UpstreamConnection, req: HttpRequest) -> None:
@@ -1693,7 +1696,7 @@ class UpstreamConnection(Writer):  # an asyncio.Protocol (duck-typed, see HttpPr
         self.server = server
         self.pool = pool
         self.config = server.config
-        self.parser = HttpResponseParser(self)
+        self.parser = _response_parser(self)
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
@@ -2133,7 +2136,7 @@ class UpstreamConnection(Writer):  # an asyncio.Protocol (duck-typed, see HttpPr
         # (a close-delimited response ends with the connection: closed is set then)
         reusable = not self.closed and req.request_complete and self.upstream_keep_alive
         if req.is_head:
-            self.parser = HttpResponseParser(self)  # see on_headers_complete
+            self.parser = _response_parser(self)  # see on_headers_complete
         attempt = req.attempt
         status = self.status
         if self.discard:
@@ -2234,3 +2237,250 @@ class UpstreamConnection(Writer):  # an asyncio.Protocol (duck-typed, see HttpPr
             client.upstream_failed(req, 502, f"invalid response from the endpoint ({why})" if shown
                                    else "invalid response from the endpoint", retriable=False)
 
+
+
+# -- llhttp driven from C (the compiled build) --------------------------------------------------------------
+# httptools calls a parser's protocol back through Python calls (bound methods, one per callback) and
+# answers get_method() and the like through Python calls too: ~0.4 µs per request here. Compiled, the proxy
+# drives the same llhttp itself (its C sources come with httptools' source distribution: setup.py) and its
+# callbacks reach the protocols' cpdef on_* methods as C calls. Same interface, same rules, same errors
+# (httptools' exception classes, messages and `__context__`) as httptools' parsers, which plain Python uses
+# (_request_parser below). The names llhttp_* and HPE_* come from llhttp.h (see http.pxd).
+
+
+class _LLParser:
+    """One llhttp parser, fed as httptools' parsers are (see above; compiled build only)."""
+
+    def feed_data(self, data: bytes) -> None:
+        ll = cython.address(self.ll)
+        start = data
+        err = llhttp_execute(ll, start, len(data))  # noqa: F821
+        if err == HPE_OK:  # noqa: F821
+            return
+        if err == HPE_PAUSED_UPGRADE and self.ll.upgrade == 1:  # noqa: F821
+            # (httptools' way: the parser goes on as HTTP after the head, the caller takes the rest)
+            offset = llhttp_get_error_pos(ll) - start  # noqa: F821
+            llhttp_resume_after_upgrade(ll)  # noqa: F821
+            raise HttpParserUpgrade(offset)
+        reason = llhttp_get_error_reason(ll)  # noqa: F821
+        text = "" if reason == cython.NULL else reason.decode("latin-1")
+        if err in (HPE_CB_MESSAGE_BEGIN, HPE_CB_HEADERS_COMPLETE, HPE_CB_MESSAGE_COMPLETE,  # noqa: F821
+                   HPE_CB_CHUNK_HEADER, HPE_CB_CHUNK_COMPLETE, HPE_USER):  # noqa: F821
+            exc: HttpParserError = HttpParserCallbackError(text)
+            if self.last_error is not None:
+                exc.__context__ = self.last_error
+                self.last_error = None
+        elif err == HPE_INVALID_STATUS:  # noqa: F821
+            exc = HttpParserInvalidStatusError(text)
+        elif err == HPE_INVALID_METHOD:  # noqa: F821
+            exc = HttpParserInvalidMethodError(text)
+        elif err == HPE_INVALID_URL:  # noqa: F821
+            exc = HttpParserInvalidURLError(text)
+        else:
+            exc = HttpParserError(text)
+        raise exc
+
+    def should_keep_alive(self) -> bool:
+        return llhttp_should_keep_alive(cython.address(self.ll)) != 0  # noqa: F821
+
+    def get_http_version(self) -> str:
+        return f"{self.ll.http_major}.{self.ll.http_minor}"
+
+    def _failed(self, exc: BaseException, reason: bytes | None) -> int:
+        """A callback raised: llhttp stops with an error that feed_data raises, `exc` as its context."""
+        self.last_error = exc
+        if reason == cython.NULL:
+            return -1
+        llhttp_set_error_reason(cython.address(self.ll), reason)  # noqa: F821
+        return HPE_USER  # noqa: F821
+
+
+class _LLRequestParser(_LLParser):
+    """llhttp for client requests. With `skip_head` (after an ignored Upgrade with a body, see
+    `_read_skipped_body`), the first head fed is made up: it is parsed but not reported."""
+
+    def __init__(self, proto: HttpProxyProtocol, skip_head: bool = False):
+        self.proto = proto
+        self.live = not skip_head
+        self.name = self.value = None
+        self.last_error = None
+        settings = cython.address(self.settings)
+        llhttp_settings_init(settings)  # noqa: F821
+        settings.on_url = _request_on_url
+        settings.on_header_field = _request_on_header_field
+        settings.on_header_value = _request_on_header_value
+        settings.on_headers_complete = _request_on_headers_complete
+        settings.on_body = _request_on_body
+        settings.on_message_complete = _request_on_message_complete
+        settings.on_chunk_header = _request_on_chunk_header
+        settings.on_chunk_complete = _request_on_chunk_complete
+        llhttp_init(cython.address(self.ll), HTTP_REQUEST, settings)  # noqa: F821
+        self.ll.data = cython.cast(cython.p_void, self)
+
+    def get_method(self) -> bytes:
+        return llhttp_method_name(self.ll.method)  # noqa: F821
+
+    def _header_done(self) -> None:
+        """A field line ended (the next one began, or the section did): reported as one (name, value)."""
+        name, value = self.name, self.value
+        self.name = self.value = None
+        if self.live:
+            self.proto.on_header(name, value)
+
+
+class _LLResponseParser(_LLParser):
+    """llhttp for upstream responses: heads are read from the bytes (see UpstreamConnection), not field by
+    field, so no field callbacks."""
+
+    def __init__(self, proto: UpstreamConnection):
+        self.proto = proto
+        self.last_error = None
+        settings = cython.address(self.settings)
+        llhttp_settings_init(settings)  # noqa: F821
+        settings.on_message_begin = _response_on_message_begin
+        settings.on_headers_complete = _response_on_headers_complete
+        settings.on_body = _response_on_body
+        settings.on_message_complete = _response_on_message_complete
+        llhttp_init(cython.address(self.ll), HTTP_RESPONSE, settings)  # noqa: F821
+        self.ll.data = cython.cast(cython.p_void, self)
+
+    def get_status_code(self) -> int:
+        return self.ll.status_code
+
+
+# llhttp's callbacks (C functions: http.pxd). A callback that raises returns an error to llhttp, which
+# stops; feed_data raises it. As in httptools, field names and values may come in pieces (split reads),
+# and a field is reported when the next begins, when the head ends or, in trailers, when the chunk ends.
+
+
+def _request_on_url(ll, at, length):  # type: ignore[no-untyped-def]
+    parser = cython.cast(_LLRequestParser, ll.data)
+    try:
+        if parser.live:
+            parser.proto.on_url(at[:length])
+    except BaseException as exc:
+        return parser._failed(exc, b"`on_url` callback error")
+    return 0
+
+
+def _request_on_header_field(ll, at, length):  # type: ignore[no-untyped-def]
+    parser = cython.cast(_LLRequestParser, ll.data)
+    try:
+        if parser.value is not None:
+            parser._header_done()
+        if parser.name is None:
+            parser.name = at[:length]
+        else:
+            parser.name += at[:length]
+    except BaseException as exc:
+        return parser._failed(exc, b"`on_header_field` callback error")
+    return 0
+
+
+def _request_on_header_value(ll, at, length):  # type: ignore[no-untyped-def]
+    parser = cython.cast(_LLRequestParser, ll.data)
+    try:
+        if parser.value is None:
+            parser.value = at[:length]
+        else:
+            parser.value += at[:length]
+    except BaseException as exc:
+        return parser._failed(exc, b"`on_header_value` callback error")
+    return 0
+
+
+def _request_on_headers_complete(ll):  # type: ignore[no-untyped-def]
+    parser = cython.cast(_LLRequestParser, ll.data)
+    try:
+        if parser.value is not None:
+            parser._header_done()
+        if parser.live:
+            parser.proto.on_headers_complete()
+        else:
+            parser.live = True
+    except BaseException as exc:
+        return parser._failed(exc, cython.NULL)
+    return 1 if ll.upgrade else 0  # (httptools': an upgrade request ends at its head)
+
+
+def _request_on_body(ll, at, length):  # type: ignore[no-untyped-def]
+    parser = cython.cast(_LLRequestParser, ll.data)
+    try:
+        parser.proto.on_body(at[:length])
+    except BaseException as exc:
+        return parser._failed(exc, b"`on_body` callback error")
+    return 0
+
+
+def _request_on_message_complete(ll):  # type: ignore[no-untyped-def]
+    parser = cython.cast(_LLRequestParser, ll.data)
+    try:
+        parser.proto.on_message_complete()
+    except BaseException as exc:
+        return parser._failed(exc, cython.NULL)
+    return 0
+
+
+def _request_on_chunk_header(ll):  # type: ignore[no-untyped-def]
+    parser = cython.cast(_LLRequestParser, ll.data)
+    if parser.name is not None or parser.value is not None:
+        return parser._failed(HttpParserError("invalid headers state"), cython.NULL)
+    return 0
+
+
+def _request_on_chunk_complete(ll):  # type: ignore[no-untyped-def]
+    parser = cython.cast(_LLRequestParser, ll.data)
+    try:
+        if parser.value is not None:
+            parser._header_done()
+    except BaseException as exc:
+        return parser._failed(exc, cython.NULL)
+    return 0
+
+
+def _response_on_message_begin(ll):  # type: ignore[no-untyped-def]
+    parser = cython.cast(_LLResponseParser, ll.data)
+    try:
+        parser.proto.on_message_begin()
+    except BaseException as exc:
+        return parser._failed(exc, cython.NULL)
+    return 0
+
+
+def _response_on_headers_complete(ll):  # type: ignore[no-untyped-def]
+    parser = cython.cast(_LLResponseParser, ll.data)
+    try:
+        parser.proto.on_headers_complete()
+    except BaseException as exc:
+        return parser._failed(exc, cython.NULL)
+    return 1 if ll.upgrade else 0
+
+
+def _response_on_body(ll, at, length):  # type: ignore[no-untyped-def]
+    parser = cython.cast(_LLResponseParser, ll.data)
+    try:
+        parser.proto.on_body(at[:length])
+    except BaseException as exc:
+        return parser._failed(exc, b"`on_body` callback error")
+    return 0
+
+
+def _response_on_message_complete(ll):  # type: ignore[no-untyped-def]
+    parser = cython.cast(_LLResponseParser, ll.data)
+    try:
+        parser.proto.on_message_complete()
+    except BaseException as exc:
+        return parser._failed(exc, cython.NULL)
+    return 0
+
+
+def _request_parser(proto: HttpProxyProtocol) -> HttpRequestParser:
+    return _LLRequestParser(proto) if _COMPILED else HttpRequestParser(proto)
+
+
+def _skipped_head_parser(proto: HttpProxyProtocol) -> HttpRequestParser:
+    return _LLRequestParser(proto, True) if _COMPILED else HttpRequestParser(_SkippedBody(proto))
+
+
+def _response_parser(proto: UpstreamConnection) -> HttpResponseParser:
+    return _LLResponseParser(proto) if _COMPILED else HttpResponseParser(proto)
