@@ -1179,7 +1179,10 @@ class Bench:
 
     def close(self) -> None:
         Proc.stop_all()
-        shutil.rmtree(self.work, ignore_errors=True)
+        if os.environ.get("STEELYARD_BENCH_KEEP"):  # e.g. to read the perf data again (`perf report -i`)
+            print(f"kept {self.work}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
 
 
 def _wait_port(proc: Proc, port: int, timeout: float) -> None:

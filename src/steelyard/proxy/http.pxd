@@ -22,10 +22,15 @@ ctypedef const char *cchars
 cdef bint _lower_is(chars data, Py_ssize_t start, chars name, Py_ssize_t size) noexcept
 @cython.locals(first=int)
 cdef int _scan_kind(chars data, Py_ssize_t start, Py_ssize_t size) noexcept
-@cython.locals(head=chars, connection_seen=bint, dated=bint, kept=Py_ssize_t, line=Py_ssize_t,
+@cython.locals(head=chars, first_cr=chars, connection_seen=bint, dated=bint, kept=Py_ssize_t, line=Py_ssize_t,
                last=Py_ssize_t, colon=Py_ssize_t, eol=Py_ssize_t, kind=int, value=Py_ssize_t,
                value_end=Py_ssize_t, k=Py_ssize_t)
 cpdef object _scan_common_head(bytes data, Py_ssize_t end, list parts)
+cdef extern from "string.h":  # (memmem: pyconfig.h defines _GNU_SOURCE)
+    const void *memchr(const void *s, int c, size_t n)
+    const void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
+@cython.locals(head=chars, found=chars)
+cdef Py_ssize_t _head_end(bytes data) noexcept
 
 
 # llhttp itself (the parser httptools wraps), driven from C by _LLRequestParser and _LLResponseParser: its
