@@ -31,6 +31,12 @@ cdef extern from "string.h":  # (memmem: pyconfig.h defines _GNU_SOURCE)
     const void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
 @cython.locals(head=chars, found=chars)
 cdef Py_ssize_t _head_end(bytes data) noexcept
+cdef extern from "sys/socket.h":
+    ssize_t send(int fd, const void *buf, size_t n, int flags) nogil
+    int MSG_NOSIGNAL
+    int MSG_DONTWAIT
+@cython.locals(sent=Py_ssize_t, buf=cchars)
+cpdef _write(object transport, int fd, bytes data)
 
 
 # llhttp itself (the parser httptools wraps), driven from C by _LLRequestParser and _LLResponseParser: its
@@ -181,6 +187,7 @@ cdef class HttpRequest:
 
 
 cdef class HttpProxyProtocol(Writer):
+    cdef public int _fd
     cdef public object _client_ip_bytes
     cdef public Py_ssize_t _completed
     cdef public object _fields  # a list, or the trailer sink (a list subclass whose += drops)
@@ -248,6 +255,7 @@ cdef class HttpProxyProtocol(Writer):
 
 
 cdef class UpstreamConnection(Writer):
+    cdef public int _fd
     cdef public Py_ssize_t _max_head_end
     cdef public Py_ssize_t _max_headers
     cdef public object body_to
