@@ -8,7 +8,8 @@ BUILT := $(VENV)/.built
 # Compiled code (setup.py, all optional): the strategies' C extensions, and the request path's modules
 # that have a .pxd, compiled by Cython from their plain Python source. A built module shadows its .py, so
 # every target that runs code rebuilds first when a source changed (tests/conftest.py refuses stale ones).
-HOT_PATH := src/steelyard/proxy/http src/steelyard/proxy/pool src/steelyard/proxy/server src/steelyard/proxy/tcp \
+HOT_PATH := src/steelyard/proxy/http src/steelyard/proxy/pool src/steelyard/proxy/server src/steelyard/proxy/sockets \
+	src/steelyard/proxy/tcp \
 	src/steelyard/runtime/upstream
 COMPILED_SOURCES := $(wildcard src/steelyard/strategies/*.c) $(addsuffix .py,$(HOT_PATH)) $(addsuffix .pxd,$(HOT_PATH))
 

@@ -21,7 +21,7 @@ from setuptools.command.build_ext import build_ext
 
 # The request path (see docs/benchmarks.md, "Where the time goes"): each has a .pxd with its declarations.
 HOT_PATH = ["steelyard.proxy.http", "steelyard.proxy.pool", "steelyard.proxy.server",
-            "steelyard.proxy.tcp", "steelyard.runtime.upstream"]
+            "steelyard.proxy.sockets", "steelyard.proxy.tcp", "steelyard.runtime.upstream"]
 # llhttp's C sources, from the pinned httptools release's source distribution (tools/fetch_llhttp.py, run by
 # `make`): compiled into proxy/http, which calls llhttp from C instead of through httptools' Python objects.
 LLHTTP = "build/llhttp"

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 # The request path's modules that setup.py compiles with Cython (each has a .pxd beside its .py).
 HOT_PATH = ("steelyard.proxy.http", "steelyard.proxy.pool", "steelyard.proxy.server",
-            "steelyard.proxy.tcp", "steelyard.runtime.upstream")
+            "steelyard.proxy.sockets", "steelyard.proxy.tcp", "steelyard.runtime.upstream")
 
 
 def compiled_origin(name: str) -> Path | None:

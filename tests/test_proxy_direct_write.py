@@ -1,5 +1,5 @@
-"""Writes straight to the socket (`http._write`, compiled build): a small answer never overtakes bytes the
-transport still holds, on either event loop."""
+"""Writes straight to the socket (`steelyard.proxy.sockets.write_now`, compiled build): bytes never overtake
+what the transport still holds, nor go to a closing transport's socket, on either event loop."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import uvloop
 
 from proxy_support import Harness, make_state, start_backends
-from steelyard.proxy import http
+from steelyard.proxy import sockets
 
 pytestmark = pytest.mark.filterwarnings("ignore:Overriding the .event_loop_policy. fixture")
 
@@ -97,7 +97,7 @@ def test_a_write_behind_held_bytes_or_on_a_closing_transport_goes_through_the_tr
         pair: tuple[socket.socket, socket.socket], held: int, closing: bool) -> None:
     ours, peer = pair
     transport = HeldTransport(held, closing)
-    http._write(transport, ours.fileno(), b"second")
+    sockets.write_now(transport, ours.fileno(), b"second")
     assert transport.given == [b"second"]
     assert received(peer) == b"", "the bytes overtook what the transport holds (or went to a closed one)"
 
@@ -108,11 +108,11 @@ def test_a_write_on_an_idle_transport_arrives_whole_and_in_order(
     the transport (plain Python: all of it through the transport)."""
     ours, peer = pair
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    data = bytes(range(256)) * 4096  # 1 MiB, no two positions alike at 256-byte granularity
+    data = bytes(range(256)) * 4096  # 1 MiB
     transport = HeldTransport()
-    http._write(transport, ours.fileno(), data)
+    sockets.write_now(transport, ours.fileno(), data)
     direct = received(peer)
     assert direct + b"".join(transport.given) == data
-    if http._COMPILED:
+    if sockets._COMPILED:
         assert direct, "nothing went straight to the socket"
         assert transport.given, "a full socket took everything"

@@ -13,6 +13,7 @@ from libc.stdint cimport int32_t, uint8_t, uint16_t
 
 from steelyard.proxy.pool cimport EndpointPool
 from steelyard.proxy.server cimport ProxyServer, Writer
+from steelyard.proxy.sockets cimport socket_fd, write_now
 from steelyard.runtime.upstream cimport Attempt, UpstreamRuntime
 
 # The common response head's scan (see _scan_common_head): C loops over the head's bytes.
@@ -31,12 +32,6 @@ cdef extern from "string.h":  # (memmem: pyconfig.h defines _GNU_SOURCE)
     const void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
 @cython.locals(head=chars, found=chars)
 cdef Py_ssize_t _head_end(bytes data) noexcept
-cdef extern from "sys/socket.h":
-    ssize_t send(int fd, const void *buf, size_t n, int flags) nogil
-    int MSG_NOSIGNAL
-    int MSG_DONTWAIT
-@cython.locals(sent=Py_ssize_t, buf=cchars)
-cpdef _write(object transport, int fd, bytes data)
 
 
 # llhttp itself (the parser httptools wraps), driven from C by _LLRequestParser and _LLResponseParser: its

@@ -75,6 +75,7 @@ from httptools import (
 )
 
 from steelyard.proxy.server import Writer
+from steelyard.proxy.sockets import socket_fd, write_now
 from steelyard.runtime.upstream import STATUS_CLASSES, Attempt, UpstreamRuntime
 from steelyard.strategies import NO_CONTEXT, PickContext
 
@@ -399,30 +400,6 @@ def _head_end(data: bytes) -> int:
     return 1 if found == cython.NULL else (found - head) + 2
 
 
-def _socket_fd(transport: asyncio.BaseTransport) -> int:
-    """The transport's socket, for `_write` (compiled build; -1: none, or plain Python)."""
-    sock = transport.get_extra_info("socket") if _COMPILED else None
-    return sock.fileno() if sock is not None else -1
-
-
-def _write(transport: asyncio.Transport, fd: int, data: bytes) -> None:
-    """`transport.write(data)`, but straight to the socket with send() when the transport holds nothing
-    (compiled build). uvloop writes with write(2), whose VFS layers cost the kernel more than send(2)
-    (fdget_pos, rw_verify_area, sock_write_iter: ~0.1 µs a call here, by perf), and its own write path costs
-    ~0.1 µs more in user space; HAProxy sends with send(2) too. What send() does not take, and any error,
-    goes through the transport, which then holds it (and pauses us), or reports the error as it would have.
-    Only while the transport is open (not closing: its socket is then still ours, never a reused number)
-    and holds nothing (the bytes must keep their order)."""
-    if fd >= 0 and _COMPILED and not transport.is_closing() and not transport.get_write_buffer_size():
-        buf = data
-        sent = send(fd, buf, len(data), MSG_NOSIGNAL | MSG_DONTWAIT)  # noqa: F821 (see http.pxd)
-        if sent == len(data):
-            return
-        if sent > 0:
-            data = data[sent:]
-    transport.write(data)
-
-
 def _parts_dated(parts: list[bytes]) -> bool:
     """Whether a head in `_parse_fields` form (status line, then name, ": ", value, CRLF per field) has
     a Date field: what is forwarded, after the fields a Connection header named were dropped."""
@@ -604,7 +581,7 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
         self._watch_since = 0.0
         self._watch_bytes = -1  # the body bytes read when the watch began; -1: the request was whole
         self._fields: list[bytes] = []  # the parsing request's `fields`
-        self._fd = -1  # the socket, for _write (compiled build)
+        self._fd = -1  # the socket, for write_now (compiled build)
         self._client_ip_bytes = b""
         self._forwarded = b""
         self._read_len = 0
@@ -633,7 +610,7 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
         if not server.admit(transport):
             self.closed = self.closing = True
             return
-        self._fd = _socket_fd(transport)
+        self._fd = socket_fd(transport)
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else ""
         self._client_ip_bytes = self.client_ip.encode()
@@ -1420,11 +1397,11 @@ class HttpProxyProtocol(Writer):  # an asyncio.Protocol (duck-typed: a compiled 
         if out and transport is not None:
             n = len(out)
             if n == 2:  # a response head and its body
-                _write(transport, self._fd, out[0] + out[1])
+                write_now(transport, self._fd, out[0] + out[1])
             elif n == 1:
-                _write(transport, self._fd, out[0])
+                write_now(transport, self._fd, out[0])
             elif sum(map(len, out)) <= _JOIN_MAX:
-                _write(transport, self._fd, b"".join(out))  # one buffer
+                write_now(transport, self._fd, b"".join(out))  # one buffer
             else:
                 transport.writelines(out)  # large bodies: no copy
             out.clear()
@@ -1750,7 +1727,7 @@ class UpstreamConnection(Writer):  # an asyncio.Protocol (duck-typed, see HttpPr
         self.eof_in = False
         self.head_bytes = 0
         self.unsent = b""  # a request head waiting for the end of this pass of the loop (see flush)
-        self._fd = -1  # the socket, for _write (compiled build)
+        self._fd = -1  # the socket, for write_now (compiled build)
         self.last_read = 0.0
         self.status = 0
         self.discard = False
@@ -1796,7 +1773,7 @@ class UpstreamConnection(Writer):  # an asyncio.Protocol (duck-typed, see HttpPr
         data = self.unsent
         self.unsent = b""
         if data and not self.closed:
-            _write(self.transport, self._fd, data)  # (the transport is set before any head is sent)
+            write_now(self.transport, self._fd, data)  # (the transport is set before any head is sent)
 
     def abandon(self) -> None:
         """The client side gave up on the exchange: this connection cannot be reused."""
@@ -1823,7 +1800,7 @@ class UpstreamConnection(Writer):  # an asyncio.Protocol (duck-typed, see HttpPr
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self._fd = _socket_fd(transport)
+        self._fd = socket_fd(transport)
 
     def data_received(self, data: bytes) -> None:
         client = self.client
