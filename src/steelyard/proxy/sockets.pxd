@@ -1,5 +1,5 @@
 # Cython declarations augmenting sockets.py (pure Python mode; see http.pxd): write_now is a C call from
-# the compiled HTTP and TCP paths, and send(2) comes from libc.
+# the compiled HTTP path, and send(2) comes from libc.
 
 cimport cython
 

@@ -9,7 +9,6 @@
 cimport cython
 
 from steelyard.proxy.server cimport ProxyServer
-from steelyard.proxy.sockets cimport socket_fd, write_now
 from steelyard.runtime.upstream cimport Attempt, UpstreamRuntime
 
 cdef class TcpTunnel
@@ -19,12 +18,10 @@ cdef class _Side:
     cdef public TcpTunnel tunnel
     cdef public _Side peer
     cdef public object transport
-    cdef public int fd
     cdef public bint eof_in
     cdef public bint lost
     cdef public list early
     cdef public object peer_transport
-    cdef public int peer_fd
     cdef public bint active
     cdef public bint write_full
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from steelyard.proxy.sockets import socket_fd, write_now
 from steelyard.runtime.upstream import Attempt, UpstreamRuntime
 from steelyard.strategies import NO_CONTEXT, PickContext
 
@@ -29,37 +28,33 @@ __all__ = ["TcpProxyProtocol", "TcpTunnel"]
 class _Side:  # an asyncio.Protocol (duck-typed: a compiled class cannot derive from it)
     """One end of a tunnel; `peer` is the other end."""
 
-    __slots__ = ("tunnel", "peer", "transport", "fd", "eof_in", "lost", "early", "peer_transport", "peer_fd",
-                 "active", "write_full")
+    __slots__ = ("tunnel", "peer", "transport", "eof_in", "lost", "early", "peer_transport", "active",
+                 "write_full")
 
     def __init__(self, tunnel: TcpTunnel):
         self.tunnel = tunnel
         self.peer: _Side | None = None
         self.transport: asyncio.Transport | None = None
-        self.fd = -1  # the socket, for write_now (compiled build)
         self.eof_in = False
         self.lost = False
         self.early: list[bytes] = []  # bytes read before the peer was connected
         self.peer_transport: asyncio.Transport | None = None  # set once both ends are connected
-        self.peer_fd = -1
         self.active = False  # set per read, cleared by the idle sweep: no clock read per chunk
         self.write_full = False  # between pause_writing() and resume_writing(): the peer must stay paused
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.fd = socket_fd(transport)
 
     def data_received(self, data: bytes) -> None:
         peer_transport = self.peer_transport
         if peer_transport is not None:
-            write_now(peer_transport, self.peer_fd, data)
+            peer_transport.write(data)
             self.active = True
             return
         peer = self.peer
         if peer is not None and peer.transport is not None:
             self.peer_transport = peer.transport
-            self.peer_fd = peer.fd
-            write_now(peer.transport, peer.fd, data)
+            peer.transport.write(data)
             self.active = True
         elif self.transport is not None:
             # uvloop starts reading after connection_made() whatever it asked, so hold and pause here.
