@@ -16,18 +16,19 @@ COMPILED_SOURCES := $(wildcard src/steelyard/strategies/*.c) $(addsuffix .py,$(H
 .PHONY: demo test bench lint venv clean install deploy compiled pure
 
 # llhttp's C sources for proxy/http (from the pinned httptools release: tools/fetch_llhttp.py), fetched
-# before the install builds anything.
+# before the install builds anything. Without them (no network) the request path runs as plain Python,
+# which setup.py says, and tests/test_build.py then fails on.
 LLHTTP := build/llhttp/VERSION
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/python tools/fetch_llhttp.py
+	$(BIN)/python tools/fetch_llhttp.py || true
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP) $(BUILT)
 
 $(LLHTTP): $(STAMP)
-	$(BIN)/python tools/fetch_llhttp.py
+	$(BIN)/python tools/fetch_llhttp.py || true
 
 $(BUILT): $(STAMP) $(LLHTTP) $(COMPILED_SOURCES)
 	$(BIN)/python setup.py -q build_ext --inplace
