@@ -2,7 +2,7 @@
 
 uvloop writes with write(2), whose VFS layers cost the kernel more than send(2) does on a socket
 (fdget_pos, rw_verify_area, sock_write_iter: ~0.1 µs a call here, by perf), and its own write path costs
-about as much again in user space; HAProxy and nginx send with send(2). So the compiled HTTP path sends a
+about as much again in user space; HAProxy sends with send(2) (strace). So the compiled HTTP path sends a
 connection's output itself while the transport holds nothing and is not closing, and hands the transport
 whatever the socket did not take, and any error: order, backpressure (pause_writing) and error reporting
 stay the transport's. Plain Python always uses the transport.
