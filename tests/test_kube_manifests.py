@@ -161,6 +161,11 @@ def test_image_runs_as_the_deployments_user() -> None:
     # setup.py declares the C extension: without it (or without gcc) the image would silently fall back.
     assert re.search(r"^COPY .*\bsetup\.py\b", dockerfile, re.MULTILINE)
     assert re.search(r"^RUN apt-get .*install .*\bgcc\b", dockerfile, re.MULTILINE)
+    # and the compiled request path needs llhttp's sources fetched before the install builds it
+    fetch = re.search(r"^RUN python tools/fetch_llhttp\.py\s*$", dockerfile, re.MULTILINE)
+    install = re.search(r"^RUN pip install .* \.\s*$", dockerfile, re.MULTILINE)
+    assert fetch and install and fetch.start() < install.start()
+    assert re.search(r"^COPY tools\b", dockerfile, re.MULTILINE)
     assert 'ENTRYPOINT ["steelyard"]' in dockerfile
 
 
