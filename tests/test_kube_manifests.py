@@ -166,6 +166,12 @@ def test_image_runs_as_the_deployments_user() -> None:
     install = re.search(r"^RUN pip install .* \.\s*$", dockerfile, re.MULTILINE)
     assert fetch and install and fetch.start() < install.start()
     assert re.search(r"^COPY tools\b", dockerfile, re.MULTILINE)
+    # every path the build copies from the context gets past .dockerignore (which ignores all but a list)
+    ignore = (DEPLOY.parent / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    allowed = {line[1:].strip().rstrip("/") for line in ignore if line.startswith("!")}
+    for sources in re.findall(r"^COPY (?!--from)(.+) \S+\s*$", dockerfile, re.MULTILINE):
+        for source in sources.split():
+            assert source.removeprefix("./").rstrip("/") in allowed, f".dockerignore keeps {source} out"
     assert 'ENTRYPOINT ["steelyard"]' in dockerfile
 
 
