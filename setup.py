@@ -13,6 +13,7 @@ STEELYARD_PURE_PYTHON=1 leaves the request path uncompiled.
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 
@@ -24,8 +25,8 @@ HOT_PATH = ["steelyard.proxy.http", "steelyard.proxy.pool", "steelyard.proxy.ser
             "steelyard.proxy.sockets", "steelyard.proxy.tcp", "steelyard.runtime.upstream"]
 # llhttp's C sources, from the pinned httptools release's source distribution (tools/fetch_llhttp.py, run by
 # `make`): compiled into proxy/http, which calls llhttp from C instead of through httptools' Python objects.
+# tools/fetch_llhttp.py writes VERSION once every file it wants is there.
 LLHTTP = "build/llhttp"
-LLHTTP_SOURCES = ["include/llhttp.h", "src/llhttp.c", "src/api.c", "src/http.c"]
 DIRECTIVES = {
     "language_level": 3,
     # Types come from the .pxd files only: Cython 3 would otherwise take `x: float` annotations as C doubles
@@ -43,7 +44,7 @@ def _hot_path() -> list[Extension]:
     except ImportError:
         print("steelyard: Cython is not installed: the request path runs as plain Python", file=sys.stderr)
         return []
-    if not all(os.path.exists(os.path.join(LLHTTP, source)) for source in LLHTTP_SOURCES):
+    if not os.path.exists(os.path.join(LLHTTP, "VERSION")):
         print(f"steelyard: llhttp's sources are not in {LLHTTP} (tools/fetch_llhttp.py): the request path "
               "runs as plain Python", file=sys.stderr)
         return []
@@ -51,7 +52,7 @@ def _hot_path() -> list[Extension]:
                   for name in HOT_PATH]
     for extension in extensions:
         if extension.name == "steelyard.proxy.http":  # drives llhttp itself (see http.pxd)
-            extension.sources += [os.path.join(LLHTTP, source) for source in LLHTTP_SOURCES[1:]]
+            extension.sources += sorted(glob.glob(os.path.join(LLHTTP, "src", "*.c")))
             extension.include_dirs.append(os.path.join(LLHTTP, "include"))
             extension.extra_compile_args.append("-fvisibility=hidden")  # (httptools has its own llhttp)
     try:  # (the generated C goes to build/, not next to the sources)
