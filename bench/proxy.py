@@ -113,6 +113,18 @@ def cpu_ticks(pids: Sequence[int]) -> tuple[int, int]:
     return user, system
 
 
+def core_ticks(cpus: set[int]) -> tuple[int, int]:
+    """(busy, total) clock ticks summed over cpus, from /proc/stat (iowait counts as idle)."""
+    busy = total = 0
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, _, rest = line.partition(" ")
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            ticks = [int(x) for x in rest.split()[:8]]  # user nice system idle iowait irq softirq steal
+            total += sum(ticks)
+            busy += sum(ticks) - ticks[3] - ticks[4]
+    return busy, total
+
+
 def set_affinity(pids: Sequence[int], cpus: set[int]) -> None:
     """Move every thread of every pid to cpus (sched_setaffinity acts on one thread at a time)."""
     for pid in pids:
@@ -793,6 +805,8 @@ class Sample:
     errors: int = 0
     cpu_us: float | None = None  # proxy CPU-µs per request (HTTP/TCP) or CPU-ms per GiB (bulk)
     sys_share: float | None = None
+    client_us: float | None = None  # CPU-µs per request on the client core (wrk + backends), pinned rows
+    client_busy: float | None = None  # the client core's busy share over the run: ~1.0 means it set the rate
     mbps: float = 0.0
     failed: str | None = None
 
@@ -969,6 +983,7 @@ class Bench:
         self._prepare_affinity(row)
         pids = spec.proc.tree() if spec and spec.proc else []
         before = cpu_ticks(pids)
+        client_before = core_ticks(CLIENT_CPUS)
         try:
             if row.kind == "bulk":
                 self._measure_bulk(port, row.pinned, sample)
@@ -980,6 +995,11 @@ class Bench:
         except (ValueError, subprocess.SubprocessError, OSError) as exc:
             sample.failed = str(exc)
             return sample
+        client_after = core_ticks(CLIENT_CPUS)
+        if self.pinning and row.pinned and row.kind != "bulk" and sample.requests:
+            busy, total = (a - b for a, b in zip(client_after, client_before, strict=True))
+            sample.client_us = busy / CLK_TCK * 1e6 / sample.requests
+            sample.client_busy = busy / total if total else None
         if spec and spec.proc:
             after = cpu_ticks(spec.proc.tree() or pids)
             user, system = after[0] - before[0], after[1] - before[1]
@@ -1328,9 +1348,12 @@ def describe_sample(row: Row, s: Sample) -> str:
     cpu = f"{s.cpu_us:.1f}" if s.cpu_us is not None else "-"
     if row.kind == "bulk":
         return f"{row.name:16} {s.mbps:8.0f} MB/s  cpu-ms/GiB {cpu}"
+    client = ""
+    if s.client_us is not None and s.client_busy is not None:
+        client = f"  client core {s.client_us:.1f} µs/req, {100 * s.client_busy:.0f}% busy"
     return (
         f"{row.name:16} {s.rps:9.0f} req/s  p50 {s.p50_ms:.3f} ms  p99 {s.p99_ms:.3f} ms  "
-        f"cpu-µs/req {cpu}  errors {s.errors}"
+        f"cpu-µs/req {cpu}  errors {s.errors}{client}"
     )
 
 
@@ -1357,9 +1380,9 @@ def tables(results: dict[str, RowResult]) -> str:
             out += ["| row | MB/s | proxy CPU-ms per GiB | MB/s vs HAProxy |", "|---|---:|---:|---:|"]
         else:
             out += [
-                "| row | req/s | p50 ms | p99 ms | proxy CPU-µs/req | sys share | errors "
-                "| req/s vs HAProxy | CPU/req vs HAProxy | p99 vs HAProxy |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+                "| row | req/s | p50 ms | p99 ms | proxy CPU-µs/req | sys share | client core CPU-µs/req "
+                "| client core busy | errors | req/s vs HAProxy | CPU/req vs HAProxy | p99 vs HAProxy |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             ]
         for r in rows:
             label = r.row.label
@@ -1367,7 +1390,7 @@ def tables(results: dict[str, RowResult]) -> str:
                 reason = (
                     r.unavailable or "; ".join(sorted({s.failed or "" for s in r.samples})) or "no sample"
                 )
-                cols = 3 if group == "bulk" else 9
+                cols = 3 if group == "bulk" else 11
                 out.append(f"| {label} | not available: {reason.replace('|', '/')} |" + " |" * (cols - 1))
                 continue
             if group == "bulk":
@@ -1376,11 +1399,14 @@ def tables(results: dict[str, RowResult]) -> str:
                     f"| {_fmt(ratio(results, r.row, 'mbps'), '.2f', '×')} |"
                 )
             else:
-                share = r.med("sys_share")
+                share, busy = r.med("sys_share"), r.med("client_busy")
                 out.append(
                     f"| {label} | {_fmt(r.med('rps'), ',.0f')} | {_fmt(r.med('p50_ms'), '.2f')} "
                     f"| {_fmt(r.med('p99_ms'), '.2f')} | {_fmt(r.med('cpu_us'), '.1f')} "
-                    f"| {_fmt(None if share is None else 100 * share, '.0f', '%')} | {r.errors} "
+                    f"| {_fmt(None if share is None else 100 * share, '.0f', '%')} "
+                    f"| {_fmt(r.med('client_us'), '.1f')} "
+                    f"| {_fmt(None if busy is None else 100 * busy, '.0f', '%')} "
+                    f"| {r.errors} "
                     f"| {_fmt(ratio(results, r.row, 'rps'), '.2f', '×')} "
                     f"| {_fmt(ratio(results, r.row, 'cpu_us'), '.2f', '×')} "
                     f"| {_fmt(ratio(results, r.row, 'p99_ms'), '.2f', '×')} |"
