@@ -186,6 +186,24 @@ def test_header_mode_takes_the_reported_weight_within_bounds() -> None:
     assert usable(t, 1) == {A: 2.0, B: 50.0}
 
 
+def test_a_reported_weight_expires_so_an_endpoint_that_reported_zero_comes_back() -> None:
+    """With min 0, a backend reporting 0 drains itself: it gets no request, so it cannot report again.
+    After reportExpiry without a newer report it is back at its configured weight; a newer report within
+    the expiry keeps the reported weight."""
+    t = EndpointTracker(policy(dynamicWeights={"mode": "Header", "min": 0, "reportExpiry": "10s"}), 0)
+    t.set_endpoints(eps(10, 10), 0)
+    t.on_outcome(A, 0, ok=True, latency=0.01, weight_hint=0)
+    t.on_outcome(B, 1, ok=True, latency=0.01, weight_hint=30)
+    assert usable(t, 1) == {B: 30.0}
+    t.on_outcome(B, 6, ok=True, latency=0.01, weight_hint=30)  # B reports again; A cannot
+    assert usable(t, 9.9) == {B: 30.0}
+    due = t.next_change_at(9.9)
+    assert due is not None and due <= 10.0 + RECOMPUTE_INTERVAL  # looked at again with no request needed
+    assert usable(t, due) == {A: 10.0, B: 30.0}
+    assert usable(t, 16.0 + RECOMPUTE_INTERVAL) == {A: 10.0, B: 10.0}  # B's last report expired too
+    assert t.next_change_at(16.0 + RECOMPUTE_INTERVAL) is None  # nothing left to expire: no more wake-ups
+
+
 def test_outcomes_cost_nothing_when_the_policy_does_not_listen() -> None:
     t = EndpointTracker(policy(), 0)
     t.set_endpoints(eps(1), 0)

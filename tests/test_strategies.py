@@ -211,8 +211,9 @@ def test_least_connections_weighted_score() -> None:
 
 
 def least_connections_reference(trial: int, steps: int) -> None:
-    """Random set/pick/done traces against an O(n) scan of the rule: lowest (in flight + 1) / weight, then
-    the heavier weight, then the endpoint whose count changed longest ago (a new set: in order)."""
+    """Random set/pick/note/done traces against an O(n) scan of the rule: lowest (in flight + 1) / weight,
+    then the heavier weight, then the endpoint whose count changed longest ago (a new set: in order). A
+    noted pick (a retry's) counts as in flight like the strategy's own."""
     r = random.Random(trial)
     s = make("LeastConnections")
     counts: Counter[str] = Counter()
@@ -229,6 +230,13 @@ def least_connections_reference(trial: int, steps: int) -> None:
             for e in current:
                 clock += 1
                 changed[e.id] = clock
+        elif op < 0.1:  # a retry's request, picked outside the strategy
+            e = r.choice(current)
+            assert s.note_pick(e)
+            counts[e.id] += 1
+            clock += 1
+            changed[e.id] = clock
+            held.append(e)
         elif op < 0.6:
             want = min(current,
                        key=lambda e: ((counts[e.id] + 1) * (1.0 / e.weight), -e.weight, changed[e.id]))
@@ -333,6 +341,31 @@ def test_in_flight_counts_survive_set_endpoints_and_departures() -> None:
             s.on_done(e, 0.01, True)
         s.on_done(Endpoint("a", 1), 0.01, True)  # a stray done never goes below zero
         assert '"in_flight": -' not in json.dumps(s.describe())
+
+
+@pytest.mark.parametrize("kind", ["LeastConnections", "PowerOfTwoChoices", "PeakEWMA"])
+def test_in_flight_strategies_count_a_pick_made_elsewhere(kind: str) -> None:
+    """A retry goes to an endpoint the strategy did not pick: `note_pick` counts it in flight, so the
+    strategy steers new requests elsewhere until its `on_done`. Twelve distinct weights put
+    LeastConnections in its heap mode; an endpoint outside the set is not counted (no on_done due)."""
+    sets = [{"a": 1.0, "b": 1.0}]
+    if kind == "LeastConnections":
+        sets.append({"a": 1.0, "b": 1.0, **{f"e{i}": 0.01 + i / 1000 for i in range(10)}})
+    for weights in sets:
+        s = make(kind, seed=2)
+        s.set_endpoints(endpoints(**weights))
+        a = Endpoint("a", 1.0)
+        assert s.note_pick(a) and s.note_pick(a)
+        assert not s.note_pick(Endpoint("gone", 1.0))
+        state = json.dumps(s.describe())
+        assert '"a": {"in_flight": 2' in state or '"a": 2' in state, (kind, state)
+        held = [s.pick() for _ in range(2)]
+        assert [e.id for e in held if e] == ["b", "b"], (kind, weights)  # a is busier than b until then
+        for e in (a, a, *held):
+            assert e is not None
+            s.on_done(e, 0.01, True)
+        assert '"in_flight": 0' in json.dumps(s.describe()) or '"a": 0' in json.dumps(s.describe())
+    assert not make("RoundRobin").note_pick(Endpoint("a", 1.0))  # keeps no counts: never hears of it
 
 
 def test_power_of_two_second_draw_is_another_endpoint() -> None:

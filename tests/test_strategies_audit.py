@@ -5,7 +5,7 @@ ejections, weight 0, and hash keys (which attribute is hashed, what happens when
 Each test drives a Harness (a ProxyServer in the test's loop) with real backends that answer their name.
 Hash-consistency tests count keys exactly (no statistics over randomness: endpoint positions come from
 stable hashes of their ids); the one test depending on a random choice seeds the registry's rng.
-Tests marked xfail(strict=True) assert the correct behaviour and fail today because of the bug named.
+One test began as a strict xfail (a retry invisible to LeastConnections' counts) and passes since its fix.
 """
 
 from __future__ import annotations
@@ -275,12 +275,11 @@ async def test_a_retry_that_finds_every_endpoint_tried_does_not_count_as_no_usab
     await _close(started)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a retried request is invisible to LeastConnections' in-flight "
-                                       "counts (retry picks bypass the strategy), so LC piles onto it")
 async def test_least_connections_counts_a_request_in_flight_after_its_retry() -> None:
     """x refuses connections and is ejected at its first failure; R1 is retried to b (the seeded retry
-    draw) and stays there 1 s. R2 must go to c, the idle endpoint: b already has R1. Today LeastConnections
-    never heard of R1 (a retry is chosen outside the strategy), sees b and c both idle, and sends R2 to b."""
+    draw) and stays there 1 s. R2 must go to c, the idle endpoint: b already has R1. The retry is chosen
+    outside the strategy; before `note_pick`, LeastConnections never heard of R1, saw b and c both idle and
+    sent R2 to b."""
     b, c = await start_backends("b", "c")
     x = BackendEndpoint("127.0.0.1", _refusing_port(), name="x")
     policy = {"strategy": {"type": "LeastConnections"},

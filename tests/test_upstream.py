@@ -108,6 +108,33 @@ def test_update_keeps_strategy_state_and_derives_policy_values() -> None:
     assert runtime.weight_header == b"x-w" and runtime.hash_header == b"x-user" and runtime.needs_context
 
 
+def test_a_request_picked_before_a_strategy_switch_reports_to_the_strategy_that_counted_it() -> None:
+    """A reload switches LeastConnections to PowerOfTwoChoices while a request is in flight on :1. Its end
+    must not reach the new strategy, whose count for :1 is its own request's; the old one counted it."""
+    lc = {"strategy": {"type": "LeastConnections"}}
+    runtime = UpstreamRuntime(upstream(1, 2, policy=lc), clock=Clock())
+    old_request = runtime.pick()
+    assert old_request is not None and old_request.endpoint.port == 1
+    runtime.update(upstream(1, 2, policy={"strategy": {"type": "PowerOfTwoChoices"}}))
+    new_requests = [runtime.pick() for _ in range(2)]  # P2C with nothing in flight: one on each
+    assert {a.endpoint.port for a in new_requests if a} == {1, 2}
+    old_request.done(ok=True, status=200)
+    assert runtime.strategy.describe()["in_flight"] == {"127.0.0.1:1": 1, "127.0.0.1:2": 1}
+
+
+def test_a_retry_counts_in_least_connections_until_it_ends() -> None:
+    runtime = UpstreamRuntime(upstream(1, 2, 3, policy={"strategy": {"type": "LeastConnections"}}),
+                              clock=Clock(), rng=random.Random(3))
+    retry = runtime.pick(exclude=["127.0.0.1:1", "127.0.0.1:2"])
+    assert retry is not None and retry.endpoint.port == 3
+    assert runtime.strategy.describe()["in_flight"]["127.0.0.1:3"] == 1  # type: ignore[index]
+    firsts = [runtime.pick() for _ in range(2)]
+    assert [a.endpoint.port for a in firsts if a] == [1, 2]  # :3 is busy with the retry
+    retry.cancel()  # prepared, then not needed: released, not counted as a request
+    assert runtime.strategy.describe()["in_flight"]["127.0.0.1:3"] == 0  # type: ignore[index]
+    assert runtime.stats["127.0.0.1:3"].requests == 0
+
+
 @pytest.mark.parametrize(("prefix", "path", "expected"), [
     ("/", "/", True), ("/", "/anything", True), ("/api", "/api", True), ("/api", "/api/v1", True),
     ("/api", "/apis", False), ("/api", "/ap", False), ("/api/", "/api/x", True), ("/api/", "/api", False),

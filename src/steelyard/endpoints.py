@@ -70,7 +70,7 @@ class _State:
         "config", "healthy", "check_passes", "check_failures", "consecutive_failures", "ejected_until",
         "ejection_multiplier", "ejections", "returned_at", "ramp_from", "latency", "errors", "samples",
         "hint", "dynamic_weight", "override_weight", "drained", "check_detail", "ejected_after",
-        "ejected_for",
+        "ejected_for", "hint_at",
     )
 
     def __init__(self, config: BackendEndpoint, ramp_from: float | None):
@@ -88,6 +88,7 @@ class _State:
         self.errors = 0.0  # EWMA of failures (1) and successes (0)
         self.samples = 0
         self.hint: float | None = None  # last weight a backend reported (Header mode)
+        self.hint_at = 0.0  # when it reported it
         self.dynamic_weight: float | None = None  # last recomputed dynamic weight
         self.override_weight: int | None = None
         self.drained = False
@@ -223,6 +224,7 @@ class EndpointTracker:
                         state.latency + EWMA_ALPHA * (latency - state.latency))
             elif weight_hint is not None and not math.isnan(weight_hint):  # ("nan" parses as a float)
                 state.hint = weight_hint
+                state.hint_at = now
             if now >= self._next_recompute:
                 changed = self._recompute(now) or changed
         return changed
@@ -267,7 +269,13 @@ class EndpointTracker:
         dyn = self.policy.dynamic_weights
         changed = False
         if self._dynamic == DynamicWeightMode.HEADER:
+            expired_before = now - dyn.report_expiry
             for state in self._states.values():
+                if state.hint is not None and state.hint_at <= expired_before:
+                    state.hint = None  # no news for reportExpiry: back to the configured weight
+                    if state.dynamic_weight is not None:
+                        state.dynamic_weight = None
+                        changed = True
                 if state.hint is not None:
                     weight = _quantize(min(max(state.hint, dyn.min), dyn.max))
                     if weight != state.dynamic_weight:

@@ -124,6 +124,10 @@ class DynamicWeights(_Spec):
     # (slower than the peers' median, or failing: lower) and does not use them.
     min: Annotated[int, Field(ge=0, le=1000)] = 1
     max: Annotated[int, Field(ge=1, le=1000)] = 1000
+    # Header mode: how long a reported weight holds without a newer report; then the endpoint is back at
+    # its configured weight (Envoy's weight expiration period, 3 minutes there too). Without it an
+    # endpoint that reported 0 (with min 0) would never be sent the request that could report again.
+    report_expiry: PositiveDuration = "3m"  # type: ignore[assignment]
 
     @model_validator(mode="after")
     def _ordered(self) -> DynamicWeights:

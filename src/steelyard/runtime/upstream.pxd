@@ -18,6 +18,7 @@ cdef class Attempt:
     cdef public str endpoint_id
     cdef public UpstreamRuntime _runtime
     cdef public object _picked
+    cdef public object _on_done
     cdef public double _started
     cdef public EndpointStats _stats
 

@@ -80,14 +80,17 @@ class Attempt:
     call it defensively. Latency is measured from the pick to `done()`."""
 
     # `_stats` is None once finished (one slot fewer to set per request than a separate flag).
-    __slots__ = ("endpoint", "endpoint_id", "_runtime", "_picked", "_started", "_stats")
+    __slots__ = ("endpoint", "endpoint_id", "_runtime", "_picked", "_on_done", "_started", "_stats")
 
     def __init__(self, runtime: UpstreamRuntime, endpoint: BackendEndpoint, picked: Endpoint | None,
                  started: float, stats: EndpointStats, endpoint_id: str):
         self.endpoint = endpoint
         self.endpoint_id = endpoint_id  # == endpoint.id, without formatting it per request
         self._runtime = runtime
-        self._picked = picked  # None when chosen outside the strategy (a retry with exclusions)
+        self._picked = picked  # None when the strategy does not hear of it (a retry it does not count)
+        # The on_done of the strategy that counted this pick, kept here: a reload may replace the
+        # strategy meanwhile, and the new one must not hear of picks it never counted.
+        self._on_done = runtime.strategy_on_done if picked is not None else None
         self._started = started
         self._stats: EndpointStats | None = stats
 
@@ -114,8 +117,8 @@ class Attempt:
             stats.failures += 1
         stats.by_class[status_class] += 1
         if runtime.hears_outcomes:  # rarely: one test per request when nobody listens
-            on_done = runtime.strategy_on_done
-            if on_done is not None and self._picked is not None:
+            on_done = self._on_done
+            if on_done is not None:
                 on_done(self._picked, latency, ok)
             if runtime.tracker_listens and runtime.tracker.on_outcome(
                     self.endpoint_id, now, ok=ok, latency=latency, weight_hint=weight_hint):
@@ -131,8 +134,9 @@ class Attempt:
         self._stats = None
         stats.requests -= 1
         self._runtime.requests -= 1
-        if self._picked is not None:
-            self._runtime.strategy.on_done(self._picked, 0.0, True)
+        on_done = self._on_done
+        if on_done is not None:
+            on_done(self._picked, 0.0, True)
 
     def abandoned(self) -> None:
         """The client went away while the endpoint had the request. The request counts (no status) and
@@ -145,8 +149,9 @@ class Attempt:
         self._stats = None
         stats.by_class[0] += 1
         runtime = self._runtime
-        if self._picked is not None:
-            runtime.strategy.on_done(self._picked, runtime.clock() - self._started, True)
+        on_done = self._on_done
+        if on_done is not None:
+            on_done(self._picked, runtime.clock() - self._started, True)
 
     def __repr__(self) -> str:
         return f"<Attempt {self.endpoint.id} finished={self.finished}>"
@@ -309,9 +314,9 @@ class UpstreamRuntime:
         """Choose an endpoint, or None when none is usable (the proxy answers 503).
 
         With `exclude` (a retry), the choice is a weighted random one among the usable endpoints not yet
-        tried, made outside the strategy: a strategy never sees a pick it did not make, so its counters and
-        latency estimates stay exact (a cancelled pick reported as 0 s would make a failing endpoint look
-        fast).
+        tried, made outside the strategy (whose own choice may well be an endpoint already tried). A
+        strategy that counts requests in flight hears of it through `note_pick` and then gets its
+        `on_done`, so LeastConnections does not pile new requests onto an endpoint busy with a retry.
         """
         now = self.clock()
         if self._next_change is not None and now >= self._next_change:
@@ -322,7 +327,7 @@ class UpstreamRuntime:
                 return None
             weights = [e.weight for e in others]
             chosen = others[0] if len(others) == 1 else self.rng.choices(others, weights)[0]
-            return self._attempt(chosen, None, now)
+            return self._attempt(chosen, chosen if self._strategy.note_pick(chosen) else None, now)
         picked = self._strategy.pick(ctx)
         if picked is None:
             self.no_endpoint += 1
@@ -342,6 +347,7 @@ class UpstreamRuntime:
         attempt.endpoint_id = endpoint_id
         attempt._runtime = self
         attempt._picked = picked
+        attempt._on_done = self.strategy_on_done
         attempt._started = now
         attempt._stats = stats
         return attempt

@@ -60,6 +60,15 @@ class InFlight:
         self.gone = {endpoint_id: c for endpoint_id, c in old.items() if c > 0}
         return self.counts
 
+    def add(self, endpoint_id: str) -> int:
+        """One more in flight on `endpoint_id`, picked elsewhere (a retry): its position, or -1 when it
+        is not in the current set (then nothing is counted, and no `on_done` is due)."""
+        i = self.index.get(endpoint_id)
+        if i is None:
+            return -1
+        self.counts[i] += 1
+        return i
+
     def release(self, endpoint_id: str) -> int:
         """One pick on `endpoint_id` is done: its position if it is in the current set and had a pick in
         flight (now one fewer), else -1 (departed, or a stray done: never below zero)."""

@@ -69,6 +69,13 @@ class BalancingStrategy(ABC):
     def on_done(self, endpoint: Endpoint, latency: float, ok: bool) -> None:  # noqa: B027 - optional hook
         """Exactly once per pick: how long it took (seconds) and whether it succeeded."""
 
+    def note_pick(self, endpoint: Endpoint) -> bool:
+        """A request now in flight on `endpoint` that this strategy did not pick (a retry, chosen among
+        the endpoints not yet tried). A strategy that counts picks in flight counts it and returns True:
+        it then gets that request's `on_done` like its own. The default returns False and never hears of
+        it."""
+        return False
+
     def describe(self) -> dict[str, object]:
         """Strategy state for `explain` and the admin API; override to show more."""
         return {"strategy": self.name}

@@ -192,6 +192,20 @@ class LeastConnections(BalancingStrategy):
         if self._stale > 2 * len(self._endpoints) + 64:
             self._compact()
 
+    def note_pick(self, endpoint: Endpoint) -> bool:
+        index = self._tracker.add(endpoint.id)
+        if index < 0:
+            return False
+        if self._heap_mode:
+            self._push_heap(index)  # the old key is stale now
+            return True
+        # Its entry moves up one bucket; `low` and the cached best class are lower bounds and stay so.
+        self._append(self._class_of[index], index, self._counts[index])
+        self._stale += 1
+        if self._stale > 2 * len(self._endpoints) + 64:
+            self._compact()
+        return True
+
     def _compact(self) -> None:
         live, mask = self._live, self._mask
         for c in self._classes:

@@ -130,6 +130,9 @@ class PeakEWMA(BalancingStrategy):
         pending[first] = pending_a + 1
         return self._endpoints[first]
 
+    def note_pick(self, endpoint: Endpoint) -> bool:
+        return self._tracker.add(endpoint.id) >= 0  # its latency, when done, is a real sample too
+
     def on_done(self, endpoint: Endpoint, latency: float, ok: bool) -> None:
         self._tracker.release(endpoint.id)
         cell = self._estimates.get(endpoint.id)

@@ -124,6 +124,9 @@ class PowerOfTwoChoices(BalancingStrategy):
         counts, weights = self._counts, self._weights
         return min(taken, key=lambda i: ((counts[i] + 1) / weights[i], -weights[i]))  # earliest on a tie
 
+    def note_pick(self, endpoint: Endpoint) -> bool:
+        return self._tracker.add(endpoint.id) >= 0
+
     def on_done(self, endpoint: Endpoint, latency: float, ok: bool) -> None:
         self._tracker.release(endpoint.id)
 
