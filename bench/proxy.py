@@ -125,6 +125,20 @@ def core_ticks(cpus: set[int]) -> tuple[int, int]:
     return busy, total
 
 
+def host_counters() -> tuple[int, int]:
+    """(TCP segments sent, context switches) so far, host-wide: what a row costs the kernel beside the
+    proxy (the run has the host to itself, so the deltas are the row's)."""
+    segments = switches = 0
+    snmp = Path("/proc/net/snmp").read_text().splitlines()
+    lines = [line.split() for line in snmp if line.startswith("Tcp:")]
+    if len(lines) >= 2 and "OutSegs" in lines[0]:
+        segments = int(lines[1][lines[0].index("OutSegs")])
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("ctxt "):
+            switches = int(line.split()[1])
+    return segments, switches
+
+
 def set_affinity(pids: Sequence[int], cpus: set[int]) -> None:
     """Move every thread of every pid to cpus (sched_setaffinity acts on one thread at a time)."""
     for pid in pids:
@@ -807,6 +821,8 @@ class Sample:
     sys_share: float | None = None
     client_us: float | None = None  # CPU-µs per request on the client core (wrk + backends), pinned rows
     client_busy: float | None = None  # the client core's busy share over the run: ~1.0 means it set the rate
+    segments: float | None = None  # TCP segments sent per request, host-wide (every hop counts)
+    switches: float | None = None  # context switches per request, host-wide
     mbps: float = 0.0
     failed: str | None = None
 
@@ -984,6 +1000,7 @@ class Bench:
         pids = spec.proc.tree() if spec and spec.proc else []
         before = cpu_ticks(pids)
         client_before = core_ticks(CLIENT_CPUS)
+        host_before = host_counters()
         try:
             if row.kind == "bulk":
                 self._measure_bulk(port, row.pinned, sample)
@@ -996,6 +1013,10 @@ class Bench:
             sample.failed = str(exc)
             return sample
         client_after = core_ticks(CLIENT_CPUS)
+        host_after = host_counters()
+        if row.kind != "bulk" and sample.requests:
+            sample.segments = (host_after[0] - host_before[0]) / sample.requests
+            sample.switches = (host_after[1] - host_before[1]) / sample.requests
         if self.pinning and row.pinned and row.kind != "bulk" and sample.requests:
             busy, total = (a - b for a, b in zip(client_after, client_before, strict=True))
             sample.client_us = busy / CLK_TCK * 1e6 / sample.requests
@@ -1351,6 +1372,8 @@ def describe_sample(row: Row, s: Sample) -> str:
     client = ""
     if s.client_us is not None and s.client_busy is not None:
         client = f"  client core {s.client_us:.1f} µs/req, {100 * s.client_busy:.0f}% busy"
+    if s.segments is not None and s.switches is not None:
+        client += f"  segments {s.segments:.2f}/req  switches {s.switches:.3f}/req"
     return (
         f"{row.name:16} {s.rps:9.0f} req/s  p50 {s.p50_ms:.3f} ms  p99 {s.p99_ms:.3f} ms  "
         f"cpu-µs/req {cpu}  errors {s.errors}{client}"
