@@ -131,7 +131,7 @@ def test_yaml_syntax_error_has_a_line_and_other_files_still_report() -> None:
     result = load_texts([("bad.yaml", bad), ("good.yaml", docs(policy(strategy="Nope"), balancer()))])
     assert result.state is None
     out = [str(e) for e in result.errors]
-    assert out[0].startswith("bad.yaml:3: YAML syntax error:")
+    assert out[0].startswith("bad.yaml:3:9: YAML syntax error:")  # `metadata:` inside the open [ ]
     assert out[1].startswith("good.yaml:7: BalancerPolicy/p: spec.strategy.type: 'Nope' is not one of")
 
 
@@ -142,6 +142,26 @@ def test_empty_documents_are_skipped_and_on_is_not_a_boolean() -> None:
     assert result.errors == ()
     assert result.state is not None
     assert result.state.upstreams["default/lb/http"].policy.retries.on == ("reset", "503")
+
+
+@pytest.mark.parametrize(("scalar", "value"), [
+    ("010", 10), ("0o17", 15), ("0x1F", 31), ("-5", -5), ("1.5", 1.5), ("1e3", 1000.0), (".5", 0.5),
+    ("1_000", "1_000"), ("1:30", "1:30"), ("0b101", "0b101"), ("yes", "yes"), ("true", True),
+])
+def test_plain_scalars_are_read_as_yaml_1_2(scalar: str, value: object) -> None:
+    """PyYAML follows YAML 1.1, where `010` is eight, `1_000` a thousand and `1:30` ninety; YAML 1.2 (and
+    JSON, and a person reading the file) sees ten, and two strings."""
+    [doc], errors = read_documents("f.yaml", f"a: {scalar}\n")
+    assert errors == []
+    assert doc.data["a"] == value and type(doc.data["a"]) is type(value)
+
+
+def test_a_yaml_1_1_number_is_refused_by_name_not_read_as_another_number() -> None:
+    text = docs(policy(), balancer(port="8_080"))  # type: ignore[arg-type]
+    assert messages(text) == [f"f.yaml:{line_of(text, '8_080')}: LoadBalancer/lb: spec.ports[0].port: "
+                              "'8_080' is not a whole number"]
+    result = load_texts([("f.yaml", docs(policy(), balancer(port="010")))])  # type: ignore[arg-type]
+    assert result.state is not None and [listener.port for listener in result.state.listeners] == [10]
 
 
 def test_missing_policy_and_duplicates() -> None:

@@ -164,7 +164,7 @@ def test_a_relative_path_prefix_names_the_path_prefix_field_and_line() -> None:
 def test_an_unclosed_quote_names_the_line_where_it_opens() -> None:
     text = balancer().replace('"127.0.0.1:9001"', '"127.0.0.1:9001') + "# end\n# of\n# file\n"
     [error] = errors_of(text)
-    assert error.startswith("f.yaml:6: YAML syntax error: ") or "line 6" in error, error
+    assert error.startswith("f.yaml:6:25: YAML syntax error: "), error  # line and column of the quote
 
 
 # --- verified tricky cases ------------------------------------------------------------------------------
@@ -202,7 +202,7 @@ def test_a_duplicate_name_in_a_second_file_names_that_file_and_line(tmp_path: Pa
 def test_bom_tabs_and_non_mapping_documents(tmp_path: Path) -> None:
     assert load_texts([("f.yaml", "\ufeff" + balancer())]).errors == ()
     [tab] = errors_of(balancer().replace("  endpoints", "\tendpoints"))
-    assert tab.startswith("f.yaml:6: YAML syntax error: ") and "'\\t'" in tab
+    assert tab.startswith("f.yaml:6:1: YAML syntax error: ") and "'\\t'" in tab
     assert errors_of("- a\n") == ["f.yaml:1: a document must be a mapping with apiVersion, kind, metadata "
                                   "and spec"]
     folder = tmp_path / "dir.yaml"

@@ -21,7 +21,8 @@ from steelyard.model import BalancerPolicySpec, Protocol
 
 @dataclass(frozen=True, slots=True)
 class ConfigError:
-    """One problem in the configuration, shown to the person as `FILE:LINE: kind/name: field: message`."""
+    """One problem in the configuration, shown to the person as `FILE:LINE: kind/name: field: message`
+    (`FILE:LINE:COLUMN:` for a YAML syntax error, which points at a character, not a field)."""
 
     message: str
     file: str | None = None
@@ -29,11 +30,14 @@ class ConfigError:
     kind: str | None = None
     name: str | None = None
     field: str | None = None
+    column: int | None = None
 
     def __str__(self) -> str:
         where = ""
         if self.file:
             where = f"{self.file}:{self.line}: " if self.line else f"{self.file}: "
+            if self.line and self.column:
+                where = f"{self.file}:{self.line}:{self.column}: "
         obj = f"{self.kind}/{self.name}: " if self.kind else ""
         fld = f"{self.field}: " if self.field else ""
         return f"{where}{obj}{fld}{self.message}"

@@ -40,15 +40,36 @@ class SourceDocument:
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.2 booleans: only true/false. YAML 1.1 turns `on:` (retries.on) and `no` into booleans."""
+    """YAML 1.2's core schema for plain scalars, where PyYAML follows YAML 1.1:
+    - booleans are only true/false (1.1 turns `on:`, the key of retries.on, and `no` into booleans);
+    - integers are decimal, `0o17` or `0x1F` (1.1 reads `port: 010` as 8, `1_000` as 1000 and `1:30` as
+      90; here the first is 10 and the others stay strings, which validation then refuses by name)."""
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        text = str(self.construct_scalar(node))
+        sign = -1 if text.startswith("-") else 1
+        digits = text.lstrip("+-")
+        if digits.startswith("0o"):
+            return sign * int(digits[2:], 8)
+        if digits.startswith("0x"):
+            return sign * int(digits[2:], 16)
+        return sign * int(digits, 10)
 
 
+_OVERRIDDEN = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _OVERRIDDEN]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Loader.add_implicit_resolver(  # (before float: "10" matches both, and is an integer)
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+.0123456789"))
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 
 
 MAX_NODES = 100_000  # nodes of one document once aliases are expanded
@@ -91,11 +112,12 @@ def _record(root: yaml.Node, lines: dict[str, int], duplicates: list[tuple[str, 
         stack.extend(reversed(children))
 
 
-def _problem_line(exc: yaml.YAMLError) -> int | None:
+def _problem_position(exc: yaml.YAMLError) -> tuple[int | None, int | None]:
+    """(line, column), both counted from 1, of what the error points at."""
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     if "quoted scalar" in (getattr(exc, "context", None) or ""):  # (unclosed: where it opens, not the end)
         mark = getattr(exc, "context_mark", None) or mark
-    return mark.line + 1 if mark is not None else None
+    return (mark.line + 1, mark.column + 1) if mark is not None else (None, None)
 
 
 def _problem_text(exc: yaml.YAMLError) -> str:
@@ -129,7 +151,8 @@ def read_documents(name: str, text: str) -> tuple[list[SourceDocument], list[Con
                 continue  # an empty document (`---` alone or comments only)
             docs.append(SourceDocument(name, node.start_mark.line + 1, data, lines, tuple(duplicates)))
     except yaml.YAMLError as exc:
-        return docs, [ConfigError(_problem_text(exc), file=name, line=_problem_line(exc))]
+        line, column = _problem_position(exc)
+        return docs, [ConfigError(_problem_text(exc), file=name, line=line, column=column)]
     except RecursionError:  # (PyYAML composes nested collections recursively)
         return docs, [ConfigError(f"nests more than {MAX_DEPTH} levels deep", file=name)]
     finally:
