@@ -245,3 +245,21 @@ def test_a_reload_to_a_configuration_with_nothing_in_it_keeps_the_last_good_stat
     assert "holds no resources (an empty or half-written file?)" in caplog.text
     fresh = FileProvider([str(path)])
     assert fresh.accept(fresh.load(), "start") is not None  # at start: nothing to keep
+
+
+@pytest.mark.parametrize(("spec", "field", "name"), [
+    ("  strategy: {type: Maglev, hashOn: {header: 'X User'}}\n", "spec.strategy.hashOn.header", "X User"),
+    ("  strategy: {type: RingHash, hashOn: {header: 'X-User:'}}\n", "spec.strategy.hashOn.header", "X-User:"),
+    ("  strategy: {type: RingHash, hashOn: {cookie: 'sid=1'}}\n", "spec.strategy.hashOn.cookie", "sid=1"),
+    ("  dynamicWeights: {mode: Header, header: 'Weight Now'}\n", "spec.dynamicWeights.header", "Weight Now"),
+])
+def test_header_and_cookie_names_must_be_tokens(spec: str, field: str, name: str) -> None:
+    """A name with a space, ':' or '=' can never match what a client or backend sends: refused by name."""
+    [error] = errors_of(policy(spec))
+    assert error.startswith(f"f.yaml:5: BalancerPolicy/p: {field}: {name!r} is not a valid header or cookie "
+                            "name"), error
+
+
+def test_unusual_but_valid_token_names_are_accepted() -> None:
+    text = policy("  strategy: {type: RingHash, hashOn: {header: \"X-User_ID.v2~!#$%&'*+^`|\"}}\n")
+    assert load_texts([("f.yaml", text)]).errors == ()

@@ -7,10 +7,19 @@ the YAML (camelCase) names; Python attributes are snake_case.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from steelyard.model.addresses import check_endpoint_address, check_host
@@ -48,6 +57,22 @@ def _check_name(value: str) -> str:
 
 Name = Annotated[str, AfterValidator(_check_name)]
 
+TOKEN_PATTERN = r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$"  # RFC 9110 §5.6.2 token (RE2 for the API server, too)
+_TOKEN = re.compile(TOKEN_PATTERN)
+
+
+def _check_token(value: str) -> str:
+    """A header field name (RFC 9110 §5.1) or cookie name (RFC 6265 §4.1.1) is a token: a name with a
+    space, colon or '=' in it can never match what a client sends, so it is refused, not ignored."""
+    if not _TOKEN.match(value):
+        raise ValueError(f"{value!r} is not a valid header or cookie name: use letters, digits and "
+                         "!#$%&'*+-.^_`|~, with no spaces, ':' or '='")
+    return value
+
+
+Token = Annotated[
+    str, AfterValidator(_check_token), WithJsonSchema({"type": "string", "pattern": TOKEN_PATTERN})]
+
 API_GROUP = "steelyard.dev"
 API_VERSION = f"{API_GROUP}/v1alpha1"
 
@@ -83,8 +108,8 @@ class SourceIP(_Spec):
 class HashOn(_Spec):
     """What a hash strategy hashes: exactly one of a header, a cookie or the client's address."""
 
-    header: str | None = None
-    cookie: str | None = None
+    header: Token | None = None
+    cookie: Token | None = None
     source_ip: SourceIP | None = Field(default=None, alias="sourceIP")
 
     @model_validator(mode="after")
@@ -119,7 +144,7 @@ class DynamicWeightMode(StrEnum):
 
 class DynamicWeights(_Spec):
     mode: DynamicWeightMode = DynamicWeightMode.OFF
-    header: str = "Steelyard-Weight"
+    header: Token = "Steelyard-Weight"
     # Header mode: the bounds of a reported weight. Latency mode scales the configured weight by 5-100 %
     # (slower than the peers' median, or failing: lower) and does not use them.
     min: Annotated[int, Field(ge=0, le=1000)] = 1
