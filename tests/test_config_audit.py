@@ -7,6 +7,7 @@ pass since their fixes; the others pin tricky cases verified to work.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -263,3 +264,27 @@ def test_header_and_cookie_names_must_be_tokens(spec: str, field: str, name: str
 def test_unusual_but_valid_token_names_are_accepted() -> None:
     text = policy("  strategy: {type: RingHash, hashOn: {header: \"X-User_ID.v2~!#$%&'*+^`|\"}}\n")
     assert load_texts([("f.yaml", text)]).errors == ()
+
+
+def test_a_selector_or_service_in_file_mode_is_said_to_be_ignored(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`steelyard run -c` on a manifest written for Kubernetes: the file is valid (kubectl applies it), but
+    a selector or a service finds no backends without the Kubernetes provider. The run says so, naming
+    the load balancer and what it serves instead, rather than answering 503 without a word."""
+    path = tmp_path / "lb.yaml"
+    path.write_text(balancer("web", endpoints="[]", extra="  selector: {matchLabels: {app: web}}\n")
+                    + "---\n" + balancer("api", ports="[{name: http, port: 8081, address: 127.0.0.1}]",
+                                          extra="  service: {name: api}\n")
+                    + "---\n" + balancer("plain", ports="[{name: http, port: 8082, address: 127.0.0.1}]"))
+    provider = FileProvider([str(path)])
+    loaded = provider.load()
+    assert loaded.errors == ()
+    assert loaded.warnings == (
+        "LoadBalancer/default/web: spec.selector finds backends only with --kubernetes; from a file it has "
+        "no endpoints: every request to it gets 503",
+        "LoadBalancer/default/api: spec.service finds backends only with --kubernetes; from a file it serves "
+        "its 1 spec.endpoints only",
+    )
+    with caplog.at_level(logging.WARNING):
+        assert provider.accept(loaded, "start") is not None
+    assert "LoadBalancer/default/web: spec.selector finds backends only" in caplog.text

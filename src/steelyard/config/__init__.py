@@ -5,6 +5,7 @@ from steelyard.config.loader import (
     LoadResult,
     build_state,
     default_config_path,
+    file_mode_warnings,
     load_files,
     load_texts,
     parse_documents,
@@ -13,5 +14,6 @@ from steelyard.config.loader import (
 
 __all__ = [
     "BackendEndpoint", "ConfigError", "DesiredState", "Listener", "LoadResult", "Route", "Upstream",
-    "build_state", "default_config_path", "load_files", "load_texts", "parse_documents", "split_address",
+    "build_state", "default_config_path", "file_mode_warnings", "load_files", "load_texts", "parse_documents",
+    "split_address",
 ]

@@ -643,3 +643,23 @@ def load_files(paths: Sequence[str]) -> LoadResult:
     if errors:
         return LoadResult(None, tuple(errors) + result.errors, result.resources)
     return result
+
+
+def file_mode_warnings(resources: Sequence[AnyResource]) -> list[str]:
+    """What a file-mode run (`steelyard run -c`) ignores: `selector` and `service` find backends only
+    through the Kubernetes provider. Not errors, since the same manifests are valid for `kubectl apply`."""
+    out: list[str] = []
+    for lb in resources:
+        if not isinstance(lb, LoadBalancer):
+            continue
+        ignored = [f for f, value in (("spec.selector", lb.spec.selector), ("spec.service", lb.spec.service))
+                   if value is not None]
+        if not ignored:
+            continue
+        name = f"LoadBalancer/{lb.metadata.namespace}/{lb.metadata.name}"
+        serves = (f"serves its {len(lb.spec.endpoints)} spec.endpoints only" if lb.spec.endpoints
+                  else "has no endpoints: every request to it gets 503")
+        verb = "find" if len(ignored) > 1 else "finds"
+        out.append(f"{name}: {' and '.join(ignored)} {verb} backends only with --kubernetes; from a file it "
+                   f"{serves}")
+    return out

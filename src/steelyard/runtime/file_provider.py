@@ -55,14 +55,16 @@ class Loaded:
 
     state: DesiredState | None
     errors: tuple[str, ...]
+    warnings: tuple[str, ...] = ()  # what a valid configuration does not do in file mode
 
 
 def _default_loader(paths: Sequence[str]) -> Loaded:
-    from steelyard.config import load_files  # type: ignore[attr-defined]
+    from steelyard.config import file_mode_warnings, load_files  # type: ignore[attr-defined]
 
     result = load_files(list(paths))
     errors = tuple(str(e) for e in result.errors)
-    return Loaded(result.state if not errors else None, errors)
+    warnings = () if errors else tuple(file_mode_warnings(result.resources))
+    return Loaded(result.state if not errors else None, errors, warnings)
 
 
 class FileProvider:
@@ -119,6 +121,8 @@ class FileProvider:
         if same_configuration(loaded.state, self.current):
             log.info("configuration %s re-read (%s): unchanged", self.source, reason)
             return None
+        for warning in loaded.warnings:
+            log.warning("configuration %s: %s", self.source, warning)
         self.current = loaded.state
         return loaded.state
 
