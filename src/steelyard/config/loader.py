@@ -65,7 +65,7 @@ def default_config_path() -> Path:
 
 # --- step 1: documents -> resources --------------------------------------------------------------------
 
-def _loc_to_path(loc: tuple[int | str, ...], data: Any) -> str:
+def field_path(loc: tuple[int | str, ...], data: Any) -> str:
     """`('spec', 'ports', 0, 'port')` -> `spec.ports[0].port`, skipping pydantic's union-member tags."""
     path = ""
     current: Any = data
@@ -89,7 +89,7 @@ def _expected_list(ctx: Mapping[str, Any]) -> str:
     return str(ctx.get("expected", "")).replace("'", "").replace(" or ", ", ")
 
 
-def _message(err: Mapping[str, Any]) -> str:
+def error_message(err: Mapping[str, Any]) -> str:
     """pydantic's wording, rewritten where a person would not know what to do."""
     kind = err["type"]
     ctx: Mapping[str, Any] = err.get("ctx") or {}
@@ -131,8 +131,8 @@ def _validation_errors(exc: ValidationError, doc: SourceDocument, kind: str, nam
         if err["type"] == "too_short" and isinstance(err.get("input"), list | tuple) \
                 and len(err["input"]) >= int(ctx.get("min_length", 0)):
             continue  # pydantic's echo of a failed item: the list itself was long enough
-        path = _loc_to_path(tuple(err["loc"]), doc.data)
-        message = _message(err)
+        path = field_path(tuple(err["loc"]), doc.data)
+        message = error_message(err)
         if message not in merged.setdefault(path, []):
             merged[path].append(message)
     out = []

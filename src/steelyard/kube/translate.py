@@ -33,7 +33,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from steelyard.config.desired import BackendEndpoint, ConfigError, DesiredState
-from steelyard.config.loader import build_state
+from steelyard.config.loader import build_state, error_message, field_path
 from steelyard.model import BalancerPolicy, LabelSelector, LoadBalancer, StrategyType
 
 __all__ = ["ClusterObjects", "LoadBalancerReport", "PolicyReport", "Translation", "translate",
@@ -105,16 +105,18 @@ def _generation(obj: Mapping[str, Any]) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def _validation_message(exc: ValidationError) -> str:
-    parts = []
+def _validation_message(exc: ValidationError, data: Mapping[str, Any]) -> str:
+    """Every problem as `field: message`, worded and pathed (`spec.hosts[0]`) as in file mode."""
+    parts: list[str] = []
     for err in exc.errors():
         ctx = err.get("ctx") or {}
         if err["type"] == "too_short" and isinstance(err.get("input"), list | tuple) \
                 and len(err["input"]) >= int(ctx.get("min_length", 0)):
             continue  # pydantic's echo of a failed item: the list itself was long enough
-        where = ".".join(str(p) for p in err["loc"] if str(p) not in ("int", "str"))
-        parts.append(f"{where}: {err['msg']}" if where else str(err["msg"]))
-    return "; ".join(parts)
+        where = field_path(tuple(err["loc"]), data)
+        message = error_message(err)
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(dict.fromkeys(parts))
 
 
 def _resource_fields(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -314,10 +316,11 @@ def translate(objects: ClusterObjects) -> Translation:
     for obj in objects.policies:
         key = _key(obj)
         try:
-            policies.append(BalancerPolicy.model_validate(_resource_fields(obj)))
+            fields = _resource_fields(obj)
+            policies.append(BalancerPolicy.model_validate(fields))
         except ValidationError as exc:
             invalid_policies.add(key)
-            policy_reports[key] = PolicyReport(key, _generation(obj), False, _validation_message(exc))
+            policy_reports[key] = PolicyReport(key, _generation(obj), False, _validation_message(exc, fields))
 
     balancers: list[LoadBalancer] = []
     lb_objects: dict[str, Mapping[str, Any]] = {}
@@ -330,9 +333,10 @@ def translate(objects: ClusterObjects) -> Translation:
         key = _key(obj)
         lb_objects[key] = obj
         try:
-            balancers.append(LoadBalancer.model_validate(_resource_fields(obj)))
+            fields = _resource_fields(obj)
+            balancers.append(LoadBalancer.model_validate(fields))
         except ValidationError as exc:
-            failed[key] = ("InvalidSpec", _validation_message(exc))
+            failed[key] = ("InvalidSpec", _validation_message(exc, fields))
 
     result = build_state([*policies, *balancers], SOURCE, partial=True, require_endpoints=False,
                          invalid_policies=frozenset(invalid_policies))
