@@ -177,6 +177,20 @@ async def test_an_address_that_leaves_and_comes_back_gets_a_fresh_pool_that_pool
     await _close_all(a, b)
 
 
+async def test_a_connection_for_an_endpoint_a_reload_removed_is_not_pooled_anywhere() -> None:
+    """A request or retry picked before a reload may connect to its endpoint after it. That endpoint's
+    pool is gone; a new one must not appear (no later reload would retire it, and its connections would
+    idle to a backend no longer configured): it gets a retired pool of its own."""
+    a, b = await start_backends("a", "b")
+    async with Harness(make_state([a])) as h:
+        h.apply(make_state([b]))
+        late = h.proxy.pool_for(a.endpoint)
+        assert late.retired and a.endpoint.id not in h.proxy.pools
+        current = h.proxy.pool_for(b.endpoint)
+        assert not current.retired and h.proxy.pools[b.endpoint.id] is current
+    await _close_all(a, b)
+
+
 async def test_least_connections_counts_survive_a_reload_that_adds_an_endpoint() -> None:
     """LeastConnections: a request in flight before the reload still counts after it, so the next two
     requests go to the two idle endpoints, never to the busy one."""

@@ -150,10 +150,16 @@ class ProxyServer:
     # -- upstream connections -----------------------------------------------------------------------------
 
     def pool_for(self, endpoint: BackendEndpoint) -> EndpointPool:
+        """The endpoint's pool, made on first use. An endpoint a reload removed (a request or retry picked
+        before it) gets a retired pool of its own, kept nowhere: its connection closes after the exchange
+        instead of idling in a pool no later reload would retire."""
         pool = self.pools.get(endpoint.id)
         if pool is None:
-            pool = self.pools[endpoint.id] = EndpointPool(endpoint.id, endpoint.host, endpoint.port,
-                                                          self.config.pool_max_idle)
+            pool = EndpointPool(endpoint.id, endpoint.host, endpoint.port, self.config.pool_max_idle)
+            if endpoint.id in self._snapshot.endpoint_ids:
+                self.pools[endpoint.id] = pool
+            else:
+                pool.retire()
         return pool
 
     def open_upstream(self, pool: EndpointPool, timeout: float, req: HttpRequest,
