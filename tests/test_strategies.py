@@ -211,9 +211,10 @@ def test_least_connections_weighted_score() -> None:
 
 
 def least_connections_reference(trial: int, steps: int) -> None:
-    """Random set/pick/note/done traces against an O(n) scan of the rule: lowest (in flight + 1) / weight,
-    then the heavier weight, then the endpoint whose count changed longest ago (a new set: in order). A
-    noted pick (a retry's) counts as in flight like the strategy's own."""
+    """Random set/pick/note/retry/done traces against an O(n) scan of the rule: lowest (in flight + 1) /
+    weight, then the heavier weight, then the endpoint whose count changed longest ago (a new set: in
+    order). A retry's pick applies the same rule to the endpoints not yet tried; it, and a noted pick,
+    count as in flight like the strategy's own."""
     r = random.Random(trial)
     s = make("LeastConnections")
     counts: Counter[str] = Counter()
@@ -237,6 +238,15 @@ def least_connections_reference(trial: int, steps: int) -> None:
             clock += 1
             changed[e.id] = clock
             held.append(e)
+        elif op < 0.14:  # a retry's pick by the strategy's rule, among the endpoints not yet tried
+            among = r.sample(current, r.randint(1, len(current)))
+            want = min(among,
+                       key=lambda e: ((counts[e.id] + 1) * (1.0 / e.weight), -e.weight, changed[e.id]))
+            assert s.pick_among(among) == want
+            counts[want.id] += 1
+            clock += 1
+            changed[want.id] = clock
+            held.append(want)
         elif op < 0.6:
             want = min(current,
                        key=lambda e: ((counts[e.id] + 1) * (1.0 / e.weight), -e.weight, changed[e.id]))

@@ -276,22 +276,22 @@ async def test_a_retry_that_finds_every_endpoint_tried_does_not_count_as_no_usab
 
 
 async def test_least_connections_counts_a_request_in_flight_after_its_retry() -> None:
-    """x refuses connections and is ejected at its first failure; R1 is retried to b (the seeded retry
-    draw) and stays there 1 s. R2 must go to c, the idle endpoint: b already has R1. The retry is chosen
-    outside the strategy; before `note_pick`, LeastConnections never heard of R1, saw b and c both idle and
-    sent R2 to b."""
+    """x refuses connections and is ejected at its first failure; R1 is retried to b (LeastConnections'
+    rule among b and c: both idle, b has waited longest) and stays there 1 s. R2 must go to c, the idle
+    endpoint: b already has R1. Retries were once picked outside the strategy, which never heard of R1,
+    saw b and c both idle and sent R2 to b."""
     b, c = await start_backends("b", "c")
     x = BackendEndpoint("127.0.0.1", _refusing_port(), name="x")
     policy = {"strategy": {"type": "LeastConnections"},
               "outlierDetection": {"consecutiveFailures": 1, "baseEjectionTime": "30s",
                                    "maxEjectionPercent": 50}}
     h = Harness(make_state([x, b, c], policy=policy))
-    h.registry.rng = random.Random(1)  # the retry's weighted draw between b and c: b
+    h.registry.rng = random.Random(1)  # (were the retry a random draw, this seed would draw b)
     async with h:
         r1 = await h.connect()
         await r1.send(b"GET /slow?ms=1000 HTTP/1.1\r\nHost: x\r\n\r\n")
         assert await eventually(lambda: len(b.requests) + len(c.requests) == 1)
-        assert b.requests and not c.requests, "seeded retry draw did not choose b"
+        assert b.requests and not c.requests, "the retry did not go to b"
         runtime = h.runtime()
         assert [e.id for e in runtime.usable_now()] == [b.endpoint.id, c.endpoint.id]  # x ejected
         r2 = await h.connect()

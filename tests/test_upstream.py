@@ -6,6 +6,7 @@ import logging
 import random
 from collections.abc import Sequence
 from types import MappingProxyType
+from typing import Any
 
 import pytest
 
@@ -133,6 +134,24 @@ def test_a_retry_counts_in_least_connections_until_it_ends() -> None:
     retry.cancel()  # prepared, then not needed: released, not counted as a request
     assert runtime.strategy.describe()["in_flight"]["127.0.0.1:3"] == 0  # type: ignore[index]
     assert runtime.stats["127.0.0.1:3"].requests == 0
+
+
+@pytest.mark.parametrize("kind", ["LeastConnections", "PowerOfTwoChoices", "PeakEWMA"])
+def test_a_retry_goes_to_the_least_loaded_endpoint_not_yet_tried(kind: str) -> None:
+    """:1 failed; :2 is busy with three requests, :3 with none. The retry goes to :3 by the strategy's own
+    rule (no random draw between :2 and :3), and is counted."""
+    for seed in range(10):
+        runtime = UpstreamRuntime(upstream(1, 2, 3, policy={"strategy": {"type": kind}}), clock=Clock(),
+                                  rng=random.Random(seed))
+        busy = Endpoint("127.0.0.1:2", 1.0)
+        for _ in range(3):
+            assert runtime.strategy.note_pick(busy)
+        retry = runtime.pick(exclude=["127.0.0.1:1"])
+        assert retry is not None and retry.endpoint.port == 3, (kind, seed)
+        state: Any = runtime.strategy.describe()
+        counted = (state["endpoints"]["127.0.0.1:3"]["in_flight"] if kind == "PeakEWMA"
+                   else state["in_flight"]["127.0.0.1:3"])
+        assert counted == 1
 
 
 @pytest.mark.parametrize(("prefix", "path", "expected"), [

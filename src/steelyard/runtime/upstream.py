@@ -313,10 +313,11 @@ class UpstreamRuntime:
     def pick(self, ctx: PickContext = NO_CONTEXT, exclude: Collection[str] = ()) -> Attempt | None:
         """Choose an endpoint, or None when none is usable (the proxy answers 503).
 
-        With `exclude` (a retry), the choice is a weighted random one among the usable endpoints not yet
-        tried, made outside the strategy (whose own choice may well be an endpoint already tried). A
-        strategy that counts requests in flight hears of it through `note_pick` and then gets its
-        `on_done`, so LeastConnections does not pile new requests onto an endpoint busy with a retry.
+        With `exclude` (a retry), the choice is among the usable endpoints not yet tried: by the strategy's
+        own rule where it has one for that (`pick_among`: LeastConnections, P2C, PeakEWMA), else a weighted
+        random draw the strategy hears of through `note_pick`. Either way a strategy that counts requests
+        in flight counts the retry and gets its `on_done`, so LeastConnections neither sends a retry to a
+        busy endpoint nor piles new requests onto an endpoint busy with one.
         """
         now = self.clock()
         if self._next_change is not None and now >= self._next_change:
@@ -325,9 +326,13 @@ class UpstreamRuntime:
             others = [e for e in self._usable if e.id not in exclude and e.weight > 0]
             if not others:  # (retries ran out: the client gets the last failure, not "no usable endpoint")
                 return None
+            strategy = self._strategy
+            chosen = strategy.pick_among(others)
+            if chosen is not None:
+                return self._attempt(chosen, chosen, now)
             weights = [e.weight for e in others]
             chosen = others[0] if len(others) == 1 else self.rng.choices(others, weights)[0]
-            return self._attempt(chosen, chosen if self._strategy.note_pick(chosen) else None, now)
+            return self._attempt(chosen, chosen if strategy.note_pick(chosen) else None, now)
         picked = self._strategy.pick(ctx)
         if picked is None:
             self.no_endpoint += 1

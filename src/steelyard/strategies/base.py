@@ -76,6 +76,12 @@ class BalancingStrategy(ABC):
         it."""
         return False
 
+    def pick_among(self, candidates: Sequence[Endpoint]) -> Endpoint | None:
+        """A retry's pick among `candidates` (the usable endpoints not yet tried) by this strategy's own
+        rule, counted like its own picks (its `on_done` follows). None when the strategy has no such
+        rule (the default: a retry is then a weighted random draw, told through `note_pick`)."""
+        return None
+
     def describe(self) -> dict[str, object]:
         """Strategy state for `explain` and the admin API; override to show more."""
         return {"strategy": self.name}

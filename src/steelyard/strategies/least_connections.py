@@ -206,6 +206,27 @@ class LeastConnections(BalancingStrategy):
             self._compact()
         return True
 
+    def pick_among(self, candidates: Sequence[Endpoint]) -> Endpoint | None:
+        """The rule of `pick` over `candidates` only (a retry's), by a scan: retries are rare."""
+        index, counts, endpoints, live = self._tracker.index, self._counts, self._endpoints, self._live
+        sequence_mask = (1 << SEQUENCE_BITS) - 1
+        best: tuple[float, float, int] | None = None
+        chosen = -1
+        for candidate in candidates:
+            i = index.get(candidate.id)
+            if i is None:
+                continue
+            weight = endpoints[i].weight
+            # (longest waiting: the oldest live entry, or in heap mode the oldest key's sequence)
+            age = (live[i] >> self._bits) & sequence_mask if self._heap_mode else live[i]
+            key = ((counts[i] + 1) / weight, -weight, age)
+            if best is None or key < best:
+                best, chosen = key, i
+        if chosen < 0:
+            return None
+        self.note_pick(endpoints[chosen])
+        return endpoints[chosen]
+
     def _compact(self) -> None:
         live, mask = self._live, self._mask
         for c in self._classes:

@@ -133,6 +133,19 @@ class PeakEWMA(BalancingStrategy):
     def note_pick(self, endpoint: Endpoint) -> bool:
         return self._tracker.add(endpoint.id) >= 0  # its latency, when done, is a real sample too
 
+    def pick_among(self, candidates: Sequence[Endpoint]) -> Endpoint | None:
+        """A retry: the lesser load of two candidates drawn at random, loads decayed to now."""
+        index = self._tracker.index
+        known = [i for i in (index.get(c.id) for c in candidates) if i is not None]
+        if not known:
+            return None
+        drawn = self.rng.sample(known, 2) if len(known) > 1 else known
+        now = self.clock()
+        cells, pending = self._cells, self._pending
+        best = min(drawn, key=lambda i: _load(cells[i], pending[i], now))
+        pending[best] += 1
+        return self._endpoints[best]
+
     def on_done(self, endpoint: Endpoint, latency: float, ok: bool) -> None:
         self._tracker.release(endpoint.id)
         cell = self._estimates.get(endpoint.id)
