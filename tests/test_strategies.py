@@ -356,8 +356,9 @@ def test_in_flight_counts_survive_set_endpoints_and_departures() -> None:
 @pytest.mark.parametrize("kind", ["LeastConnections", "PowerOfTwoChoices", "PeakEWMA"])
 def test_in_flight_strategies_count_a_pick_made_elsewhere(kind: str) -> None:
     """A retry goes to an endpoint the strategy did not pick: `note_pick` counts it in flight, so the
-    strategy steers new requests elsewhere until its `on_done`. Twelve distinct weights put
-    LeastConnections in its heap mode; an endpoint outside the set is not counted (no on_done due)."""
+    strategy steers new requests elsewhere until its `on_done`; `pick_among` applies the strategy's own
+    rule to a retry's candidates and counts its choice. Twelve distinct weights put LeastConnections in
+    its heap mode; an endpoint outside the set is not counted (no on_done due)."""
     sets = [{"a": 1.0, "b": 1.0}]
     if kind == "LeastConnections":
         sets.append({"a": 1.0, "b": 1.0, **{f"e{i}": 0.01 + i / 1000 for i in range(10)}})
@@ -375,7 +376,20 @@ def test_in_flight_strategies_count_a_pick_made_elsewhere(kind: str) -> None:
             assert e is not None
             s.on_done(e, 0.01, True)
         assert '"in_flight": 0' in json.dumps(s.describe()) or '"a": 0' in json.dumps(s.describe())
+        # A retry by the strategy's own rule: among a (two in flight) and b (none), b; counted like a pick.
+        assert s.note_pick(a) and s.note_pick(a)
+        b = s.pick_among([a, Endpoint("b", 1.0)])
+        assert b is not None and b.id == "b", (kind, weights)
+        assert s.pick_among([Endpoint("gone", 1.0)]) is None  # no candidate it knows: the caller draws
+        only = s.pick_among([a])
+        assert only is not None and only.id == "a"
+        for e in (a, a, a, b):
+            s.on_done(e, 0.01, True)
+        state = json.dumps(s.describe())
+        assert '"a": {"in_flight": 0' in state or '"a": 0' in state, (kind, state)
+        assert '"b": {"in_flight": 0' in state or '"b": 0' in state, (kind, state)
     assert not make("RoundRobin").note_pick(Endpoint("a", 1.0))  # keeps no counts: never hears of it
+    assert make("RoundRobin").pick_among([Endpoint("a", 1.0)]) is None  # no rule of its own for a retry
 
 
 def test_power_of_two_second_draw_is_another_endpoint() -> None:
