@@ -38,6 +38,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -114,30 +115,31 @@ def cpu_ticks(pids: Sequence[int]) -> tuple[int, int]:
     return user, system
 
 
-def core_ticks(cpus: set[int]) -> tuple[int, int]:
-    """(busy, total) clock ticks summed over cpus, from /proc/stat (iowait counts as idle)."""
-    busy = total = 0
+class HostCounters(NamedTuple):
+    """Counters so far, read before and after a row: the deltas are the row's (the run has the host)."""
+
+    busy: int  # clock ticks the given cpus spent not idle (iowait counts as idle)
+    total: int  # clock ticks of the given cpus
+    segments: int  # TCP segments sent, host-wide (every hop counts)
+    switches: int  # context switches, host-wide
+
+
+def host_counters(cpus: set[int]) -> HostCounters:
+    """One read of /proc/stat and one of /proc/net/snmp: what a row costs beside the proxy."""
+    busy = total = switches = segments = 0
     for line in Path("/proc/stat").read_text().splitlines():
         name, _, rest = line.partition(" ")
         if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
             ticks = [int(x) for x in rest.split()[:8]]  # user nice system idle iowait irq softirq steal
             total += sum(ticks)
             busy += sum(ticks) - ticks[3] - ticks[4]
-    return busy, total
-
-
-def host_counters() -> tuple[int, int]:
-    """(TCP segments sent, context switches) so far, host-wide: what a row costs the kernel beside the
-    proxy (the run has the host to itself, so the deltas are the row's)."""
-    segments = switches = 0
+        elif name == "ctxt":
+            switches = int(rest)
     snmp = Path("/proc/net/snmp").read_text().splitlines()
     lines = [line.split() for line in snmp if line.startswith("Tcp:")]
     if len(lines) >= 2 and "OutSegs" in lines[0]:
         segments = int(lines[1][lines[0].index("OutSegs")])
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith("ctxt "):
-            switches = int(line.split()[1])
-    return segments, switches
+    return HostCounters(busy, total, segments, switches)
 
 
 def set_affinity(pids: Sequence[int], cpus: set[int]) -> None:
@@ -1001,8 +1003,7 @@ class Bench:
         self._prepare_affinity(row)
         pids = spec.proc.tree() if spec and spec.proc else []
         before = cpu_ticks(pids)
-        client_before = core_ticks(CLIENT_CPUS)
-        host_before = host_counters()
+        host_before = host_counters(CLIENT_CPUS)
         try:
             if row.kind == "bulk":
                 self._measure_bulk(port, row.pinned, sample)
@@ -1014,15 +1015,14 @@ class Bench:
         except (ValueError, subprocess.SubprocessError, OSError) as exc:
             sample.failed = str(exc)
             return sample
-        client_after = core_ticks(CLIENT_CPUS)
-        host_after = host_counters()
+        host_after = host_counters(CLIENT_CPUS)
         if row.kind != "bulk" and sample.requests:
-            sample.segments = (host_after[0] - host_before[0]) / sample.requests
-            sample.switches = (host_after[1] - host_before[1]) / sample.requests
-        if self.pinning and row.pinned and row.kind != "bulk" and sample.requests:
-            busy, total = (a - b for a, b in zip(client_after, client_before, strict=True))
-            sample.client_us = busy / CLK_TCK * 1e6 / sample.requests
-            sample.client_busy = busy / total if total else None
+            sample.segments = (host_after.segments - host_before.segments) / sample.requests
+            sample.switches = (host_after.switches - host_before.switches) / sample.requests
+            if self.pinning and row.pinned:
+                busy, total = host_after.busy - host_before.busy, host_after.total - host_before.total
+                sample.client_us = busy / CLK_TCK * 1e6 / sample.requests
+                sample.client_busy = busy / total if total else None
         if spec and spec.proc:
             after = cpu_ticks(spec.proc.tree() or pids)
             user, system = after[0] - before[0], after[1] - before[1]
@@ -1087,7 +1087,7 @@ class Bench:
             for old in disturbed:
                 row = by_name[old.row]
                 sample = self.measure(row, old.round)
-                self.samples[self.samples.index(old)] = sample
+                self.samples[next(i for i, s in enumerate(self.samples) if s is old)] = sample
                 self.remeasured.append(f"{row.name} round {old.round + 1} (client core "
                                        f"{old.client_us:.1f} µs/req against a best of {best[row.name]:.1f})")
                 print("  " + describe_sample(row, sample), flush=True)
