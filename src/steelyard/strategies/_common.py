@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 import struct
 import zlib
 from bisect import bisect_right
@@ -68,6 +69,12 @@ class InFlight:
             return -1
         self.counts[i] += 1
         return i
+
+    def two_of(self, candidates: Sequence[Endpoint], rng: random.Random) -> list[int]:
+        """Positions of two of `candidates` drawn at random (a retry's choice of P2C and PeakEWMA), of
+        the one when only one is in the current set, or none."""
+        known = [i for i in (self.index.get(c.id) for c in candidates) if i is not None]
+        return rng.sample(known, 2) if len(known) > 1 else known
 
     def release(self, endpoint_id: str) -> int:
         """One pick on `endpoint_id` is done: its position if it is in the current set and had a pick in

@@ -183,14 +183,12 @@ class LeastConnections(BalancingStrategy):
         count = self._counts[index]
         c = self._class_of[index]
         self._append(c, index, count)  # the entry in bucket count + 1 is now stale
-        self._stale += 1
         if count < c.low:
             c.set_low(count)
             best = self._best
             if best is not None and c is not best and c.beats(best):
                 self._best = c
-        if self._stale > 2 * len(self._endpoints) + 64:
-            self._compact()
+        self._left_stale()
 
     def note_pick(self, endpoint: Endpoint) -> bool:
         index = self._tracker.add(endpoint.id)
@@ -201,9 +199,7 @@ class LeastConnections(BalancingStrategy):
             return True
         # Its entry moves up one bucket; `low` and the cached best class are lower bounds and stay so.
         self._append(self._class_of[index], index, self._counts[index])
-        self._stale += 1
-        if self._stale > 2 * len(self._endpoints) + 64:
-            self._compact()
+        self._left_stale()
         return True
 
     def pick_among(self, candidates: Sequence[Endpoint]) -> Endpoint | None:
@@ -226,6 +222,13 @@ class LeastConnections(BalancingStrategy):
             return None
         self.note_pick(endpoints[chosen])
         return endpoints[chosen]
+
+    def _left_stale(self) -> None:
+        """An entry moved to another bucket and left its old one behind: compact all buckets once stale
+        entries outnumber the endpoints."""
+        self._stale += 1
+        if self._stale > 2 * len(self._endpoints) + 64:
+            self._compact()
 
     def _compact(self) -> None:
         live, mask = self._live, self._mask

@@ -135,11 +135,9 @@ class PeakEWMA(BalancingStrategy):
 
     def pick_among(self, candidates: Sequence[Endpoint]) -> Endpoint | None:
         """A retry: the lesser load of two candidates drawn at random, loads decayed to now."""
-        index = self._tracker.index
-        known = [i for i in (index.get(c.id) for c in candidates) if i is not None]
-        if not known:
+        drawn = self._tracker.two_of(candidates, self.rng)
+        if not drawn:
             return None
-        drawn = self.rng.sample(known, 2) if len(known) > 1 else known
         now = self.clock()
         cells, pending = self._cells, self._pending
         best = min(drawn, key=lambda i: _load(cells[i], pending[i], now))

@@ -129,12 +129,10 @@ class PowerOfTwoChoices(BalancingStrategy):
 
     def pick_among(self, candidates: Sequence[Endpoint]) -> Endpoint | None:
         """A retry: the lesser (in flight + 1) / weight of two candidates drawn at random."""
-        index = self._tracker.index
-        known = [i for i in (index.get(c.id) for c in candidates) if i is not None]
-        if not known:
+        drawn = self._tracker.two_of(candidates, self.rng)
+        if not drawn:
             return None
         counts, weights = self._counts, self._weights
-        drawn = self.rng.sample(known, 2) if len(known) > 1 else known
         best = min(drawn, key=lambda i: ((counts[i] + 1) / weights[i], -weights[i]))
         counts[best] += 1
         return self._endpoints[best]
