@@ -65,7 +65,7 @@ def default_config_path() -> Path:
 
 # --- step 1: documents -> resources --------------------------------------------------------------------
 
-def field_path(loc: tuple[int | str, ...], data: Any) -> str:
+def _loc_to_path(loc: tuple[int | str, ...], data: Any) -> str:
     """`('spec', 'ports', 0, 'port')` -> `spec.ports[0].port`, skipping pydantic's union-member tags."""
     path = ""
     current: Any = data
@@ -89,7 +89,7 @@ def _expected_list(ctx: Mapping[str, Any]) -> str:
     return str(ctx.get("expected", "")).replace("'", "").replace(" or ", ", ")
 
 
-def error_message(err: Mapping[str, Any]) -> str:
+def _message(err: Mapping[str, Any]) -> str:
     """pydantic's wording, rewritten where a person would not know what to do."""
     kind = err["type"]
     ctx: Mapping[str, Any] = err.get("ctx") or {}
@@ -124,24 +124,31 @@ def error_message(err: Mapping[str, Any]) -> str:
     return msg.removeprefix("Value error, ")
 
 
-def _validation_errors(exc: ValidationError, doc: SourceDocument, kind: str, name: str) -> list[ConfigError]:
+def field_problems(exc: ValidationError, data: Any) -> dict[str, str]:
+    """Field path (`spec.ports[0].port`, '' for the object) -> what is wrong with it, worded for a person:
+    file mode's errors and the Kubernetes status messages both."""
     merged: dict[str, list[str]] = {}
     for err in exc.errors():
         ctx = err.get("ctx") or {}
         if err["type"] == "too_short" and isinstance(err.get("input"), list | tuple) \
                 and len(err["input"]) >= int(ctx.get("min_length", 0)):
             continue  # pydantic's echo of a failed item: the list itself was long enough
-        path = field_path(tuple(err["loc"]), doc.data)
-        message = error_message(err)
+        path = _loc_to_path(tuple(err["loc"]), data)
+        message = _message(err)
         if message not in merged.setdefault(path, []):
             merged[path].append(message)
-    out = []
+    out: dict[str, str] = {}
     for path, messages in merged.items():
         if path.endswith("targetPort") and len(messages) > 1:
             messages = ["must be a port number (1-65535) or a port name"]
-        out.append(ConfigError(" or ".join(messages), file=doc.file, line=doc.line_of(path),
-                               kind=kind, name=name, field=path or None))
+        out[path] = " or ".join(messages)
     return out
+
+
+def _validation_errors(exc: ValidationError, doc: SourceDocument, kind: str, name: str) -> list[ConfigError]:
+    return [ConfigError(message, file=doc.file, line=doc.line_of(path), kind=kind, name=name,
+                        field=path or None)
+            for path, message in field_problems(exc, doc.data).items()]
 
 
 def _normalised(data: dict[str, Any]) -> dict[str, Any]:

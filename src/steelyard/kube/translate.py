@@ -33,7 +33,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from steelyard.config.desired import BackendEndpoint, ConfigError, DesiredState
-from steelyard.config.loader import build_state, error_message, field_path
+from steelyard.config.loader import build_state, field_problems
 from steelyard.model import BalancerPolicy, LabelSelector, LoadBalancer, StrategyType
 
 __all__ = ["ClusterObjects", "LoadBalancerReport", "PolicyReport", "Translation", "translate",
@@ -107,16 +107,8 @@ def _generation(obj: Mapping[str, Any]) -> int | None:
 
 def _validation_message(exc: ValidationError, data: Mapping[str, Any]) -> str:
     """Every problem as `field: message`, worded and pathed (`spec.hosts[0]`) as in file mode."""
-    parts: list[str] = []
-    for err in exc.errors():
-        ctx = err.get("ctx") or {}
-        if err["type"] == "too_short" and isinstance(err.get("input"), list | tuple) \
-                and len(err["input"]) >= int(ctx.get("min_length", 0)):
-            continue  # pydantic's echo of a failed item: the list itself was long enough
-        where = field_path(tuple(err["loc"]), data)
-        message = error_message(err)
-        parts.append(f"{where}: {message}" if where else message)
-    return "; ".join(dict.fromkeys(parts))
+    return "; ".join(f"{path}: {message}" if path else message
+                     for path, message in field_problems(exc, data).items())
 
 
 def _resource_fields(obj: Mapping[str, Any]) -> dict[str, Any]:
